@@ -1,0 +1,71 @@
+package testenv_test
+
+import (
+	"context"
+	"crypto/rand"
+	"net/http"
+	"testing"
+	"time"
+
+	ory "github.com/ory/client-go"
+
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+)
+
+func oryClient(url string) *ory.APIClient {
+	cfg := ory.NewConfiguration()
+	cfg.Servers = ory.ServerConfigurations{{URL: url}}
+	cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
+	return ory.NewAPIClient(cfg)
+}
+
+func TestKratosPasswordLogin(t *testing.T) {
+	kr := testenv.KratosT(t)
+	ctx := context.Background()
+	admin, public := oryClient(kr.AdminURL), oryClient(kr.PublicURL)
+	email, password := "ada@example.com", "correct horse "+rand.Text()
+
+	created, _, err := admin.IdentityAPI.CreateIdentity(ctx).CreateIdentityBody(ory.CreateIdentityBody{
+		SchemaId: "person",
+		Traits:   map[string]any{"email": email, "name": "Ada"},
+		Credentials: &ory.IdentityWithCredentials{Password: &ory.IdentityWithCredentialsPassword{
+			Config: &ory.IdentityWithCredentialsPasswordConfig{Password: &password},
+		}},
+	}).Execute()
+	if err != nil {
+		t.Fatalf("create identity: %v", err)
+	}
+
+	login := func(pw string) (*ory.SuccessfulNativeLogin, *http.Response, error) {
+		flow, _, err := public.FrontendAPI.CreateNativeLoginFlow(ctx).Execute()
+		if err != nil {
+			t.Fatalf("create login flow: %v", err)
+		}
+		return public.FrontendAPI.UpdateLoginFlow(ctx).Flow(flow.Id).UpdateLoginFlowBody(
+			ory.UpdateLoginFlowWithPasswordMethodAsUpdateLoginFlowBody(&ory.UpdateLoginFlowWithPasswordMethod{
+				Method: "password", Identifier: email, Password: pw,
+			})).Execute()
+	}
+
+	if _, resp, err := login("wrong password"); err == nil || resp == nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("wrong password: want 400, got %v (%v)", resp, err)
+	}
+	ok, _, err := login(password)
+	if err != nil {
+		t.Fatalf("login: %v", err)
+	}
+	if ok.SessionToken == nil || *ok.SessionToken == "" {
+		t.Fatal("login returned no session token")
+	}
+	if ok.Session.Identity == nil || ok.Session.Identity.Id != created.Id {
+		t.Fatalf("session identity %+v, want %s", ok.Session.Identity, created.Id)
+	}
+	// The token is a live session.
+	sess, _, err := public.FrontendAPI.ToSession(ctx).XSessionToken(*ok.SessionToken).Execute()
+	if err != nil {
+		t.Fatalf("toSession: %v", err)
+	}
+	if sess.Active == nil || !*sess.Active {
+		t.Fatal("session not active")
+	}
+}

@@ -1,0 +1,201 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ErrExited is returned while waiting for a component that exited before it
+// became ready.
+var ErrExited = errors.New("testenv: process exited")
+
+// process is one supervised child process. Its output goes to a log file so
+// that a failing start can report the tail of it.
+type process struct {
+	name    string
+	logPath string
+	cmd     *exec.Cmd
+	stopSig syscall.Signal
+
+	done    chan struct{} // closed when the process has been reaped
+	waitErr error         // set before done is closed
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type procOptions struct {
+	dir     string
+	env     []string
+	stopSig syscall.Signal // first signal on Close; SIGTERM when zero
+	cred    *syscall.Credential
+}
+
+// startProcess starts bin with args, output appended to logPath. The child is
+// put in its own process group (so Close can reach its children too) and gets
+// SIGKILL if this process dies, so an aborted test run leaves nothing behind.
+func startProcess(name, logPath, bin string, args []string, o procOptions) (*process, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("testenv: %s: %w", name, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = o.dir
+	cmd.Env = append(os.Environ(), o.env...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setpgid:    true,
+		Pdeathsig:  syscall.SIGKILL,
+		Credential: o.cred,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("testenv: start %s: %w", name, err)
+	}
+	p := &process{name: name, logPath: logPath, cmd: cmd, stopSig: o.stopSig, done: make(chan struct{})}
+	if p.stopSig == 0 {
+		p.stopSig = syscall.SIGTERM
+	}
+	go func() {
+		p.waitErr = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid returns the child's process id.
+func (p *process) Pid() int { return p.cmd.Process.Pid }
+
+// Close stops the process: the stop signal to its group, then SIGKILL to the
+// group after a grace period. It returns after the process has been reaped
+// and is safe to call more than once.
+func (p *process) Close() error {
+	p.closeOnce.Do(func() {
+		pgid := p.cmd.Process.Pid
+		_ = syscall.Kill(-pgid, p.stopSig)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-p.done
+		}
+		// Anything the leader left in its group goes too.
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	})
+	return p.closeErr
+}
+
+// logTail returns the last n bytes of the process's log.
+func (p *process) logTail(n int) string {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return ""
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return string(b)
+}
+
+// waitReady polls ready every interval until it returns nil, the process
+// exits, or ctx ends. Errors carry the tail of the process log.
+func (p *process) waitReady(ctx context.Context, ready func(context.Context) error) error {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	var last error
+	for {
+		if last = ready(ctx); last == nil {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%w: %s (%v); log %s:\n%s", ErrExited, p.name, p.waitErr, p.logPath, p.logTail(4096))
+		case <-ctx.Done():
+			return fmt.Errorf("testenv: %s not ready: %v (last: %v); log %s:\n%s", p.name, ctx.Err(), last, p.logPath, p.logTail(4096))
+		case <-t.C:
+		}
+	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("testenv: free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func freePorts(n int) ([]int, error) {
+	// Hold every listener until all are chosen so the ports differ.
+	ls := make([]net.Listener, 0, n)
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("testenv: free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// BinDir is where the test bed's tools live: $GATEHOUSE_BIN, or bin/ at the
+// root of the Gatehouse module containing the working directory.
+func BinDir() (string, error) {
+	if d := os.Getenv("GATEHOUSE_BIN"); d != "" {
+		return d, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for dir := wd; ; dir = filepath.Dir(dir) {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
+			bytes.HasPrefix(b, []byte("module github.com/gatehouse-dev/gatehouse\n")) {
+			return filepath.Join(dir, "bin"), nil
+		}
+		if filepath.Dir(dir) == dir {
+			return "", errors.New("testenv: cannot find the gatehouse module root; set GATEHOUSE_BIN")
+		}
+	}
+}
+
+// ErrToolMissing is returned when a tool binary has not been built.
+var ErrToolMissing = errors.New("testenv: tool not built (run `make tools`)")
+
+// Tool returns the path of a built tool such as "kube-apiserver" or "kubectl".
+func Tool(name string) (string, error) {
+	dir, err := BinDir()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, name)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%w: %s", ErrToolMissing, p)
+	}
+	return p, nil
+}
