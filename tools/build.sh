@@ -56,7 +56,10 @@ build_set() {
   # flags are "-tags=x -ldflags=..." where -ldflags runs to the end of the string
   if [[ $flags == -tags=* ]]; then fl+=("${flags%% -ldflags=*}"); flags=${flags#* }; fi
   fl+=("$flags")
-  (cd "$dir" && go build -mod=mod -trimpath "${fl[@]}" -o "$bin/" $pkgs)
+  # One package: name the output (etcd's package path ends in /v3).
+  local out="$bin/"
+  [[ $names == *" "* ]] || out="$bin/$names"
+  (cd "$dir" && go build -mod=mod -trimpath "${fl[@]}" -o "$out" $pkgs)
   echo "tools: built $set in $((SECONDS - start))s"
   mkdir -p "$cached.tmp"
   for n in $names; do cp -f "$bin/$n" "$cached.tmp/$n"; done

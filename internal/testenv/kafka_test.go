@@ -23,7 +23,12 @@ func TestKafkaProduceConsumeInOrder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
+	// An owned transport, closed below: the default one is process-wide and
+	// keeps connections (and goroutines) forever.
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
 	w := &kafka.Writer{
+		Transport:    transport,
 		Addr:         kafka.TCP(kf.Brokers...),
 		Topic:        topic,
 		Balancer:     &kafka.Hash{},

@@ -86,7 +86,7 @@ func TestNoProcessSurvivesClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	group := processGroup(t, pg.Pid())
+	group := processTree(t, pg.Pid())
 	if len(group) < 3 {
 		t.Fatalf("expected the postmaster and its workers, found %v", group)
 	}
@@ -102,14 +102,15 @@ func TestNoProcessSurvivesClose(t *testing.T) {
 	}
 }
 
-// processGroup lists the live processes in process group pgid.
-func processGroup(t *testing.T, pgid int) []int {
+// processTree lists root and its live descendants. (PostgreSQL makes each
+// child a session leader of its own, so process groups do not find them.)
+func processTree(t *testing.T, root int) []int {
 	t.Helper()
 	stats, err := filepath.Glob("/proc/[0-9]*/stat")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pids []int
+	children := map[int][]int{}
 	for _, p := range stats {
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -120,15 +121,18 @@ func processGroup(t *testing.T, pgid int) []int {
 		if i < 0 {
 			continue
 		}
-		// After the command: state ppid pgrp ...
+		// After the command: state ppid ...
 		f := strings.Fields(s[i+1:])
-		if len(f) < 3 {
+		if len(f) < 2 {
 			continue
 		}
-		if g, _ := strconv.Atoi(f[2]); g == pgid {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			pids = append(pids, pid)
-		}
+		ppid, _ := strconv.Atoi(f[1])
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		children[ppid] = append(children[ppid], pid)
 	}
-	return pids
+	tree := []int{root}
+	for i := 0; i < len(tree); i++ {
+		tree = append(tree, children[tree[i]]...)
+	}
+	return tree
 }
