@@ -22,6 +22,25 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=37"
 done
 
+# Extra files a set installs beside its binaries, made by after_SET.
+declare -A extras=([kwok]="kwok-stages.yaml")
+
+# kwok runs nothing without stages. Install the default ones kwokctl uses
+# (fast node start, lease heartbeat, fast pod lifecycle) from the very module
+# version the binary was built from.
+after_kwok() {
+  local mod
+  mod=$(cd "$root/tools/kwok" && go list -mod=mod -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  local s=$mod/kustomize/stage
+  local out="$bin/kwok-stages.yaml"
+  : >"$out.tmp"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    { echo "---"; cat "$s/$f"; } >>"$out.tmp"
+  done
+  mv "$out.tmp" "$out"
+}
+
 # set -> "binaries|packages|build flags"
 declare -A sets=(
   [kube]="kube-apiserver kube-controller-manager kube-scheduler kubectl|k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl|-ldflags=$kube_ldflags"
@@ -36,17 +55,17 @@ build_set() {
   local pkgs=${rest%%|*} flags=${rest#*|}
   local dir="$root/tools/$set"
   local hash
-  hash=$( (cat "$dir/go.mod" "$dir/go.sum"; echo "$flags"; go env GOVERSION GOOS GOARCH) | sha256sum | cut -c1-16)
+  hash=$( (cat "$dir/go.mod" "$dir/go.sum"; echo "$flags ${extras[$set]:-}"; go env GOVERSION GOOS GOARCH) | sha256sum | cut -c1-16)
   local stamp="$bin/.stamp-$set"
   if [[ -f $stamp && $(cat "$stamp") == "$hash" ]]; then
     local ok=1
-    for n in $names; do [[ -x $bin/$n ]] || ok=0; done
+    for n in $names ${extras[$set]:-}; do [[ -f $bin/$n ]] || ok=0; done
     if ((ok)); then echo "tools: $set up to date ($hash)"; return; fi
   fi
   local cached="$cache/$set-$hash"
   if [[ -f $cached/.complete ]]; then
     echo "tools: $set from cache $cached"
-    for n in $names; do cp -f "$cached/$n" "$bin/$n"; done
+    for n in $names ${extras[$set]:-}; do cp -f "$cached/$n" "$bin/$n"; done
     echo "$hash" >"$stamp"
     return
   fi
@@ -60,11 +79,14 @@ build_set() {
   local out="$bin/"
   [[ $names == *" "* ]] || out="$bin/$names"
   (cd "$dir" && go build -mod=mod -trimpath "${fl[@]}" -o "$out" $pkgs)
+  if declare -F "after_$set" >/dev/null; then "after_$set"; fi
   echo "tools: built $set in $((SECONDS - start))s"
   mkdir -p "$cached.tmp"
-  for n in $names; do cp -f "$bin/$n" "$cached.tmp/$n"; done
+  for n in $names ${extras[$set]:-}; do cp -f "$bin/$n" "$cached.tmp/$n"; done
   touch "$cached.tmp/.complete"
   rm -rf "$cached" && mv "$cached.tmp" "$cached"
+  # Older pins of this set are no longer wanted.
+  for old in "$cache/$set-"*; do [[ $old == "$cached" ]] || rm -rf "$old"; done
   echo "$hash" >"$stamp"
 }
 

@@ -186,6 +186,9 @@ func StartKube(ctx context.Context, cfg KubeConfig) (_ *Kube, err error) {
 		// in-cluster clients that would need the kubernetes Service.
 		"--endpoint-reconciler-type=none",
 		"--allow-privileged=true",
+		// kwok's fake kubelets listen on 127.0.0.1; "localhost" could resolve
+		// to ::1 first.
+		"--kubelet-preferred-address-types=InternalIP",
 		"--profiling=false",
 	}, procOptions{})
 	if err != nil {

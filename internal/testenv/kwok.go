@@ -19,12 +19,7 @@ import (
 // kwokConfig makes every fake pod stream: logs and attach read PodLogFile
 // (CRI log format, followed), exec runs the command on this machine in a
 // scratch directory, and port-forward on any port reaches the echo server.
-const kwokConfig = `apiVersion: config.kwok.x-k8s.io/v1alpha1
-kind: KwokConfiguration
-options:
-  cidr: 10.244.0.1/16
----
-apiVersion: kwok.x-k8s.io/v1alpha1
+const kwokConfig = `apiVersion: kwok.x-k8s.io/v1alpha1
 kind: ClusterLogs
 metadata:
   name: testenv-logs
@@ -84,6 +79,17 @@ func (k *Kube) startKwok(ctx context.Context, bin string, port, nodes int, cs ku
 	}
 	_, echoPort, _ := net.SplitHostPort(k.EchoAddr)
 	conf := strings.NewReplacer("{{LOGS}}", k.PodLogFile, "{{EXECDIR}}", execDir, "{{ECHOPORT}}", echoPort).Replace(kwokConfig)
+	// The lifecycle stages (node ready and heartbeat, pod running, complete,
+	// delete) come from the kwok module the binary was built from.
+	stagesPath, err := Tool("kwok-stages.yaml")
+	if err != nil {
+		return err
+	}
+	stages, err := os.ReadFile(stagesPath)
+	if err != nil {
+		return err
+	}
+	conf += "\n" + string(stages)
 	confPath := filepath.Join(k.Dir, "kwok.yaml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return err
@@ -93,10 +99,18 @@ func (k *Kube) startKwok(ctx context.Context, bin string, port, nodes int, cs ku
 		"--kubeconfig=" + k.AdminKubeconfig,
 		"--config=" + confPath,
 		"--manage-all-nodes=true",
+		"--cidr=10.244.0.1/16",
+		// Nodes renew leases like kubelets, so the node lifecycle controller
+		// keeps them Ready however long the bed runs.
+		"--node-lease-duration-seconds=40",
 		// The API server reaches the fake kubelets (logs, exec, port-forward)
 		// at NodeIP:NodePort, which is kwok's own server.
 		"--server-address=" + hostPort(port),
 		"--node-ip=127.0.0.1",
+		// Nodes need a Hostname address as well as the InternalIP: kwok's
+		// node-initialize stage rewrites an incomplete address list, and
+		// would drop the InternalIP if a node were ever re-initialized.
+		"--node-name=localhost",
 		"--node-port=" + strconv.Itoa(port),
 	}, procOptions{})
 	if err != nil {
