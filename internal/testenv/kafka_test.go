@@ -2,7 +2,6 @@ package testenv_test
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -93,7 +92,7 @@ func TestKafkaProduceConsumeInOrder(t *testing.T) {
 	}
 	for i := range total {
 		if !seen[i] {
-			t.Fatal(fmt.Sprintf("message %d lost", i))
+			t.Fatalf("message %d lost", i)
 		}
 	}
 }

@@ -107,7 +107,7 @@ func TestKubeRBACDeniesUntilBound(t *testing.T) {
 	}
 }
 
-func TestKubeDeploymentRunsOnKwokAndNamespaceDeletes(t *testing.T) {
+func TestKubeDeploymentRollsOutAndDeletes(t *testing.T) {
 	k := sharedKube(t)
 	cs, err := k.Clientset()
 	if err != nil {
@@ -158,8 +158,32 @@ func TestKubeDeploymentRunsOnKwokAndNamespaceDeletes(t *testing.T) {
 		return nil
 	})
 
+	// Foreground deletion needs the garbage collector: the Deployment goes
+	// only after its ReplicaSet and pods.
+	if err := cs.AppsV1().Deployments(ns).Delete(ctx, "web", metav1.DeleteOptions{
+		PropagationPolicy: ptr.To(metav1.DeletePropagationForeground),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, func(ctx context.Context) error {
+		if _, err := cs.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("deployment still there (%v)", err)
+		}
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil {
+			return err
+		}
+		if n := len(pods.Items); n != 0 {
+			return fmt.Errorf("%d pods left", n)
+		}
+		return nil
+	})
+
 	// Deleting a namespace needs the controller manager's namespace
 	// controller to empty it and remove the finalizer.
+	if _, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "left-behind"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if err := cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}

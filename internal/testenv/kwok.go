@@ -143,12 +143,12 @@ func (k *Kube) AppendPodLog(line string) error {
 
 // echoServer writes back every byte it reads, one goroutine per connection.
 type echoServer struct {
-	l     net.Listener
-	wg    sync.WaitGroup
+	l      net.Listener
+	wg     sync.WaitGroup
 	mu     sync.Mutex // guards conns and closed
 	conns  map[net.Conn]struct{}
 	closed bool
-	once  sync.Once
+	once   sync.Once
 }
 
 func startEcho() (*echoServer, error) {

@@ -31,7 +31,6 @@ type process struct {
 	waitErr error         // set before done is closed
 
 	closeOnce sync.Once
-	closeErr  error
 }
 
 type procOptions struct {
@@ -93,7 +92,7 @@ func (p *process) Close() error {
 		// Anything the leader left in its group goes too.
 		_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	})
-	return p.closeErr
+	return nil
 }
 
 // logTail returns the last n bytes of the process's log.
