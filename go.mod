@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/cockroachdb/cockroach-go/v2 v2.4.2
+	github.com/hashicorp/yamux v0.1.2
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/ory/client-go v1.14.3
 	github.com/segmentio/kafka-go v0.4.51
@@ -11,6 +12,7 @@ require (
 	go.uber.org/goleak v1.3.0
 	k8s.io/api v0.37.2
 	k8s.io/apimachinery v0.37.2
+	k8s.io/apiserver v0.37.2
 	k8s.io/client-go v0.37.2
 	k8s.io/utils v0.0.0-20260626114624-be93311217bd
 )

@@ -1,28 +1,82 @@
 // Package node is the Gatehouse gateway node: the process that accepts
-// people's kubectl requests and agents' tunnels on one public port,
+// people's kubectl requests and agents' tunnels on one public TLS port,
 // authenticates and authorizes each request, audits it and sends it down the
-// tunnel of the cluster it names (or to the node that holds that tunnel).
+// tunnel of the cluster it names.
 //
-// For now a node serves only its liveness and readiness endpoints; the
-// request path arrives with the tunnel (docs/design/0001-architecture.md).
+// One port serves both: a TLS client that negotiates the tunnel's ALPN
+// (tunnel.ALPN) is an agent, and must present an agent certificate; every
+// other client speaks HTTP/1.1 or HTTP/2 and must present a person's
+// certificate to reach /k8s/CLUSTER/.
 package node
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
+
+// Verifier checks client certificate chains. *ca.Authority implements it.
+type Verifier interface {
+	// VerifyUser returns the person a chain names, or an error saying why
+	// it is refused (expired, wrong CA, revoked...).
+	VerifyUser(chain []*x509.Certificate) (ca.UserIdentity, error)
+	// VerifyAgent returns the cluster an agent chain names.
+	VerifyAgent(chain []*x509.Certificate) (cluster string, notAfter time.Time, err error)
+}
+
+// Grants answers what Kubernetes access a person has on a cluster. An
+// empty result means none: the request is refused.
+type Grants interface {
+	Grants(ctx context.Context, user string, groups []string, cluster string) ([]tunnel.Grant, error)
+}
+
+// Tunnels opens streams to clusters' agents. *tunnel.Registry implements it
+// for the tunnels this node holds; the ring will implement it for a cluster
+// of nodes, forwarding to the node that holds the tunnel.
+type Tunnels interface {
+	// Open opens a stream to cluster's agent carrying h, or fails with
+	// tunnel.ErrNoTunnel.
+	Open(ctx context.Context, cluster string, h *tunnel.Header) (net.Conn, error)
+}
 
 // Config configures a Node.
 type Config struct {
+	// Name identifies the node in audit events and logs.
+	Name string
+
 	// Addr is the address the node listens on, host:port. Port 0 picks a
 	// free port (see Node.Addr).
 	Addr string
+
+	// Certificate is the node's serving certificate.
+	Certificate tls.Certificate
+
+	// Verifier checks people's and agents' certificates.
+	Verifier Verifier
+
+	// Grants decides who may reach which cluster.
+	Grants Grants
+
+	// Registry receives the agents that connect to this node.
+	Registry *tunnel.Registry
+
+	// Tunnels opens streams to agents; nil means Registry.
+	Tunnels Tunnels
+
+	// Audit receives one event per request (two for long-running ones).
+	Audit audit.Sink
 
 	// ShutdownTimeout bounds how long Run waits for in-flight requests after
 	// its context ends. Kubernetes gives a pod 30 s by default before it is
@@ -31,11 +85,15 @@ type Config struct {
 
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
+
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
 }
 
 // DefaultConfig returns a configuration that listens on 127.0.0.1:8443.
+// Certificate, Verifier, Grants, Registry and Audit must be set.
 func DefaultConfig() Config {
-	return Config{Addr: "127.0.0.1:8443", ShutdownTimeout: 20 * time.Second}
+	return Config{Name: "node-1", Addr: "127.0.0.1:8443", ShutdownTimeout: 20 * time.Second}
 }
 
 // Validate checks the configuration.
@@ -43,8 +101,21 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("node: Addr %q: %w", c.Addr, err)
 	}
-	if c.ShutdownTimeout <= 0 {
+	switch {
+	case c.Name == "":
+		return errors.New("node: Name is required")
+	case c.ShutdownTimeout <= 0:
 		return errors.New("node: ShutdownTimeout must be positive")
+	case len(c.Certificate.Certificate) == 0:
+		return errors.New("node: Certificate is required")
+	case c.Verifier == nil:
+		return errors.New("node: Verifier is required")
+	case c.Grants == nil:
+		return errors.New("node: Grants is required")
+	case c.Registry == nil:
+		return errors.New("node: Registry is required")
+	case c.Audit == nil:
+		return errors.New("node: Audit is required")
 	}
 	return nil
 }
@@ -57,13 +128,16 @@ var (
 
 // Node is one gateway node.
 type Node struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	tunnels Tunnels
 
 	mu      sync.Mutex // guards running and addr
 	running bool
 	addr    net.Addr
 	ready   chan struct{} // closed once the listener is bound
+
+	agents sync.WaitGroup // agent connections being served
 }
 
 // New returns a node for cfg. It does not listen until Run.
@@ -71,14 +145,21 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Node{cfg: cfg, log: log, ready: make(chan struct{})}, nil
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, tunnels: cfg.Tunnels, ready: make(chan struct{})}
+	if n.tunnels == nil {
+		n.tunnels = cfg.Registry
+	}
+	return n, nil
 }
 
-// Handler returns the node's HTTP handler.
+// Handler returns the node's HTTP handler (for people; agents never reach
+// it).
 func (n *Node) Handler() http.Handler {
 	mux := http.NewServeMux()
 	// Unauthenticated by design: load balancers and the kubelet probe these
@@ -91,7 +172,16 @@ func (n *Node) Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
-	return mux
+	kube := &kubeHandler{n: n}
+	// /k8s/ bypasses ServeMux, which would answer a path with dot segments
+	// with a redirect to its cleaned form; the kube handler refuses those.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/k8s/") {
+			kube.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // Addr returns the bound address once Run has started listening, waiting
@@ -107,8 +197,9 @@ func (n *Node) Addr(ctx context.Context) (net.Addr, error) {
 	}
 }
 
-// Run serves until ctx ends, then shuts down gracefully within
-// ShutdownTimeout. It returns nil after a clean shutdown.
+// Run serves until ctx ends, then shuts down: it stops accepting, closes
+// every agent tunnel, and waits up to ShutdownTimeout for requests in
+// flight. It returns nil after a clean shutdown.
 func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
 	if n.running {
@@ -128,14 +219,38 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Unlock()
 	close(n.ready)
 
+	agentCtx, cancelAgents := context.WithCancel(context.Background())
+	defer cancelAgents()
 	srv := &http.Server{
-		Handler:           n.Handler(),
+		Handler: n.Handler(),
+		// Headers must come promptly; bodies and responses may stream for
+		// hours (watch, exec, port-forward), so there is no read or write
+		// timeout, and idle keep-alive connections are closed after 2 min.
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		TLSConfig: &tls.Config{
+			Certificates: []tls.Certificate{n.cfg.Certificate},
+			MinVersion:   tls.VersionTLS12,
+			// Certificates are checked by the handlers, against the CA for
+			// their kind, so that a refusal is a clear HTTP error rather
+			// than a failed handshake.
+			ClientAuth: tls.RequestClientCert,
+			NextProtos: []string{"h2", "http/1.1", tunnel.ALPN},
+		},
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){
+			tunnel.ALPN: func(_ *http.Server, c *tls.Conn, _ http.Handler) { n.serveAgent(agentCtx, c) },
+		},
 	}
+	// With TLSNextProto set, HTTP/2 must be asked for explicitly.
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetHTTP2(true)
+
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	n.log.Info("node listening", "addr", l.Addr().String())
+	go func() { errc <- srv.ServeTLS(l, "", "") }()
+	n.log.Info("node listening", "addr", l.Addr().String(), "name", n.cfg.Name)
 
 	select {
 	case err := <-errc:
@@ -144,11 +259,39 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 	defer cancel()
+	// Tunnels are hijacked connections that Shutdown does not track.
+	cancelAgents()
 	err = srv.Shutdown(sctx)
 	<-errc // Serve has returned ErrServerClosed
+	if err != nil {
+		srv.Close()
+	}
+	n.agents.Wait()
 	if err != nil {
 		return fmt.Errorf("node: shutdown: %w", err)
 	}
 	n.log.Info("node stopped")
 	return nil
+}
+
+// serveAgent authenticates an agent connection and runs its tunnel.
+func (n *Node) serveAgent(ctx context.Context, c *tls.Conn) {
+	n.agents.Add(1)
+	defer n.agents.Done()
+	defer c.Close()
+	st := c.ConnectionState()
+	if st.Version < tls.VersionTLS13 {
+		n.log.Warn("agent refused: TLS older than 1.3", "remote", c.RemoteAddr().String())
+		return
+	}
+	cluster, notAfter, err := n.cfg.Verifier.VerifyAgent(st.PeerCertificates)
+	if err != nil {
+		n.log.Warn("agent refused", "remote", c.RemoteAddr().String(), "err", err)
+		return
+	}
+	// The tunnel ends when the agent's certificate does; the agent renews
+	// and reconnects before then.
+	ctx, cancel := context.WithDeadline(ctx, notAfter)
+	defer cancel()
+	n.cfg.Registry.Serve(ctx, cluster, c)
 }

@@ -13,9 +13,16 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"net"
+	"path/filepath"
 	"syscall"
+	"time"
 
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control"
+	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/node"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -84,7 +91,9 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gatehouse node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "listen address, host:port")
+	fs.StringVar(&cfg.Name, "name", cfg.Name, "node name, in audit events and logs")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long to wait for in-flight requests on shutdown")
+	stateDir := fs.String("state-dir", ".gatehouse/node", "directory for the CA certificate and the audit log")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -101,10 +110,45 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "gatehouse node: -log-level: %v\n", err)
 		return errUsage
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	host, _, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("-addr %q: %w", cfg.Addr, err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Logger = log
+	if err := os.MkdirAll(*stateDir, 0o700); err != nil {
+		return err
+	}
+	// Until the Raft-run CA and the store arrive, a node started alone has
+	// an ephemeral CA and grants nobody anything: it serves health checks
+	// and accepts agents whose certificates this CA signed.
+	auth, err := ca.New(ca.DefaultConfig())
+	if err != nil {
+		return err
+	}
+	caPath := filepath.Join(*stateDir, "ca.crt")
+	if err := os.WriteFile(caPath, auth.RootPEM(), 0o644); err != nil {
+		return err
+	}
+	hosts := []string{"localhost", "127.0.0.1"}
+	if host != "" && host != "localhost" && host != "127.0.0.1" {
+		hosts = append([]string{host}, hosts...)
+	}
+	if cfg.Certificate, err = auth.IssueServer(hosts, 365*24*time.Hour); err != nil {
+		return err
+	}
+	sink, err := audit.OpenFile(filepath.Join(*stateDir, "audit.jsonl"))
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	registry := tunnel.NewRegistry(log)
+	defer registry.Close()
+	cfg.Verifier, cfg.Grants, cfg.Registry, cfg.Audit = auth, &control.StaticGrants{}, registry, sink
 	n, err := node.New(cfg)
 	if err != nil {
 		return err
 	}
+	log.Info("gateway CA written", "path", caPath)
 	return n.Run(ctx)
 }

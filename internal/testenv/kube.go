@@ -326,6 +326,15 @@ func WriteKubeconfig(path, server string, caPEM []byte, user string, certPEM, ke
 	return clientcmd.WriteToFile(*cfg, path)
 }
 
+// AdminCertificate returns the admin's client certificate and key.
+func (k *Kube) AdminCertificate() tls.Certificate {
+	c, err := tls.X509KeyPair(k.adminCert, k.adminKey)
+	if err != nil {
+		panic(fmt.Sprintf("testenv: admin certificate: %v", err))
+	}
+	return c
+}
+
 // CAPEM returns the cluster CA certificate in PEM.
 func (k *Kube) CAPEM() []byte { return bytes.Clone(k.caPEM) }
 

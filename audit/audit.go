@@ -1,0 +1,141 @@
+// Package audit owns the audit stream: one event per API request (two for
+// long-lived streams: when they open and when they close) and one per system
+// change, written through a Sink. Sinks: a JSON-lines file here; Kafka for
+// consumers comes with the gateway cluster.
+package audit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+)
+
+// Phase distinguishes the events of one request.
+type Phase string
+
+// Phases. A plain request has one Complete event; watch, exec, attach,
+// port-forward and proxied upgrades have Open and then Close.
+const (
+	PhaseComplete Phase = "complete"
+	PhaseOpen     Phase = "open"
+	PhaseClose    Phase = "close"
+)
+
+// Event is one audited Kubernetes API request through the gateway.
+type Event struct {
+	Time        time.Time     `json:"time"`
+	Phase       Phase         `json:"phase"`
+	RequestID   string        `json:"requestId"`
+	Node        string        `json:"node"`
+	User        string        `json:"user"`
+	Groups      []string      `json:"groups,omitempty"`
+	Cluster     string        `json:"cluster"`
+	Namespace   string        `json:"namespace,omitempty"`
+	Verb        string        `json:"verb"`
+	APIGroup    string        `json:"apiGroup,omitempty"`
+	Resource    string        `json:"resource,omitempty"`
+	Subresource string        `json:"subresource,omitempty"`
+	Name        string        `json:"name,omitempty"`
+	Path        string        `json:"path"`
+	Status      int           `json:"status,omitempty"`
+	Duration    time.Duration `json:"durationNs,omitempty"`
+	BytesIn     int64         `json:"bytesIn"`
+	BytesOut    int64         `json:"bytesOut"`
+	ClientAddr  string        `json:"clientAddr"`
+	UserAgent   string        `json:"userAgent,omitempty"`
+	// Error says why the gateway refused or failed a request, if it did.
+	Error string `json:"error,omitempty"`
+}
+
+// Sink receives audit events. Write must not keep ev after it returns.
+// An error means the event may be lost; the caller decides whether that
+// fails the request (today it is logged and the request goes on).
+type Sink interface {
+	Write(ctx context.Context, ev *Event) error
+}
+
+// ErrClosed is returned by a closed sink.
+var ErrClosed = errors.New("audit: sink closed")
+
+// FileSink appends events as JSON lines to a file, flushing after each so
+// that a crash loses at most the event being written.
+type FileSink struct {
+	mu     sync.Mutex // guards f, w and closed
+	f      *os.File
+	w      *bufio.Writer
+	closed bool
+}
+
+var _ Sink = (*FileSink)(nil)
+
+// OpenFile opens (or creates) path for appending, mode 0600: audit logs name
+// people and what they did.
+func OpenFile(path string) (*FileSink, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	return &FileSink{f: f, w: bufio.NewWriter(f)}, nil
+}
+
+// Write appends one event.
+func (s *FileSink) Write(_ context.Context, ev *Event) error {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.w.Write(b)
+	s.w.WriteByte('\n')
+	if err := s.w.Flush(); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	return nil
+}
+
+// Close flushes and closes the file. It is idempotent.
+func (s *FileSink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	err := s.w.Flush()
+	if cerr := s.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Memory keeps events in memory, for tests and the dev setup's console.
+type Memory struct {
+	mu     sync.Mutex // guards events
+	events []Event
+}
+
+var _ Sink = (*Memory)(nil)
+
+// Write records a copy of ev.
+func (m *Memory) Write(_ context.Context, ev *Event) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.events = append(m.events, *ev)
+	return nil
+}
+
+// Events returns a copy of what was written so far.
+func (m *Memory) Events() []Event {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]Event(nil), m.events...)
+}

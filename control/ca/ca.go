@@ -1,0 +1,308 @@
+// Package ca is Gatehouse's certificate authority. A root signs the gateway's
+// serving certificates and two intermediates: one for people and one for
+// cluster agents. Each kind of client certificate is verified against its
+// own intermediate alone, so an agent certificate can never pass as a
+// person's, nor the reverse.
+//
+// Keys live in memory here; in a gateway cluster the Raft-elected leader runs
+// the authority and its keys are stored encrypted (see
+// docs/design/0001-architecture.md).
+package ca
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Errors returned when verifying certificates.
+var (
+	ErrNoCertificate = errors.New("ca: no client certificate")
+	ErrExpired       = errors.New("ca: certificate expired or not yet valid")
+	ErrWrongKind     = errors.New("ca: certificate not issued for this use")
+	ErrRevoked       = errors.New("ca: certificate revoked")
+	ErrBadName       = errors.New("ca: bad subject name")
+)
+
+// Config configures an Authority.
+type Config struct {
+	// Name prefixes the CA certificates' common names.
+	Name string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// DefaultConfig returns a configuration named "gatehouse".
+func DefaultConfig() Config { return Config{Name: "gatehouse"} }
+
+type signer struct {
+	cert *x509.Certificate
+	key  crypto.Signer
+	pool *x509.CertPool // this certificate alone, as a trust anchor
+}
+
+// Authority issues and verifies Gatehouse certificates.
+type Authority struct {
+	now                 func() time.Time
+	root, users, agents *signer
+
+	mu      sync.RWMutex // guards revoked
+	revoked map[string]time.Time
+}
+
+// New creates an authority with fresh keys.
+func New(cfg Config) (*Authority, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("ca: Name is required")
+	}
+	a := &Authority{now: cfg.Now, revoked: map[string]time.Time{}}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	var err error
+	// Ten years for the root and intermediates: rotation is an explicit
+	// operation, not something expiry forces at a bad moment.
+	if a.root, err = a.newSigner(nil, cfg.Name+" root", 10*365*24*time.Hour); err != nil {
+		return nil, err
+	}
+	if a.users, err = a.newSigner(a.root, cfg.Name+" users", 10*365*24*time.Hour); err != nil {
+		return nil, err
+	}
+	if a.agents, err = a.newSigner(a.root, cfg.Name+" agents", 10*365*24*time.Hour); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Authority) newSigner(parent *signer, cn string, ttl time.Duration) (*signer, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := a.now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             now.Add(-5 * time.Minute),
+		NotAfter:              now.Add(ttl),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        parent != nil,
+	}
+	issuer, issuerKey := tmpl, crypto.Signer(key)
+	if parent != nil {
+		issuer, issuerKey = parent.cert, parent.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), issuerKey)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &signer{cert: cert, key: key, pool: pool}, nil
+}
+
+// RootPEM returns the root certificate, which clients use to verify the
+// gateway.
+func (a *Authority) RootPEM() []byte { return certPEM(a.root.cert) }
+
+// RootPool returns a pool holding the root certificate.
+func (a *Authority) RootPool() *x509.CertPool { return a.root.pool }
+
+// IssueUser signs a client certificate for a person: CN is the user id, O
+// the groups. The chain (leaf, users intermediate) is returned in PEM.
+func (a *Authority) IssueUser(user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
+	if err := checkName(user); err != nil {
+		return nil, err
+	}
+	for _, g := range groups {
+		if err := checkName(g); err != nil {
+			return nil, err
+		}
+	}
+	return a.issueClient(a.users, pkix.Name{CommonName: user, Organization: groups}, pub, ttl)
+}
+
+// IssueAgent signs a client certificate for a cluster's agent: CN is the
+// cluster id.
+func (a *Authority) IssueAgent(cluster string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
+	if err := checkName(cluster); err != nil {
+		return nil, err
+	}
+	return a.issueClient(a.agents, pkix.Name{CommonName: cluster}, pub, ttl)
+}
+
+func (a *Authority) issueClient(s *signer, subject pkix.Name, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
+	if ttl <= 0 {
+		return nil, errors.New("ca: ttl must be positive")
+	}
+	now := a.now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      subject,
+		// A little backdating absorbs clock skew between machines.
+		NotBefore:   now.Add(-time.Minute),
+		NotAfter:    now.Add(ttl),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, pub, s.key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	return append(pemBlock("CERTIFICATE", der), certPEM(s.cert)...), nil
+}
+
+// IssueServer returns a serving certificate for hosts (DNS names or IPs),
+// signed by the root, with a fresh key.
+func (a *Authority) IssueServer(hosts []string, ttl time.Duration) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := a.now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: hosts[0]},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(ttl),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.root.cert, key.Public(), a.root.key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// UserIdentity is who a verified person certificate names.
+type UserIdentity struct {
+	User     string
+	Groups   []string
+	Serial   string
+	NotAfter time.Time
+}
+
+// VerifyUser checks a person's certificate chain as presented in TLS:
+// signed by the users intermediate, valid now, for client auth, not revoked.
+func (a *Authority) VerifyUser(chain []*x509.Certificate) (UserIdentity, error) {
+	leaf, err := a.verify(a.users, chain)
+	if err != nil {
+		return UserIdentity{}, err
+	}
+	return UserIdentity{User: leaf.Subject.CommonName, Groups: leaf.Subject.Organization, Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter}, nil
+}
+
+// VerifyAgent checks an agent's certificate chain and returns its cluster id.
+func (a *Authority) VerifyAgent(chain []*x509.Certificate) (cluster string, notAfter time.Time, err error) {
+	leaf, err := a.verify(a.agents, chain)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return leaf.Subject.CommonName, leaf.NotAfter, nil
+}
+
+func (a *Authority) verify(s *signer, chain []*x509.Certificate) (*x509.Certificate, error) {
+	if len(chain) == 0 {
+		return nil, ErrNoCertificate
+	}
+	leaf := chain[0]
+	now := a.now()
+	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+		return nil, fmt.Errorf("%w: valid %s to %s", ErrExpired, leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	// The intermediate is the trust anchor: a chain through the other
+	// intermediate, or any other CA, does not verify.
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:       s.pool,
+		CurrentTime: now,
+		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrWrongKind, err)
+	}
+	a.mu.RLock()
+	_, revoked := a.revoked[leaf.SerialNumber.Text(16)]
+	a.mu.RUnlock()
+	if revoked {
+		return nil, ErrRevoked
+	}
+	return leaf, nil
+}
+
+// Revoke refuses the certificate with this serial (hex) from now on.
+func (a *Authority) Revoke(serialHex string) {
+	a.mu.Lock()
+	a.revoked[strings.ToLower(serialHex)] = a.now()
+	a.mu.Unlock()
+}
+
+// checkName refuses names that could confuse a reader of audit logs or a
+// Kubernetes object name derived from them.
+func checkName(s string) error {
+	if s == "" || len(s) > 256 {
+		return fmt.Errorf("%w: %q must be 1..256 bytes", ErrBadName, s)
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("%w: %q has control characters", ErrBadName, s)
+		}
+	}
+	return nil
+}
+
+func serial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(fmt.Sprintf("ca: crypto/rand: %v", err))
+	}
+	return n
+}
+
+func pemBlock(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+func certPEM(c *x509.Certificate) []byte { return pemBlock("CERTIFICATE", c.Raw) }
+
+// NewKey returns a fresh P-256 key and its PKCS#8 PEM, for clients that
+// generate their key locally.
+func NewKey() (crypto.Signer, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, pemBlock("PRIVATE KEY", der), nil
+}

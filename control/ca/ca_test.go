@@ -1,0 +1,93 @@
+package ca
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"testing"
+	"time"
+)
+
+func parseChain(t *testing.T, chainPEM []byte) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, chainPEM = pem.Decode(chainPEM)
+		if b == nil {
+			return out
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+}
+
+func TestKindsDoNotCross(t *testing.T) {
+	now := time.Now()
+	a, err := New(Config{Name: "t", Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _, _ := NewKey()
+	userPEM, err := a.IssueUser("u-1", []string{"ops"}, key.Public(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentPEM, err := a.IssueAgent("prod", key.Public(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, agent := parseChain(t, userPEM), parseChain(t, agentPEM)
+
+	id, err := a.VerifyUser(user)
+	if err != nil || id.User != "u-1" || len(id.Groups) != 1 || id.Groups[0] != "ops" {
+		t.Fatalf("VerifyUser: %+v %v", id, err)
+	}
+	if c, _, err := a.VerifyAgent(agent); err != nil || c != "prod" {
+		t.Fatalf("VerifyAgent: %q %v", c, err)
+	}
+	if _, err := a.VerifyUser(agent); !errors.Is(err, ErrWrongKind) {
+		t.Fatalf("agent cert as user: %v", err)
+	}
+	if _, _, err := a.VerifyAgent(user); !errors.Is(err, ErrWrongKind) {
+		t.Fatalf("user cert as agent: %v", err)
+	}
+	// Another authority's certificate.
+	other, _ := New(DefaultConfig())
+	foreign, _ := other.IssueUser("u-1", nil, key.Public(), time.Hour)
+	if _, err := a.VerifyUser(parseChain(t, foreign)); !errors.Is(err, ErrWrongKind) {
+		t.Fatalf("foreign cert: %v", err)
+	}
+	// Expiry, by the injected clock.
+	now = now.Add(2 * time.Hour)
+	if _, err := a.VerifyUser(user); !errors.Is(err, ErrExpired) {
+		t.Fatalf("expired: %v", err)
+	}
+	now = now.Add(-2 * time.Hour)
+	a.Revoke(id.Serial)
+	if _, err := a.VerifyUser(user); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("revoked: %v", err)
+	}
+	if _, err := a.VerifyUser(nil); !errors.Is(err, ErrNoCertificate) {
+		t.Fatalf("none: %v", err)
+	}
+	if _, err := a.IssueUser("bad\nname", nil, key.Public(), time.Hour); !errors.Is(err, ErrBadName) {
+		t.Fatalf("control characters: %v", err)
+	}
+}
+
+func TestServerCertChainsToRoot(t *testing.T) {
+	a, _ := New(DefaultConfig())
+	c, err := a.IssueServer([]string{"127.0.0.1", "localhost"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Leaf.Verify(x509.VerifyOptions{Roots: a.RootPool(), DNSName: "localhost"}); err != nil {
+		t.Fatal(err)
+	}
+	var _ tls.Certificate = c
+}

@@ -1,0 +1,65 @@
+// Package control owns Gatehouse's configuration and decisions: the store
+// (CockroachDB through pgx and cockroach-go, an embedded store for single-node
+// use), authorization policy (Casbin over organizations, projects,
+// namespaces and roles), identity (Ory Kratos sessions, SSO group mapping,
+// API tokens), the certificate authority (control/ca) and the REST API.
+//
+// Until the store and policy arrive, StaticGrants answers who may reach which
+// cluster, for the dev setup and tests.
+package control
+
+import (
+	"context"
+	"slices"
+	"sync"
+
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+// StaticGrants is an in-memory grant table. It is safe for concurrent use;
+// the zero value is empty.
+type StaticGrants struct {
+	mu sync.RWMutex                        // guards m
+	m  map[string]map[string][]tunnel.Grant // subject -> cluster -> grants
+}
+
+// GroupSubject names a group as a subject of Set.
+func GroupSubject(group string) string { return "group:" + group }
+
+// Set replaces what subject (a user id, or GroupSubject(name)) holds on
+// cluster. No grants removes the subject's access there.
+func (s *StaticGrants) Set(subject, cluster string, grants ...tunnel.Grant) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]map[string][]tunnel.Grant{}
+	}
+	if s.m[subject] == nil {
+		s.m[subject] = map[string][]tunnel.Grant{}
+	}
+	if len(grants) == 0 {
+		delete(s.m[subject], cluster)
+		return
+	}
+	s.m[subject][cluster] = slices.Clone(grants)
+}
+
+// Grants returns the union of what the user and their groups hold on
+// cluster.
+func (s *StaticGrants) Grants(_ context.Context, user string, groups []string, cluster string) ([]tunnel.Grant, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []tunnel.Grant
+	add := func(subject string) {
+		for _, g := range s.m[subject][cluster] {
+			if !slices.Contains(out, g) {
+				out = append(out, g)
+			}
+		}
+	}
+	add(user)
+	for _, g := range groups {
+		add(GroupSubject(g))
+	}
+	return out, nil
+}

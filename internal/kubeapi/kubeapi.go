@@ -1,0 +1,59 @@
+// Package kubeapi holds small helpers shared by the gateway and the agent for
+// speaking the Kubernetes API's conventions: Status errors that kubectl
+// prints, and what a request path means (verb, resource, namespace).
+package kubeapi
+
+import (
+	"encoding/json"
+	"net/http"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apiserver/pkg/endpoints/request"
+)
+
+// WriteStatus writes a Kubernetes Status failure; kubectl shows its message
+// to the person.
+func WriteStatus(w http.ResponseWriter, code int, reason metav1.StatusReason, msg string) {
+	b, _ := json.Marshal(&metav1.Status{
+		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+		Status:   metav1.StatusFailure,
+		Message:  msg,
+		Reason:   reason,
+		Code:     int32(code),
+	})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}
+
+var infoFactory = &request.RequestInfoFactory{
+	APIPrefixes:          sets.NewString("api", "apis"),
+	GrouplessAPIPrefixes: sets.NewString("api"),
+}
+
+// RequestInfo is what an API request is about, as the API server's own
+// parser reads its path and method.
+type RequestInfo = request.RequestInfo
+
+// Info parses r (whose URL path is the API server path, without the
+// gateway's /k8s/CLUSTER prefix).
+func Info(r *http.Request) (*RequestInfo, error) {
+	return infoFactory.NewRequestInfo(r)
+}
+
+// LongRunning reports whether a request holds its connection open: watches,
+// streaming subresources and followed logs.
+func LongRunning(r *http.Request, ri *RequestInfo) bool {
+	if r.Header.Get("Upgrade") != "" || ri.Verb == "watch" {
+		return true
+	}
+	switch ri.Subresource {
+	case "exec", "attach", "portforward", "proxy":
+		return true
+	case "log":
+		return r.URL.Query().Get("follow") == "true"
+	}
+	return false
+}

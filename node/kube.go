@@ -1,0 +1,271 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"path"
+	"strings"
+	"sync/atomic"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/internal/kubeapi"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
+)
+
+// kubeHandler serves /k8s/CLUSTER/...: a person's request to a cluster.
+type kubeHandler struct{ n *Node }
+
+// SplitClusterPath splits an escaped request path /k8s/CLUSTER/REST into the
+// cluster id and the API server path /REST. It refuses anything that could
+// reach outside the cluster's API: dot segments, encoded slashes or dots,
+// empty segments, and cluster ids that are not DNS labels.
+func SplitClusterPath(escaped string) (cluster, rest string, err error) {
+	const prefix = "/k8s/"
+	if !strings.HasPrefix(escaped, prefix) {
+		return "", "", errors.New("path must start with /k8s/CLUSTER/")
+	}
+	lower := strings.ToLower(escaped)
+	if strings.Contains(lower, "%2f") || strings.Contains(lower, "%2e") || strings.Contains(lower, "%5c") || strings.Contains(escaped, `\`) {
+		return "", "", errors.New("encoded slashes, dots and backslashes are not allowed in the path")
+	}
+	tail := escaped[len(prefix):]
+	cluster, rest, _ = strings.Cut(tail, "/")
+	rest = "/" + rest
+	if errs := validation.IsDNS1123Label(cluster); len(errs) > 0 {
+		return "", "", fmt.Errorf("bad cluster id %q: %s", cluster, strings.Join(errs, "; "))
+	}
+	clean := path.Clean(rest)
+	if strings.HasSuffix(rest, "/") && clean != "/" {
+		clean += "/"
+	}
+	if clean != rest {
+		return "", "", errors.New("path must not contain empty, . or .. segments")
+	}
+	return cluster, rest, nil
+}
+
+type headerKey struct{}
+
+func newRequestID() string { return rand.Text() }
+
+func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := k.n
+	start := n.cfg.Now()
+	ev := &audit.Event{
+		Time: start, Phase: audit.PhaseComplete, RequestID: newRequestID(), Node: n.cfg.Name,
+		Path: r.URL.EscapedPath(), ClientAddr: r.RemoteAddr, UserAgent: r.UserAgent(), Verb: r.Method,
+	}
+	refuse := func(code int, reason metav1.StatusReason, msg string) {
+		ev.Status, ev.Error, ev.Duration = code, msg, n.cfg.Now().Sub(start)
+		n.writeAudit(r.Context(), ev)
+		kubeapi.WriteStatus(w, code, reason, msg)
+	}
+
+	// Who: a person's certificate, valid, not revoked.
+	var chain = r.TLS.PeerCertificates
+	id, err := n.cfg.Verifier.VerifyUser(chain)
+	if err != nil {
+		refuse(http.StatusUnauthorized, metav1.StatusReasonUnauthorized, "gatehouse: client certificate refused: "+err.Error())
+		return
+	}
+	ev.User, ev.Groups = id.User, id.Groups
+
+	// Where: the cluster, and a path that stays inside its API.
+	cluster, rest, err := SplitClusterPath(r.URL.EscapedPath())
+	if err != nil {
+		refuse(http.StatusBadRequest, metav1.StatusReasonBadRequest, "gatehouse: "+err.Error())
+		return
+	}
+	ev.Cluster = cluster
+	apiReq := r.Clone(r.Context())
+	apiReq.URL.RawPath = rest
+	apiReq.URL.Path, _ = url.PathUnescape(rest)
+	if ri, err := kubeapi.Info(apiReq); err == nil {
+		ev.Verb, ev.APIGroup, ev.Resource, ev.Subresource, ev.Namespace, ev.Name = ri.Verb, ri.APIGroup, ri.Resource, ri.Subresource, ri.Namespace, ri.Name
+		if kubeapi.LongRunning(apiReq, ri) {
+			ev.Phase = audit.PhaseOpen
+		}
+	}
+
+	// Impersonation is refused outright rather than stripped: a person who
+	// sends it expects it to work, and should learn that it does not.
+	for h := range r.Header {
+		if strings.HasPrefix(http.CanonicalHeaderKey(h), "Impersonate-") {
+			refuse(http.StatusForbidden, metav1.StatusReasonForbidden, "gatehouse: impersonation is not allowed through the gateway; requests run as you")
+			return
+		}
+	}
+	if !agent.AllowedUpgrade(r.Header) {
+		refuse(http.StatusBadRequest, metav1.StatusReasonBadRequest, "gatehouse: upgrade protocol not allowed: only SPDY/3.1 and websocket")
+		return
+	}
+
+	// What: any grant at all on the cluster; the cluster's RBAC, made from
+	// the grants, decides the rest.
+	grants, err := n.cfg.Grants.Grants(r.Context(), id.User, id.Groups, cluster)
+	if err != nil {
+		refuse(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "gatehouse: cannot read your access right now")
+		return
+	}
+	if len(grants) == 0 {
+		refuse(http.StatusForbidden, metav1.StatusReasonForbidden, fmt.Sprintf("gatehouse: you have no access to cluster %q", cluster))
+		return
+	}
+
+	hdr := &tunnel.Header{RequestID: ev.RequestID, User: id.User, Groups: id.Groups, Grants: grants, Deadline: id.NotAfter}
+	if ev.Phase == audit.PhaseOpen {
+		n.writeAudit(r.Context(), ev)
+	}
+	cw := &countingWriter{ResponseWriter: w}
+	var bodyIn atomic.Int64
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &countingBody{ReadCloser: r.Body, n: &bodyIn}
+	}
+	ctx := context.WithValue(r.Context(), headerKey{}, hdr)
+	// The person's access ends with their certificate: long streams too.
+	ctx, cancel := context.WithDeadline(ctx, id.NotAfter)
+	defer cancel()
+	n.proxy(cluster, rest).ServeHTTP(cw, r.WithContext(ctx))
+
+	ev.Time = n.cfg.Now()
+	if ev.Phase == audit.PhaseOpen {
+		ev.Phase = audit.PhaseClose
+	}
+	ev.Status = cw.status()
+	ev.Duration = ev.Time.Sub(start)
+	ev.BytesIn = bodyIn.Load() + cw.hijackedIn.Load()
+	ev.BytesOut = cw.written.Load() + cw.hijackedOut.Load()
+	n.writeAudit(r.Context(), ev)
+}
+
+func (n *Node) writeAudit(ctx context.Context, ev *audit.Event) {
+	if err := n.cfg.Audit.Write(context.WithoutCancel(ctx), ev); err != nil {
+		n.log.Error("audit write failed", "err", err, "requestId", ev.RequestID)
+	}
+}
+
+// proxy returns a reverse proxy that sends the request down cluster's
+// tunnel, one stream per request (a stream is one person's, always).
+func (n *Node) proxy(cluster, rest string) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = cluster
+			pr.Out.Host = cluster
+			pr.Out.URL.RawPath = rest
+			pr.Out.URL.Path, _ = url.PathUnescape(rest)
+			agent.StripClientCredentials(pr.Out.Header)
+		},
+		Transport:     n.tunnelTransport(cluster),
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			switch {
+			case errors.Is(err, tunnel.ErrNoTunnel):
+				kubeapi.WriteStatus(w, http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable,
+					fmt.Sprintf("gatehouse: cluster %q is not connected (its agent is down or cannot reach the gateway)", cluster))
+			case errors.Is(err, context.Canceled):
+			default:
+				kubeapi.WriteStatus(w, http.StatusBadGateway, metav1.StatusReasonInternalError,
+					fmt.Sprintf("gatehouse: tunnel to cluster %q failed: %v", cluster, err))
+			}
+		},
+	}
+}
+
+func (n *Node) tunnelTransport(cluster string) http.RoundTripper {
+	return &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			h, _ := ctx.Value(headerKey{}).(*tunnel.Header)
+			if h == nil {
+				return nil, errors.New("node: no identity for the stream")
+			}
+			return n.tunnels.Open(ctx, cluster, h)
+		},
+		// One stream per request: never reused for another person.
+		DisableKeepAlives:     true,
+		ResponseHeaderTimeout: 0, // watches may wait long for a first event
+	}
+}
+
+// countingWriter counts response bytes, including after a protocol upgrade,
+// and passes Flush and Hijack through.
+type countingWriter struct {
+	http.ResponseWriter
+	code                    atomic.Int64
+	written                 atomic.Int64
+	hijackedIn, hijackedOut atomic.Int64
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	c.code.CompareAndSwap(0, int64(code))
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.code.CompareAndSwap(0, http.StatusOK)
+	n, err := c.ResponseWriter.Write(p)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+func (c *countingWriter) status() int {
+	if v := c.code.Load(); v != 0 {
+		return int(v)
+	}
+	return http.StatusOK
+}
+
+func (c *countingWriter) Flush() { http.NewResponseController(c.ResponseWriter).Flush() }
+
+func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(c.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	c.code.CompareAndSwap(0, http.StatusSwitchingProtocols)
+	return &countingConn{Conn: conn, in: &c.hijackedIn, out: &c.hijackedOut}, rw, nil
+}
+
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+type countingConn struct {
+	net.Conn
+	in, out *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}

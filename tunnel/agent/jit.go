@@ -1,0 +1,219 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+// Labels and annotations on everything the agent creates for a person.
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedBy      = "gatehouse"
+	// LabelUser holds the hash that names the person's objects; label values
+	// cannot hold arbitrary user ids.
+	LabelUser = "gatehouse.dev/user-hash"
+	// AnnotationUser holds the person's user id, for people reading the
+	// cluster.
+	AnnotationUser = "gatehouse.dev/user"
+)
+
+// ServiceAccountName returns the DNS-safe name of a person's service
+// account: a prefix and 40 hex digits of SHA-256 of the user id. Distinct
+// ids never share a name in practice (a collision would need a SHA-256
+// collision), and the name reveals nothing about the person.
+func ServiceAccountName(user string) string {
+	return "gatehouse-" + userHash(user)
+}
+
+func userHash(user string) string {
+	sum := sha256.Sum256([]byte(user))
+	return hex.EncodeToString(sum[:20])
+}
+
+// JIT keeps one ServiceAccount per person in the agent's namespace, the
+// (Cluster)RoleBindings their grants call for, and short-lived tokens for it.
+type JIT struct {
+	cs        kubernetes.Interface
+	namespace string
+	tokenTTL  time.Duration
+	now       func() time.Time
+
+	mu    sync.Mutex // guards users
+	users map[string]*jitUser
+}
+
+type jitUser struct {
+	mu        sync.Mutex // serialises work for one person
+	grantsKey string     // the grants the bindings were made for
+	token     string
+	refreshAt time.Time
+}
+
+// NewJIT returns a manager working in namespace. tokenTTL is what tokens are
+// requested for (the API server enforces at least 10 minutes).
+func NewJIT(cs kubernetes.Interface, namespace string, tokenTTL time.Duration, now func() time.Time) *JIT {
+	if now == nil {
+		now = time.Now
+	}
+	return &JIT{cs: cs, namespace: namespace, tokenTTL: tokenTTL, now: now, users: map[string]*jitUser{}}
+}
+
+func grantsKey(gs []tunnel.Grant) string {
+	keys := make([]string, 0, len(gs))
+	for _, g := range gs {
+		keys = append(keys, g.Role+"/"+g.Namespace)
+	}
+	slices.Sort(keys)
+	return strings.Join(slices.Compact(keys), ",")
+}
+
+// Token returns a token for the person h names, first making sure their
+// service account and bindings match h.Grants. Tokens are cached until 80 %
+// of their life.
+func (j *JIT) Token(ctx context.Context, h *tunnel.Header) (string, error) {
+	j.mu.Lock()
+	u := j.users[h.User]
+	if u == nil {
+		u = &jitUser{}
+		j.users[h.User] = u
+	}
+	j.mu.Unlock()
+
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	key := grantsKey(h.Grants)
+	if u.grantsKey == key && u.token != "" && j.now().Before(u.refreshAt) {
+		return u.token, nil
+	}
+	if u.grantsKey != key {
+		if err := j.ensure(ctx, h.User, h.Grants); err != nil {
+			return "", err
+		}
+		u.grantsKey = key
+	}
+	tr, err := j.cs.CoreV1().ServiceAccounts(j.namespace).CreateToken(ctx, ServiceAccountName(h.User), &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptrInt64(int64(j.tokenTTL / time.Second))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		u.grantsKey = "" // the service account may be gone; ensure again next time
+		return "", fmt.Errorf("agent: token request: %w", err)
+	}
+	issued := j.now()
+	life := tr.Status.ExpirationTimestamp.Sub(issued)
+	u.token = tr.Status.Token
+	u.refreshAt = issued.Add(life * 8 / 10)
+	return u.token, nil
+}
+
+func ptrInt64(v int64) *int64 { return &v }
+
+type binding struct {
+	namespace string // "" for a ClusterRoleBinding
+	name      string
+	role      string
+}
+
+func (j *JIT) desired(user string, grants []tunnel.Grant) []binding {
+	h := userHash(user)
+	var out []binding
+	for _, g := range grants {
+		out = append(out, binding{namespace: g.Namespace, name: "gatehouse-" + h + "-" + g.Role, role: g.Role})
+	}
+	return out
+}
+
+// ensure creates the person's service account and exactly the bindings
+// their grants call for, deleting any others.
+func (j *JIT) ensure(ctx context.Context, user string, grants []tunnel.Grant) error {
+	name := ServiceAccountName(user)
+	meta := metav1.ObjectMeta{
+		Labels:      map[string]string{LabelManagedBy: ManagedBy, LabelUser: userHash(user)},
+		Annotations: map[string]string{AnnotationUser: user},
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: *meta.DeepCopy()}
+	sa.Name = name
+	// The token is requested explicitly; nothing should mount one.
+	sa.AutomountServiceAccountToken = new(bool)
+	if _, err := j.cs.CoreV1().ServiceAccounts(j.namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("agent: create service account: %w", err)
+	}
+	subject := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: j.namespace}}
+	want := map[string]bool{}
+	for _, b := range j.desired(user, grants) {
+		ref := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: b.role}
+		om := *meta.DeepCopy()
+		om.Name = b.name
+		var err error
+		if b.namespace == "" {
+			want["/"+b.name] = true
+			_, err = j.cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: om, RoleRef: ref, Subjects: subject}, metav1.CreateOptions{})
+		} else {
+			want[b.namespace+"/"+b.name] = true
+			_, err = j.cs.RbacV1().RoleBindings(b.namespace).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: om, RoleRef: ref, Subjects: subject}, metav1.CreateOptions{})
+		}
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("agent: bind %s in %q: %w", b.role, b.namespace, err)
+		}
+	}
+	return j.deleteBindings(ctx, user, want)
+}
+
+// deleteBindings removes the person's bindings not in keep ("ns/name",
+// "/name" for cluster-wide).
+func (j *JIT) deleteBindings(ctx context.Context, user string, keep map[string]bool) error {
+	sel := metav1.ListOptions{LabelSelector: LabelUser + "=" + userHash(user)}
+	crbs, err := j.cs.RbacV1().ClusterRoleBindings().List(ctx, sel)
+	if err != nil {
+		return fmt.Errorf("agent: list cluster role bindings: %w", err)
+	}
+	for _, b := range crbs.Items {
+		if !keep["/"+b.Name] {
+			if err := j.cs.RbacV1().ClusterRoleBindings().Delete(ctx, b.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return err
+			}
+		}
+	}
+	rbs, err := j.cs.RbacV1().RoleBindings("").List(ctx, sel)
+	if err != nil {
+		return fmt.Errorf("agent: list role bindings: %w", err)
+	}
+	for _, b := range rbs.Items {
+		if !keep[b.Namespace+"/"+b.Name] {
+			if err := j.cs.RbacV1().RoleBindings(b.Namespace).Delete(ctx, b.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Remove deletes the person's bindings and service account and forgets
+// their token: used when a person loses access.
+func (j *JIT) Remove(ctx context.Context, user string) error {
+	j.mu.Lock()
+	delete(j.users, user)
+	j.mu.Unlock()
+	if err := j.deleteBindings(ctx, user, nil); err != nil {
+		return err
+	}
+	err := j.cs.CoreV1().ServiceAccounts(j.namespace).Delete(ctx, ServiceAccountName(user), metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	return nil
+}

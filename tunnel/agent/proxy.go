@@ -1,0 +1,178 @@
+// Package agent is the part of Gatehouse that runs inside a cluster: it
+// serves the gateway's tunnel streams by calling the cluster's API server as
+// each person's just-in-time service account.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+
+	"github.com/gatehouse-dev/gatehouse/internal/kubeapi"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+// Proxy serves tunnel streams: it strips every credential and impersonation
+// header the client sent, and calls the API server with the person's
+// service-account token over a connection pool that serves that person only.
+type Proxy struct {
+	target *url.URL
+	tls    *tls.Config
+	jit    *JIT
+	log    *slog.Logger
+
+	mu         sync.Mutex // guards transports
+	transports map[string]*http.Transport
+}
+
+// NewProxy returns a proxy to the API server described by cfg (only its
+// host and CA are used; never its credentials).
+func NewProxy(cfg *rest.Config, jit *JIT, logger *slog.Logger) (*Proxy, error) {
+	anon := rest.AnonymousClientConfig(cfg)
+	tlsCfg, err := rest.TLSConfigFor(anon)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if tlsCfg == nil {
+		tlsCfg = &tls.Config{}
+	}
+	// Upgrades (exec, attach, port-forward) need HTTP/1.1.
+	tlsCfg.NextProtos = []string{"http/1.1"}
+	u, err := url.Parse(cfg.Host)
+	if err != nil {
+		return nil, fmt.Errorf("agent: API server URL: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Proxy{target: u, tls: tlsCfg, jit: jit, log: logger, transports: map[string]*http.Transport{}}, nil
+}
+
+// transportFor returns the person's own connection pool: a backend
+// connection never carries two people's requests.
+func (p *Proxy) transportFor(user string) *http.Transport {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t := p.transports[user]
+	if t == nil {
+		t = &http.Transport{
+			TLSClientConfig:     p.tls.Clone(),
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout: 10 * time.Second,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     90 * time.Second,
+			// No HTTP/2: upgrades must stay on HTTP/1.1 (see NewProxy).
+			TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
+		}
+		p.transports[user] = t
+	}
+	return t
+}
+
+// Forget closes the person's pooled connections (their access is gone).
+func (p *Proxy) Forget(user string) {
+	p.mu.Lock()
+	t := p.transports[user]
+	delete(p.transports, user)
+	p.mu.Unlock()
+	if t != nil {
+		t.CloseIdleConnections()
+	}
+}
+
+// Close closes every pooled connection.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	ts := p.transports
+	p.transports = map[string]*http.Transport{}
+	p.mu.Unlock()
+	for _, t := range ts {
+		t.CloseIdleConnections()
+	}
+}
+
+// StripClientCredentials removes what a client could use to claim another
+// identity: Authorization, Proxy-Authorization and every Impersonate-*
+// header (REFERENCE.md security checklist, item 1).
+func StripClientCredentials(h http.Header) {
+	h.Del("Authorization")
+	h.Del("Proxy-Authorization")
+	for k := range h {
+		if strings.HasPrefix(http.CanonicalHeaderKey(k), "Impersonate-") {
+			delete(h, k)
+		}
+	}
+}
+
+// AllowedUpgrade reports whether a request's Upgrade header, if any, names
+// a protocol Kubernetes streaming uses: SPDY/3.1 or WebSocket.
+func AllowedUpgrade(h http.Header) bool {
+	up := h.Values("Upgrade")
+	if len(up) == 0 {
+		return true
+	}
+	for _, v := range up {
+		for _, p := range strings.Split(v, ",") {
+			switch strings.ToLower(strings.TrimSpace(p)) {
+			case "spdy/3.1", "websocket":
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, ok := tunnel.HeaderFromContext(r.Context())
+	if !ok {
+		http.Error(w, "no tunnel header", http.StatusBadRequest)
+		return
+	}
+	if !AllowedUpgrade(r.Header) {
+		kubeapi.WriteStatus(w, http.StatusBadRequest, metav1.StatusReasonBadRequest, "upgrade protocol not allowed: only SPDY/3.1 and websocket")
+		return
+	}
+	ctx := r.Context()
+	if !h.Deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, h.Deadline)
+		defer cancel()
+	}
+	token, err := p.jit.Token(ctx, h)
+	if err != nil {
+		p.log.Error("agent: cannot prepare service account", "user", h.User, "err", err)
+		kubeapi.WriteStatus(w, http.StatusBadGateway, metav1.StatusReasonInternalError, "gatehouse agent could not prepare your service account in the cluster")
+		return
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(p.target)
+			pr.Out.Host = p.target.Host
+			StripClientCredentials(pr.Out.Header)
+			pr.Out.Header.Set("Authorization", "Bearer "+token)
+		},
+		Transport:     p.transportFor(h.User),
+		FlushInterval: -1, // watch and logs -f stream as they come
+		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) {
+				return
+			}
+			kubeapi.WriteStatus(w, http.StatusBadGateway, metav1.StatusReasonInternalError, "gatehouse agent cannot reach the API server: "+err.Error())
+		},
+	}
+	rp.ServeHTTP(w, r.WithContext(ctx))
+}

@@ -1,0 +1,312 @@
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// ClientConfig configures the agent's end of the tunnel.
+type ClientConfig struct {
+	// GatewayAddr is the gateway's public address, host:port.
+	GatewayAddr string
+	// ServerName is the name checked in the gateway's certificate; empty
+	// means the host of GatewayAddr.
+	ServerName string
+	// RootCAs verifies the gateway (from the bootstrap Secret).
+	RootCAs *x509.CertPool
+	// GetCertificate returns the agent's client certificate. It is called on
+	// every dial, so a renewed certificate is used from the next connection.
+	GetCertificate func() (*tls.Certificate, error)
+	// Handler serves each stream's HTTP request. HeaderFromContext returns
+	// the stream's Header inside it.
+	Handler http.Handler
+	// Proxy returns the HTTP CONNECT proxy for a URL, or nil for none. The
+	// default reads HTTPS_PROXY and NO_PROXY.
+	Proxy func(*url.URL) (*url.URL, error)
+	// MinBackoff and MaxBackoff bound the jittered exponential delay between
+	// connection attempts: quick recovery from a blip, and a thousand agents
+	// do not stampede a restarted gateway.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger receives connection events; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultClientConfig returns backoff between 250 ms and 30 s and proxy
+// settings from the environment.
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{
+		MinBackoff: 250 * time.Millisecond,
+		MaxBackoff: 30 * time.Second,
+		Proxy:      func(u *url.URL) (*url.URL, error) { return http.ProxyFromEnvironment(&http.Request{URL: u}) },
+	}
+}
+
+// Validate checks the configuration.
+func (c ClientConfig) Validate() error {
+	if _, _, err := net.SplitHostPort(c.GatewayAddr); err != nil {
+		return fmt.Errorf("tunnel: GatewayAddr %q: %w", c.GatewayAddr, err)
+	}
+	switch {
+	case c.RootCAs == nil:
+		return errors.New("tunnel: RootCAs is required")
+	case c.GetCertificate == nil:
+		return errors.New("tunnel: GetCertificate is required")
+	case c.Handler == nil:
+		return errors.New("tunnel: Handler is required")
+	case c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff:
+		return errors.New("tunnel: need 0 < MinBackoff <= MaxBackoff")
+	}
+	return nil
+}
+
+// Client is the agent's end of the tunnel: it dials the gateway, keeps the
+// tunnel up, and serves the gateway's streams.
+type Client struct {
+	cfg       ClientConfig
+	log       *slog.Logger
+	connected atomic.Bool
+	sessions  atomic.Int64 // tunnels established so far
+}
+
+// NewClient returns a client for cfg.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(cfg.GatewayAddr)
+	}
+	if cfg.Proxy == nil {
+		cfg.Proxy = func(*url.URL) (*url.URL, error) { return nil, nil }
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Client{cfg: cfg, log: log}, nil
+}
+
+// Connected reports whether a tunnel is up now.
+func (c *Client) Connected() bool { return c.connected.Load() }
+
+// Sessions returns how many tunnels have been established since Run began.
+func (c *Client) Sessions() int64 { return c.sessions.Load() }
+
+// Run keeps a tunnel to the gateway until ctx ends, reconnecting with
+// jittered exponential backoff. It returns ctx's error.
+func (c *Client) Run(ctx context.Context) error {
+	backoff := c.cfg.MinBackoff
+	for {
+		start := time.Now()
+		conn, err := c.dial(ctx)
+		if err == nil {
+			c.serve(ctx, conn)
+			// A tunnel that stayed up a while resets the backoff.
+			if time.Since(start) > c.cfg.MaxBackoff {
+				backoff = c.cfg.MinBackoff
+			}
+		} else if ctx.Err() == nil {
+			c.log.Warn("tunnel: cannot reach gateway", "addr", c.cfg.GatewayAddr, "err", err, "retry", backoff)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Full jitter in [backoff/2, backoff].
+		wait := backoff/2 + rand.N(backoff/2+1)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(backoff*2, c.cfg.MaxBackoff)
+	}
+}
+
+func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	proxyURL, err := c.cfg.Proxy(&url.URL{Scheme: "https", Host: c.cfg.GatewayAddr})
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	var raw net.Conn
+	if proxyURL != nil {
+		raw, err = dialConnect(dctx, proxyURL, c.cfg.GatewayAddr)
+	} else {
+		var d net.Dialer
+		raw, err = d.DialContext(dctx, "tcp", c.cfg.GatewayAddr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(raw, &tls.Config{
+		ServerName: c.cfg.ServerName,
+		RootCAs:    c.cfg.RootCAs,
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{ALPN},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return c.cfg.GetCertificate()
+		},
+	})
+	if err := tc.HandshakeContext(dctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
+		tc.Close()
+		return nil, fmt.Errorf("gateway does not speak %s (negotiated %q)", ALPN, p)
+	}
+	return tc, nil
+}
+
+// serve runs one tunnel until it ends or ctx is done, then closes every
+// stream and returns after the stream server has stopped.
+func (c *Client) serve(ctx context.Context, conn net.Conn) {
+	sess, err := yamux.Client(conn, yamuxConfig(c.log))
+	if err != nil {
+		conn.Close()
+		return
+	}
+	c.connected.Store(true)
+	c.sessions.Add(1)
+	c.log.Info("tunnel up", "gateway", c.cfg.GatewayAddr)
+	srv := &http.Server{
+		Handler: c.cfg.Handler,
+		// The header frame and the request line must come promptly; the
+		// request itself may then stream for hours (exec, watch).
+		ReadHeaderTimeout: 30 * time.Second,
+		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
+			return context.WithValue(ctx, streamKey{}, nc)
+		},
+		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		srv.Serve(&streamListener{sess: sess})
+	}()
+	select {
+	case <-sess.CloseChan():
+	case <-ctx.Done():
+	}
+	c.connected.Store(false)
+	srv.Close() // closes the listener (the session) and every open stream
+	sess.Close()
+	wg.Wait()
+	c.log.Info("tunnel down", "gateway", c.cfg.GatewayAddr)
+}
+
+// dialConnect opens a TCP connection to target through an HTTP CONNECT
+// proxy.
+func dialConnect(ctx context.Context, proxy *url.URL, target string) (net.Conn, error) {
+	if proxy.Scheme != "http" {
+		return nil, fmt.Errorf("proxy %s: only http:// CONNECT proxies are supported", proxy.Redacted())
+	}
+	addr := proxy.Host
+	if proxy.Port() == "" {
+		addr = net.JoinHostPort(proxy.Hostname(), "80")
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("proxy %s: %w", proxy.Redacted(), err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	req := &http.Request{Method: http.MethodConnect, URL: &url.URL{Opaque: target}, Host: target, Header: http.Header{}}
+	if u := proxy.User; u != nil {
+		pw, _ := u.Password()
+		req.Header.Set("Proxy-Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+pw)))
+	}
+	if err := req.Write(conn); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("proxy %s: %w", proxy.Redacted(), err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("proxy %s: %w", proxy.Redacted(), err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		conn.Close()
+		return nil, fmt.Errorf("proxy %s: CONNECT %s: %s", proxy.Redacted(), target, resp.Status)
+	}
+	// TLS speaks first, so a proxy that already sent bytes is broken.
+	if br.Buffered() > 0 {
+		conn.Close()
+		return nil, fmt.Errorf("proxy %s: unexpected data after CONNECT response", proxy.Redacted())
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, nil
+}
+
+type streamKey struct{}
+
+// HeaderFromContext returns the Header of the stream a request arrived on,
+// inside a Handler given to ClientConfig.
+func HeaderFromContext(ctx context.Context) (*Header, bool) {
+	sc, ok := ctx.Value(streamKey{}).(*streamConn)
+	if !ok || sc.header == nil {
+		return nil, false
+	}
+	return sc.header, true
+}
+
+// streamListener hands the gateway's streams to an http.Server.
+type streamListener struct{ sess *yamux.Session }
+
+func (l *streamListener) Accept() (net.Conn, error) {
+	st, err := l.sess.AcceptStream()
+	if err != nil {
+		return nil, err
+	}
+	return &streamConn{Stream: st}, nil
+}
+func (l *streamListener) Close() error   { return l.sess.Close() }
+func (l *streamListener) Addr() net.Addr { return l.sess.Addr() }
+
+// streamConn reads the stream's Header frame before the first byte of HTTP,
+// in the goroutine that serves the stream (so a slow stream never holds up
+// Accept).
+type streamConn struct {
+	*yamux.Stream
+	header *Header // set by the first Read, then read-only
+	err    error
+}
+
+func (s *streamConn) Read(p []byte) (int, error) {
+	if s.header == nil {
+		if s.err != nil {
+			return 0, s.err
+		}
+		s.Stream.SetReadDeadline(time.Now().Add(30 * time.Second))
+		s.header, s.err = ReadHeader(s.Stream)
+		s.Stream.SetReadDeadline(time.Time{})
+		if s.err != nil {
+			s.Stream.Close()
+			return 0, s.err
+		}
+	}
+	return s.Stream.Read(p)
+}

@@ -1,0 +1,196 @@
+// Package tunnel owns the protocol between a cluster's agent and the gateway,
+// and the agent itself.
+//
+// The agent dials out (never in) with TLS 1.3 and its own client certificate,
+// negotiates the versioned ALPN protocol ALPN and runs a yamux session over
+// that one connection. The gateway opens one yamux stream per client request;
+// each stream starts with a Header frame naming the person the request runs
+// for, followed by one HTTP/1.1 exchange (which may upgrade to SPDY or
+// WebSocket for exec, attach and port-forward). Only the gateway can write to
+// the tunnel, so the frame is authenticated by the tunnel's mutual TLS; no
+// HTTP header a client could forge ever carries identity.
+//
+// The wire format is specified in docs/design/0002-tunnel-protocol.md.
+package tunnel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// ALPN is the TLS application protocol of the tunnel. The version is part
+// of the name: an incompatible protocol gets a new name, and a gateway can
+// serve several during an upgrade.
+const ALPN = "gatehouse-tunnel/1"
+
+// Frame layout: magic (2 bytes "GH"), version (1), type (1), payload length
+// (4, big endian), payload.
+const (
+	frameMagic0, frameMagic1 = 'G', 'H'
+	frameVersion             = 1
+	frameHeaderLen           = 8
+
+	// MaxFramePayload bounds a frame's payload. A header names a person,
+	// their groups and grants; 64 KiB is far more than any real one needs
+	// and small enough that a hostile peer cannot make us allocate much.
+	MaxFramePayload = 64 << 10
+)
+
+// FrameType identifies a frame's payload.
+type FrameType uint8
+
+// Frame types.
+const (
+	// FrameHeader opens a stream: a JSON Header follows.
+	FrameHeader FrameType = 1
+)
+
+// Errors returned by the frame codec.
+var (
+	ErrBadMagic     = errors.New("tunnel: bad frame magic")
+	ErrVersion      = errors.New("tunnel: unsupported frame version")
+	ErrFrameType    = errors.New("tunnel: unexpected frame type")
+	ErrFrameTooLong = errors.New("tunnel: frame too long")
+	ErrBadHeader    = errors.New("tunnel: malformed header")
+)
+
+// Grant is Kubernetes access a person holds on the cluster. The agent turns
+// grants into RBAC bindings of the person's service account.
+type Grant struct {
+	// Role names a ClusterRole: "cluster-admin", "admin", "edit" or "view".
+	Role string `json:"role"`
+	// Namespace limits the grant to one namespace; empty means the whole
+	// cluster.
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// Header is the first frame of every stream.
+type Header struct {
+	// RequestID correlates the request across gateway, agent and audit.
+	RequestID string `json:"requestId"`
+	// User is the person's stable id (never an email, which can change).
+	User string `json:"user"`
+	// Groups are the person's groups, for audit.
+	Groups []string `json:"groups,omitempty"`
+	// Grants is the person's access on this cluster; never empty for a
+	// request the gateway let through.
+	Grants []Grant `json:"grants"`
+	// Deadline, when set, is when the person's credential expires; the agent
+	// ends the stream then.
+	Deadline time.Time `json:"deadline,omitzero"`
+}
+
+// Validate checks what the agent relies on.
+func (h *Header) Validate() error {
+	switch {
+	case h.User == "" || len(h.User) > 256:
+		return fmt.Errorf("%w: user must be 1..256 bytes", ErrBadHeader)
+	case len(h.RequestID) > 128:
+		return fmt.Errorf("%w: request id longer than 128 bytes", ErrBadHeader)
+	case len(h.Grants) == 0:
+		return fmt.Errorf("%w: no grants", ErrBadHeader)
+	}
+	for _, g := range h.Grants {
+		if !ValidRole(g.Role) {
+			return fmt.Errorf("%w: unknown role %q", ErrBadHeader, g.Role)
+		}
+		if g.Role == "cluster-admin" && g.Namespace != "" {
+			return fmt.Errorf("%w: cluster-admin cannot be limited to a namespace", ErrBadHeader)
+		}
+		if len(g.Namespace) > 63 {
+			return fmt.Errorf("%w: namespace %q too long", ErrBadHeader, g.Namespace)
+		}
+	}
+	return nil
+}
+
+// ValidRole reports whether role is one the agent binds.
+func ValidRole(role string) bool {
+	switch role {
+	case "cluster-admin", "admin", "edit", "view":
+		return true
+	}
+	return false
+}
+
+// WriteFrame writes one frame.
+func WriteFrame(w io.Writer, t FrameType, payload []byte) error {
+	if len(payload) > MaxFramePayload {
+		return ErrFrameTooLong
+	}
+	buf := make([]byte, frameHeaderLen+len(payload))
+	buf[0], buf[1], buf[2], buf[3] = frameMagic0, frameMagic1, frameVersion, byte(t)
+	binary.BigEndian.PutUint32(buf[4:8], uint32(len(payload)))
+	copy(buf[frameHeaderLen:], payload)
+	_, err := w.Write(buf)
+	return err
+}
+
+// ReadFrame reads one frame, refusing payloads over MaxFramePayload before
+// allocating for them.
+func ReadFrame(r io.Reader) (FrameType, []byte, error) {
+	var h [frameHeaderLen]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, nil, err
+	}
+	if h[0] != frameMagic0 || h[1] != frameMagic1 {
+		return 0, nil, ErrBadMagic
+	}
+	if h[2] != frameVersion {
+		return 0, nil, fmt.Errorf("%w: %d", ErrVersion, h[2])
+	}
+	n := binary.BigEndian.Uint32(h[4:8])
+	if n > MaxFramePayload {
+		return 0, nil, ErrFrameTooLong
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return FrameType(h[3]), payload, nil
+}
+
+// WriteHeader writes h as a FrameHeader frame.
+func WriteHeader(w io.Writer, h *Header) error {
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	return WriteFrame(w, FrameHeader, b)
+}
+
+// ReadHeader reads and validates a FrameHeader frame. Unknown JSON fields
+// are refused: both ends of a tunnel speak the same ALPN version.
+func ReadHeader(r io.Reader) (*Header, error) {
+	t, payload, err := ReadFrame(r)
+	if err != nil {
+		return nil, err
+	}
+	if t != FrameHeader {
+		return nil, fmt.Errorf("%w: %d", ErrFrameType, t)
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	var h Header
+	if err := dec.Decode(&h); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadHeader, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data", ErrBadHeader)
+	}
+	if err := h.Validate(); err != nil {
+		return nil, err
+	}
+	return &h, nil
+}
