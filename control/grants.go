@@ -19,7 +19,7 @@ import (
 // StaticGrants is an in-memory grant table. It is safe for concurrent use;
 // the zero value is empty.
 type StaticGrants struct {
-	mu sync.RWMutex                        // guards m
+	mu sync.RWMutex                         // guards m
 	m  map[string]map[string][]tunnel.Grant // subject -> cluster -> grants
 }
 
