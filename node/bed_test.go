@@ -68,10 +68,10 @@ type bed struct {
 	t        *testing.T
 	kube     *testenv.Kube
 	dir      string
-	now      func() time.Time
 	clock    *clock
 	auth     *ca.Authority
 	grants   *control.StaticGrants
+	tokens   *control.BootstrapTokens
 	registry *tunnel.Registry
 	audit    *audit.Memory
 	addr     string
@@ -103,6 +103,7 @@ func newBed(t *testing.T) *bed {
 	t.Helper()
 	k := sharedKube(t)
 	b := &bed{t: t, kube: k, dir: t.TempDir(), clock: &clock{}, grants: &control.StaticGrants{}, audit: &audit.Memory{}}
+	b.tokens = control.NewBootstrapTokens(b.clock.Now)
 	var err error
 	if b.auth, err = ca.New(ca.Config{Name: "test", Now: b.clock.Now}); err != nil {
 		t.Fatal(err)
@@ -123,6 +124,7 @@ func (b *bed) startNode(addr string) {
 	cfg := node.DefaultConfig()
 	cfg.Addr, cfg.Certificate, cfg.Verifier, cfg.Grants, cfg.Registry, cfg.Audit, cfg.Now = addr, cert, b.auth, b.grants, b.registry, b.audit, b.clock.Now
 	cfg.ShutdownTimeout = 5 * time.Second
+	cfg.Registrar, cfg.AgentIssuer = b.tokens, b.auth
 	if testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -250,4 +252,20 @@ func certPool(pemBytes []byte) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AppendCertsFromPEM(pemBytes)
 	return p
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -78,6 +78,15 @@ type Config struct {
 	// Audit receives one event per request (two for long-running ones).
 	Audit audit.Sink
 
+	// Registrar and AgentIssuer let new agents register with a bootstrap
+	// token; either nil disables registration on this node.
+	Registrar   Registrar
+	AgentIssuer AgentIssuer
+
+	// AgentCertTTL is the lifetime of agent certificates. A day bounds the
+	// use of a stolen agent key; agents renew at half life.
+	AgentCertTTL time.Duration
+
 	// ShutdownTimeout bounds how long Run waits for in-flight requests after
 	// its context ends. Kubernetes gives a pod 30 s by default before it is
 	// killed; 20 s leaves room for the rest of the shutdown.
@@ -93,7 +102,7 @@ type Config struct {
 // DefaultConfig returns a configuration that listens on 127.0.0.1:8443.
 // Certificate, Verifier, Grants, Registry and Audit must be set.
 func DefaultConfig() Config {
-	return Config{Name: "node-1", Addr: "127.0.0.1:8443", ShutdownTimeout: 20 * time.Second}
+	return Config{Name: "node-1", Addr: "127.0.0.1:8443", ShutdownTimeout: 20 * time.Second, AgentCertTTL: 24 * time.Hour}
 }
 
 // Validate checks the configuration.
@@ -116,6 +125,8 @@ func (c Config) Validate() error {
 		return errors.New("node: Registry is required")
 	case c.Audit == nil:
 		return errors.New("node: Audit is required")
+	case c.AgentCertTTL < 10*time.Minute:
+		return errors.New("node: AgentCertTTL must be at least 10 minutes")
 	}
 	return nil
 }
@@ -172,6 +183,7 @@ func (n *Node) Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("POST /v1/agents/register", n.registerHandler)
 	kube := &kubeHandler{n: n}
 	// /k8s/ bypasses ServeMux, which would answer a path with dot segments
 	// with a redirect to its cleaned form; the kube handler refuses those.

@@ -1,0 +1,114 @@
+package node
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Registrar redeems bootstrap tokens. *control.BootstrapTokens implements it.
+type Registrar interface {
+	// Redeem consumes token for the cluster with this fingerprint and
+	// returns the cluster id, or an error if the token is unknown, expired
+	// or used.
+	Redeem(token, fingerprint string) (cluster string, err error)
+}
+
+// AgentIssuer signs agent certificates. *ca.Authority implements it.
+type AgentIssuer interface {
+	IssueAgent(cluster string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
+}
+
+// RegisterRequest is what an agent sends to /v1/agents/register.
+type RegisterRequest struct {
+	// Token is the one-time bootstrap token from the cluster's manifest.
+	Token string `json:"token"`
+	// CSR is a PEM certificate request for a key the agent generated; the
+	// private key never leaves the cluster.
+	CSR string `json:"csr"`
+	// Fingerprint identifies the cluster: its kube-system namespace UID.
+	Fingerprint string `json:"fingerprint"`
+}
+
+// RegisterResponse carries the agent's certificate chain.
+type RegisterResponse struct {
+	Cluster     string `json:"cluster"`
+	Certificate string `json:"certificate"`
+}
+
+// maxRegisterBody bounds a registration request: a CSR is ~1 KiB.
+const maxRegisterBody = 64 << 10
+
+// registerHandler serves POST /v1/agents/register.
+//
+// It needs no client certificate: the caller is a new agent that has none
+// yet. The one-time bootstrap token authenticates it instead, and the
+// certificate it gets names only the cluster the token was made for.
+func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
+	fail := func(code int, msg string) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		json.NewEncoder(w).Encode(map[string]string{"error": msg})
+	}
+	if n.cfg.Registrar == nil || n.cfg.AgentIssuer == nil {
+		fail(http.StatusNotFound, "this node does not register agents")
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		fail(http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRegisterBody))
+	if err != nil {
+		fail(http.StatusRequestEntityTooLarge, "request too large")
+		return
+	}
+	var req RegisterRequest
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		fail(http.StatusBadRequest, "malformed request: "+err.Error())
+		return
+	}
+	block, _ := pem.Decode([]byte(req.CSR))
+	if block == nil || block.Type != "CERTIFICATE REQUEST" {
+		fail(http.StatusBadRequest, "csr: not a PEM CERTIFICATE REQUEST")
+		return
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		fail(http.StatusBadRequest, "csr: "+err.Error())
+		return
+	}
+	// Proof that the caller holds the key it wants certified.
+	if err := csr.CheckSignature(); err != nil {
+		fail(http.StatusBadRequest, "csr: bad signature")
+		return
+	}
+	if len(req.Fingerprint) == 0 || len(req.Fingerprint) > 128 {
+		fail(http.StatusBadRequest, "fingerprint must be 1..128 bytes")
+		return
+	}
+	cluster, err := n.cfg.Registrar.Redeem(req.Token, req.Fingerprint)
+	if err != nil {
+		// One answer for unknown, expired and used tokens: nothing for a
+		// guesser to learn. The log says which.
+		n.log.Warn("agent registration refused", "remote", r.RemoteAddr, "fingerprint", req.Fingerprint, "err", err)
+		fail(http.StatusUnauthorized, "bootstrap token invalid, expired or already used")
+		return
+	}
+	chain, err := n.cfg.AgentIssuer.IssueAgent(cluster, csr.PublicKey, n.cfg.AgentCertTTL)
+	if err != nil {
+		n.log.Error("agent certificate", "cluster", cluster, "err", err)
+		fail(http.StatusInternalServerError, "cannot issue certificate")
+		return
+	}
+	n.log.Info("agent registered", "cluster", cluster, "fingerprint", req.Fingerprint, "remote", r.RemoteAddr)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(RegisterResponse{Cluster: cluster, Certificate: string(chain)})
+}

@@ -1,0 +1,156 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/node"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
+)
+
+var (
+	_ node.AgentIssuer = (*ca.Authority)(nil)
+	_ node.Verifier    = (*ca.Authority)(nil)
+	_ node.Tunnels     = (*tunnel.Registry)(nil)
+)
+
+// TestBootstrapManifestRegistersLeastPrivilegeAgent applies the real
+// bootstrap manifest, runs the agent with the manifest's own service account
+// (not an admin), and uses the cluster through the gateway.
+func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
+	b := newBed(t)
+	const ns, cluster = "gh-agent", "prod"
+	token, err := b.tokens.Create(cluster, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest, err := agent.Manifest(agent.ManifestParams{
+		Cluster: cluster, Namespace: ns, GatewayURL: "https://" + b.addr, GatewayCA: string(b.auth.RootPEM()),
+		Token: token, Expires: time.Now().Add(time.Hour), Image: "gatehouse:dev",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A server-side dry run validates every object (RBAC, Pod Security,
+	// schema) but cannot create objects inside a namespace it only
+	// pretends to create, so the namespace exists first.
+	b.ok("", "create", "namespace", ns)
+	if r := b.kubectl("", string(manifest), nil, "apply", "--dry-run=server", "-f", "-"); r.err != nil {
+		t.Fatalf("dry run: %v\n%s", r.err, r.stderr)
+	}
+	if r := b.kubectl("", string(manifest), nil, "apply", "-f", "-"); r.err != nil {
+		t.Fatalf("apply: %v\n%s", r.err, r.stderr)
+	}
+	// No rule of the agent's grants a wildcard.
+	if out := b.ok("", "get", "clusterrole", "gatehouse-agent", "-o", "jsonpath={.rules[*].verbs}"); strings.Contains(out, "*") {
+		t.Fatalf("agent ClusterRole has a wildcard: %s", out)
+	}
+
+	// What the Deployment would run, with the Deployment's credentials.
+	cs, _ := b.kube.Clientset()
+	ctx := context.Background()
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "gatehouse-agent", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := cs.CoreV1().Secrets(ns).Get(ctx, "gatehouse-bootstrap", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent := func() (*agent.Agent, func()) {
+		cfg := agent.DefaultConfig()
+		cfg.Kube = b.kube.TokenRESTConfig(tr.Status.Token)
+		cfg.Namespace = ns
+		cfg.GatewayURL = string(sec.Data["gateway-url"])
+		cfg.GatewayCA = sec.Data["gateway-ca.crt"]
+		cfg.BootstrapToken = string(sec.Data["bootstrap-token"])
+		a, err := agent.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		actx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- a.Run(actx) }()
+		stop := func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent Run: %v", err)
+			}
+		}
+		return a, stop
+	}
+	a, stop := runAgent()
+	waitFor(t, 30*time.Second, func() bool { return b.registry.Connected(cluster) })
+	if a.Cluster() != cluster {
+		t.Fatalf("agent cluster %q", a.Cluster())
+	}
+
+	b.grants.Set("ada", cluster, tunnel.Grant{Role: "cluster-admin"})
+	b.grants.Set("bob", cluster, tunnel.Grant{Role: "view", Namespace: "default"})
+	ada := b.kubeconfigFor("ada", cluster)
+	bob := b.kubeconfigFor("bob", cluster)
+	if out := b.ok(ada, "get", "ns", "kube-system", "-o", "name"); strings.TrimSpace(out) != "namespace/kube-system" {
+		t.Fatalf("admin through least-privilege agent: %q", out)
+	}
+	b.ok(bob, "-n", "default", "get", "pods")
+	b.refused(bob, "forbidden", "-n", "default", "create", "configmap", "x")
+
+	// The token is spent: a second registration fails, from any cluster.
+	for _, fp := range []string{"another-cluster-uid", "same"} {
+		if code := register(t, b, token, fp); code != http.StatusUnauthorized {
+			t.Fatalf("token reused (%s): %d", fp, code)
+		}
+	}
+	// An expired token fails too.
+	late, _ := b.tokens.Create("late", time.Minute)
+	b.clock.Set(2 * time.Minute)
+	if code := register(t, b, late, "uid-late"); code != http.StatusUnauthorized {
+		t.Fatalf("expired token: %d", code)
+	}
+	b.clock.Set(0)
+
+	// A restart needs no token: the identity Secret is used.
+	stop()
+	waitFor(t, 30*time.Second, func() bool { return !b.registry.Connected(cluster) })
+	_, stop2 := runAgent()
+	defer stop2()
+	waitFor(t, 30*time.Second, func() bool { return b.registry.Connected(cluster) })
+	b.ok(ada, "get", "ns", "default")
+}
+
+func (b *bed) kubeconfigFor(user, cluster string) string {
+	path := b.kubeconfig(user, time.Hour)
+	cfg := strings.Replace(string(mustRead(b.t, path)), "/k8s/"+clusterID, "/k8s/"+cluster, 1)
+	writeFile(b.t, path, cfg)
+	return path
+}
+
+func register(t *testing.T, b *bed, token, fingerprint string) int {
+	t.Helper()
+	key, _, _ := ca.NewKey()
+	der, _ := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}}, key)
+	body, _ := json.Marshal(node.RegisterRequest{Token: token, Fingerprint: fingerprint,
+		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: b.auth.RootPool(), ServerName: "127.0.0.1"}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Post("https://"+b.addr+"/v1/agents/register", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
