@@ -1,11 +1,13 @@
-# Gatehouse. `make run` starts a node; `make test` runs every test against the
-# real test bed (building its tools first when missing). See README.md.
+# Gatehouse. `make run` starts a whole Gatehouse on this machine (a local
+# cluster behind a gateway, ready for kubectl); `make test` runs every test
+# against the real test bed, building its tools first when missing.
 
 GO          ?= go
 BIN         := $(CURDIR)/bin
 STATICCHECK := $(GO) tool -modfile=tools/lint/go.mod staticcheck
 TEST_FLAGS  ?= -race -count=1 -timeout=30m
 RUN_ADDR    ?= 127.0.0.1:8443
+DIR         ?= .gatehouse/dev
 TOOL_BINS   := etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kratos
 
 .PHONY: all build run test tools lint bench clean
@@ -15,8 +17,8 @@ all: build
 build:
 	$(GO) build -o $(BIN)/gatehouse ./cmd/gatehouse
 
-run: build
-	$(BIN)/gatehouse node --addr $(RUN_ADDR)
+run: build tools
+	$(BIN)/gatehouse dev --state-dir $(DIR) --addr $(RUN_ADDR)
 
 # tools/build.sh rebuilds a tool set only when its pin (tools/SET/go.mod,
 # go.sum) changes; with everything up to date it returns in a second.

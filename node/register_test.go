@@ -40,7 +40,7 @@ func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
 	}
 	manifest, err := agent.Manifest(agent.ManifestParams{
 		Cluster: cluster, Namespace: ns, GatewayURL: "https://" + b.addr, GatewayCA: string(b.auth.RootPEM()),
-		Token: token, Expires: time.Now().Add(time.Hour), Image: "gatehouse:dev",
+		Token: token, Expires: time.Now().Add(time.Hour), Image: "gatehouse:dev", Replicas: 1,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -21,8 +21,12 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/internal/devsetup"
 	"github.com/gatehouse-dev/gatehouse/node"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
+
+	"k8s.io/client-go/rest"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -36,6 +40,8 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"node", "run a gateway node", runNode},
+		{"agent", "run the cluster agent (inside the cluster; configured by the bootstrap manifest)", runAgent},
+		{"dev", "run a whole Gatehouse on this machine: a local cluster behind a gateway, ready for kubectl", runDev},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			_, err := fmt.Fprintln(stdout, "gatehouse", version)
 			return err
@@ -95,26 +101,17 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long to wait for in-flight requests on shutdown")
 	stateDir := fs.String("state-dir", ".gatehouse/node", "directory for the CA certificate and the audit log")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "gatehouse node: unexpected arguments %q\n", fs.Args())
-		return errUsage
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(stderr, "gatehouse node: -log-level: %v\n", err)
-		return errUsage
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
 	}
 	host, _, err := net.SplitHostPort(cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("-addr %q: %w", cfg.Addr, err)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log, err := newLogger(*logLevel, stderr)
+	if err != nil {
+		return err
+	}
 	cfg.Logger = log
 	if err := os.MkdirAll(*stateDir, 0o700); err != nil {
 		return err
@@ -151,4 +148,92 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	log.Info("gateway CA written", "path", caPath)
 	return n.Run(ctx)
+}
+
+// parseFlags parses args into fs, printing problems; it reports whether the
+// command should go on (false with a nil error after -h).
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (bool, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return false, nil
+		}
+		return false, errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected arguments %q\n", fs.Name(), fs.Args())
+		return false, errUsage
+	}
+	return true, nil
+}
+
+func newLogger(level string, stderr io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		fmt.Fprintf(stderr, "-log-level: %v\n", err)
+		return nil, errUsage
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := devsetup.DefaultConfig()
+	fs := flag.NewFlagSet("gatehouse dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory for the local cluster, audit log and admin.kubeconfig")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "front this existing cluster instead of starting a local one")
+	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "gateway listen address, host:port")
+	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "kwok nodes in the local cluster")
+	logLevel := fs.String("log-level", "warn", "log level of the components: debug, info, warn, error")
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	log, err := newLogger(*logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	cfg.Logger, cfg.Out = log, stdout
+	env, err := devsetup.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	fmt.Fprintln(stdout, "gatehouse dev: serving until interrupted (Ctrl-C)")
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(stdout, "gatehouse dev: stopping")
+		return nil
+	case err := <-env.Err():
+		return err
+	}
+}
+
+// runAgent runs inside the cluster with the pod's service account. Its
+// settings come from the environment the bootstrap manifest sets.
+func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
+	cfg := agent.DefaultConfig()
+	fs := flag.NewFlagSet("gatehouse agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	log, err := newLogger(*logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	cfg.GatewayURL = os.Getenv("GATEHOUSE_GATEWAY_URL")
+	cfg.GatewayCA = []byte(os.Getenv("GATEHOUSE_GATEWAY_CA"))
+	cfg.BootstrapToken = os.Getenv("GATEHOUSE_BOOTSTRAP_TOKEN")
+	if ns := os.Getenv("GATEHOUSE_NAMESPACE"); ns != "" {
+		cfg.Namespace = ns
+	}
+	if cfg.Kube, err = rest.InClusterConfig(); err != nil {
+		return fmt.Errorf("agent: not running in a cluster: %w", err)
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
 }

@@ -30,6 +30,9 @@ type ManifestParams struct {
 	Token      string
 	Expires    time.Time
 	Image      string
+	// Replicas of the agent Deployment; 1 normally, 0 when the agent runs
+	// outside the cluster (gatehouse dev).
+	Replicas int
 }
 
 // Manifest renders the bootstrap manifest: namespace, the agent's service

@@ -1,0 +1,373 @@
+// Package devsetup is `gatehouse dev`: a whole Gatehouse on one machine for
+// a newcomer's first contact. It starts (or fronts) a cluster, a gateway node
+// with an in-memory store and CA, registers the cluster by applying the real
+// bootstrap manifest, runs the agent with the manifest's least-privilege
+// service account, creates an admin and writes their kubeconfig.
+package devsetup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control"
+	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/gatehouse-dev/gatehouse/node"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
+)
+
+// Config configures the dev setup.
+type Config struct {
+	// StateDir holds everything: the local cluster, the audit log, the
+	// manifest and admin.kubeconfig.
+	StateDir string
+	// Kubeconfig, when set, fronts that existing cluster instead of
+	// starting a local one. Its credentials must be able to apply the
+	// bootstrap manifest (create a namespace and RBAC).
+	Kubeconfig string
+	// Addr is the gateway's listen address.
+	Addr string
+	// Cluster is the id the cluster gets in Gatehouse.
+	Cluster string
+	// Admin is the user id of the admin whose kubeconfig is written.
+	Admin string
+	// Nodes is the number of kwok nodes in a local cluster.
+	Nodes int
+	// Out receives the human-readable progress and instructions.
+	Out io.Writer
+	// Logger receives the components' logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults of `gatehouse dev`.
+func DefaultConfig() Config {
+	return Config{StateDir: ".gatehouse/dev", Addr: "127.0.0.1:8443", Cluster: "dev", Admin: "admin", Nodes: 3, Out: os.Stdout}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.StateDir == "" {
+		return errors.New("dev: StateDir is required")
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return fmt.Errorf("dev: Addr %q: %w", c.Addr, err)
+	}
+	if c.Cluster == "" || c.Admin == "" {
+		return errors.New("dev: Cluster and Admin are required")
+	}
+	return nil
+}
+
+// Env is a running dev setup.
+type Env struct {
+	// AdminKubeconfig works with stock kubectl through the gateway.
+	AdminKubeconfig string
+	// GatewayURL is the gateway's address.
+	GatewayURL string
+
+	cfg     Config
+	log     *slog.Logger
+	closers []func() // run in reverse by Close
+	wg      sync.WaitGroup
+	errc    chan error // first failure of a background component
+
+	closeOnce sync.Once
+}
+
+// Start brings everything up and returns when the admin kubeconfig works.
+func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	e := &Env{cfg: cfg, log: cfg.Logger, errc: make(chan error, 4)}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	say := func(format string, a ...any) { fmt.Fprintf(cfg.Out, "gatehouse dev: "+format+"\n", a...) }
+
+	// 1. The cluster.
+	var kube *rest.Config
+	kubeconfig := cfg.Kubeconfig
+	if kubeconfig == "" {
+		say("starting a local cluster (etcd, kube-apiserver, controllers, kwok with %d nodes)...", cfg.Nodes)
+		kcfg := testenv.DefaultKubeConfig()
+		kcfg.Dir, kcfg.Nodes, kcfg.Logger = filepath.Join(cfg.StateDir, "cluster"), cfg.Nodes, cfg.Logger
+		os.RemoveAll(kcfg.Dir) // a fresh cluster every start
+		k, err := testenv.StartKube(ctx, kcfg)
+		if err != nil {
+			return nil, err
+		}
+		e.closers = append(e.closers, func() { k.Close() })
+		kube, kubeconfig = k.RESTConfig(), k.AdminKubeconfig
+		if err := demoWorkload(ctx, kube); err != nil {
+			return nil, err
+		}
+		say("local cluster up at %s (admin kubeconfig %s)", k.URL, k.AdminKubeconfig)
+	} else {
+		if kube, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
+			return nil, fmt.Errorf("dev: --kubeconfig: %w", err)
+		}
+		say("fronting the cluster of %s", kubeconfig)
+	}
+
+	// 2. The gateway node.
+	auth, err := ca.New(ca.DefaultConfig())
+	if err != nil {
+		return nil, err
+	}
+	host, _, _ := net.SplitHostPort(cfg.Addr)
+	hosts := []string{"127.0.0.1", "localhost"}
+	if host != "" && host != "127.0.0.1" && host != "localhost" && host != "0.0.0.0" {
+		hosts = append([]string{host}, hosts...)
+	}
+	serverCert, err := auth.IssueServer(hosts, 365*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	sink, err := audit.OpenFile(filepath.Join(cfg.StateDir, "audit.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, func() { sink.Close() })
+	registry := tunnel.NewRegistry(e.log)
+	e.closers = append(e.closers, func() { registry.Close() })
+	grants, tokens := &control.StaticGrants{}, control.NewBootstrapTokens(nil)
+	ncfg := node.DefaultConfig()
+	ncfg.Name, ncfg.Addr, ncfg.Certificate, ncfg.Verifier, ncfg.Grants = "dev-node", cfg.Addr, serverCert, auth, grants
+	ncfg.Registry, ncfg.Audit, ncfg.Registrar, ncfg.AgentIssuer, ncfg.Logger = registry, sink, tokens, auth, cfg.Logger
+	ncfg.ShutdownTimeout = 5 * time.Second
+	n, err := node.New(ncfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.run(ctx, "node", n.Run); err != nil {
+		return nil, err
+	}
+	addrCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	addr, err := n.Addr(addrCtx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	gwHost := "127.0.0.1"
+	if hosts[0] != "127.0.0.1" {
+		gwHost = hosts[0]
+	}
+	_, port, _ := net.SplitHostPort(addr.String())
+	e.GatewayURL = "https://" + net.JoinHostPort(gwHost, port)
+	say("gateway listening on %s", e.GatewayURL)
+
+	// 3. Register the cluster with the real bootstrap manifest.
+	token, err := tokens.Create(cfg.Cluster, control.DefaultBootstrapTTL)
+	if err != nil {
+		return nil, err
+	}
+	const ns = "gatehouse-system"
+	manifest, err := agent.Manifest(agent.ManifestParams{
+		Cluster: cfg.Cluster, Namespace: ns, GatewayURL: e.GatewayURL, GatewayCA: string(auth.RootPEM()),
+		Token: token, Expires: time.Now().Add(control.DefaultBootstrapTTL), Image: "gatehouse:dev",
+		Replicas: 0, // the agent runs inside this process
+	})
+	if err != nil {
+		return nil, err
+	}
+	manifestPath := filepath.Join(cfg.StateDir, "agent-manifest.yaml")
+	if err := os.WriteFile(manifestPath, manifest, 0o600); err != nil {
+		return nil, err
+	}
+	if err := kubectlApply(ctx, kubeconfig, manifestPath); err != nil {
+		return nil, err
+	}
+	say("applied the bootstrap manifest (%s)", manifestPath)
+	agentKube, err := agentCredentials(ctx, kube, ns)
+	if err != nil {
+		return nil, err
+	}
+	acfg := agent.DefaultConfig()
+	acfg.Kube, acfg.Namespace, acfg.GatewayURL, acfg.GatewayCA, acfg.BootstrapToken, acfg.Logger = agentKube, ns, e.GatewayURL, auth.RootPEM(), token, cfg.Logger
+	// A previous run's identity was issued by a CA that no longer exists.
+	if cs, err := kubernetes.NewForConfig(kube); err == nil {
+		cs.CoreV1().Secrets(ns).Delete(ctx, acfg.IdentitySecret, metav1.DeleteOptions{})
+	}
+	ag, err := agent.New(acfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.run(ctx, "agent", ag.Run); err != nil {
+		return nil, err
+	}
+	if err := waitUntil(ctx, 60*time.Second, func() bool { return registry.Connected(cfg.Cluster) }, e.errc); err != nil {
+		return nil, fmt.Errorf("dev: agent did not connect: %w", err)
+	}
+	say("agent registered and connected; cluster %q is reachable through the gateway", cfg.Cluster)
+
+	// 4. The admin and their kubeconfig.
+	grants.Set(cfg.Admin, cfg.Cluster, tunnel.Grant{Role: "cluster-admin"})
+	key, keyPEM, err := ca.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	chain, err := auth.IssueUser(cfg.Admin, nil, key.Public(), 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	e.AdminKubeconfig, _ = filepath.Abs(filepath.Join(cfg.StateDir, "admin.kubeconfig"))
+	if err := testenv.WriteKubeconfig(e.AdminKubeconfig, e.GatewayURL+"/k8s/"+cfg.Cluster, auth.RootPEM(), cfg.Admin, chain, keyPEM, ""); err != nil {
+		return nil, err
+	}
+	say("ready. Try:\n\n    export KUBECONFIG=%s\n    kubectl get pods -A\n\naudit log: %s", e.AdminKubeconfig, filepath.Join(cfg.StateDir, "audit.jsonl"))
+	return e, nil
+}
+
+// run starts fn in a goroutine owned by e; its failure is reported on errc.
+func (e *Env) run(ctx context.Context, name string, fn func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer close(done)
+		if err := fn(ctx); err != nil {
+			select {
+			case e.errc <- fmt.Errorf("%s: %w", name, err):
+			default:
+			}
+		}
+	}()
+	e.closers = append(e.closers, func() { cancel(); <-done })
+	return nil
+}
+
+// Err returns a channel that receives the first failure of a background
+// component.
+func (e *Env) Err() <-chan error { return e.errc }
+
+// Close stops everything, newest first. It is idempotent.
+func (e *Env) Close() error {
+	e.closeOnce.Do(func() {
+		for i := len(e.closers) - 1; i >= 0; i-- {
+			e.closers[i]()
+		}
+		e.wg.Wait()
+	})
+	return nil
+}
+
+func waitUntil(ctx context.Context, timeout time.Duration, cond func() bool, errc <-chan error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// kubectlApply applies a file with the built kubectl (or one on PATH).
+func kubectlApply(ctx context.Context, kubeconfig, path string) error {
+	bin, err := testenv.Tool("kubectl")
+	if err != nil {
+		if bin, err = exec.LookPath("kubectl"); err != nil {
+			return errors.New("dev: no kubectl (run `make tools`)")
+		}
+	}
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, "--kubeconfig="+kubeconfig, "apply", "-f", path)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("dev: kubectl apply: %w\n%s", err, out.String())
+	}
+	return nil
+}
+
+// agentCredentials returns the agent's own service account credentials, as
+// its pod would have them: nothing more than the manifest grants.
+func agentCredentials(ctx context.Context, admin *rest.Config, ns string) (*rest.Config, error) {
+	cs, err := kubernetes.NewForConfig(admin)
+	if err != nil {
+		return nil, err
+	}
+	var tok *authenticationv1.TokenRequest
+	err = waitUntil(ctx, 30*time.Second, func() bool {
+		// A week: the dev setup runs as long as someone works with it.
+		tok, err = cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "gatehouse-agent", &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(7 * 24 * 3600))},
+		}, metav1.CreateOptions{})
+		return err == nil
+	}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("dev: agent token: %w", err)
+	}
+	cfg := rest.AnonymousClientConfig(admin)
+	cfg.BearerToken = tok.Status.Token
+	return cfg, nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// demoWorkload gives a new local cluster something to look at: a
+// Deployment of three pods in namespace demo, running on kwok nodes.
+func demoWorkload(ctx context.Context, kube *rest.Config) error {
+	cs, err := kubernetes.NewForConfig(kube)
+	if err != nil {
+		return err
+	}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	labels := map[string]string{"app": "web"}
+	_, err = cs.AppsV1().Deployments("demo").Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(int32(3)),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "nginx:stable"}}},
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
+}
