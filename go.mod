@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/cockroachdb/cockroach-go/v2 v2.4.2
+	github.com/creack/pty v1.1.24
 	github.com/hashicorp/yamux v0.1.2
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/ory/client-go v1.14.3

@@ -138,17 +138,21 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The person's access ends with their certificate: long streams too.
 	ctx, cancel := context.WithDeadline(ctx, id.NotAfter)
 	defer cancel()
+	// Deferred: ReverseProxy ends a stream whose client has gone by
+	// panicking with http.ErrAbortHandler, and the event must be written
+	// all the same (the panic then goes on to the server).
+	defer func() {
+		ev.Time = n.cfg.Now()
+		if ev.Phase == audit.PhaseOpen {
+			ev.Phase = audit.PhaseClose
+		}
+		ev.Status = cw.status()
+		ev.Duration = ev.Time.Sub(start)
+		ev.BytesIn = bodyIn.Load() + cw.hijackedIn.Load()
+		ev.BytesOut = cw.written.Load() + cw.hijackedOut.Load()
+		n.writeAudit(r.Context(), ev)
+	}()
 	n.proxy(cluster, rest).ServeHTTP(cw, r.WithContext(ctx))
-
-	ev.Time = n.cfg.Now()
-	if ev.Phase == audit.PhaseOpen {
-		ev.Phase = audit.PhaseClose
-	}
-	ev.Status = cw.status()
-	ev.Duration = ev.Time.Sub(start)
-	ev.BytesIn = bodyIn.Load() + cw.hijackedIn.Load()
-	ev.BytesOut = cw.written.Load() + cw.hijackedOut.Load()
-	n.writeAudit(r.Context(), ev)
 }
 
 func (n *Node) writeAudit(ctx context.Context, ev *audit.Event) {

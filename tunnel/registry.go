@@ -103,7 +103,20 @@ func (r *Registry) Open(ctx context.Context, cluster string, h *Header) (net.Con
 		return nil, err
 	}
 	st.SetWriteDeadline(time.Time{})
-	return st, nil
+	return &gatewayStream{Stream: st}, nil
+}
+
+// gatewayStream makes Close final. A yamux Close only half-closes (it sends
+// FIN and keeps reading until the peer closes too), so a reader blocked on a
+// stream whose client has gone would wait for the agent; when the gateway
+// is done with a stream, both directions end at once (REFERENCE.md
+// checklist, item 6).
+type gatewayStream struct{ *yamux.Stream }
+
+func (s *gatewayStream) Close() error {
+	err := s.Stream.Close()
+	s.Stream.SetReadDeadline(time.Now())
+	return err
 }
 
 // Connected reports whether cluster's agent has a live tunnel here.

@@ -1,0 +1,309 @@
+package node_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+// stream starts kubectl and returns its stdout lines; it is stopped at
+// cleanup.
+func (b *bed) stream(t *testing.T, kubeconfig string, args ...string) <-chan string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd, err := b.kube.Kubectl(ctx, kubeconfig, args...)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	out, _ := cmd.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1024)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("kubectl %v: %s", args, stderr.String())
+		}
+	})
+	return lines
+}
+
+func waitLine(t *testing.T, lines <-chan string, want string) {
+	t.Helper()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("stream ended before %q", want)
+			}
+			if strings.Contains(l, want) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no %q within a minute", want)
+		}
+	}
+}
+
+func TestStreamingThroughGateway(t *testing.T) {
+	b := newBed(t)
+	b.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	kc := b.kubeconfig("ada", time.Hour)
+	pod := runningPod(t, b, "streams")
+	cs, _ := b.kube.Clientset()
+	ctx := context.Background()
+
+	t.Run("get -w", func(t *testing.T) {
+		lines := b.stream(t, kc, "-n", "streams", "get", "configmaps", "-w", "--output-watch-events", "-o", "name")
+		waitLine(t, lines, "kube-root-ca.crt") // the initial list
+		name := "watched-" + strings.ToLower(rand.Text()[:8])
+		if _, err := cs.CoreV1().ConfigMaps("streams").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitLine(t, lines, "configmap/"+name)
+		if err := cs.CoreV1().ConfigMaps("streams").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitLine(t, lines, "configmap/"+name)
+	})
+
+	t.Run("logs -f", func(t *testing.T) {
+		lines := b.stream(t, kc, "-n", "streams", "logs", "-f", pod)
+		waitLine(t, lines, "fake container started")
+		marker := "followed-" + rand.Text()
+		if err := b.kube.AppendPodLog(marker); err != nil {
+			t.Fatal(err)
+		}
+		waitLine(t, lines, marker)
+	})
+
+	t.Run("attach", func(t *testing.T) {
+		lines := b.stream(t, kc, "-n", "streams", "attach", pod, "-c", "app")
+		marker := "attached-" + rand.Text()
+		got := make(chan struct{})
+		go func() {
+			defer close(got)
+			for l := range lines {
+				if strings.Contains(l, marker) {
+					return
+				}
+			}
+		}()
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(60 * time.Second)
+		for {
+			select {
+			case <-got:
+				return
+			case <-tick.C:
+				b.kube.AppendPodLog(marker)
+			case <-deadline:
+				t.Fatal("attach showed nothing")
+			}
+		}
+	})
+
+	for _, spdy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("exec with a TTY, spdy=%v", spdy), func(t *testing.T) {
+			// The command waits for a line before answering and for another
+			// before exiting, so neither the stream's setup nor its teardown
+			// can race the answer.
+			cmd, err := b.kube.Kubectl(ctx, kc, "-n", "streams", "exec", "-it", pod, "--", "sh", "-c", `read line; if [ -t 0 ]; then echo "tty:$line:yes"; else echo "tty:$line:no"; fi; read line`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if spdy {
+				cmd.Env = append(cmd.Env, "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false")
+			}
+			f, err := pty.Start(cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var out syncBuffer
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				io.Copy(&out, f) // ends with EIO when kubectl exits
+			}()
+			if _, err := f.Write([]byte("ping\r")); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "tty:ping:") })
+			if _, err := f.Write([]byte("bye\r")); err != nil {
+				t.Fatal(err)
+			}
+			werr := make(chan error, 1)
+			go func() { werr <- cmd.Wait() }()
+			select {
+			case err := <-werr:
+				<-done
+				if err != nil {
+					t.Fatalf("exec -it: %v\n%s", err, out.String())
+				}
+			case <-time.After(60 * time.Second):
+				cmd.Process.Kill()
+				<-werr
+				<-done
+				t.Fatalf("exec -it did not finish: %q", out.String())
+			}
+			if !strings.Contains(out.String(), "tty:ping:yes") {
+				t.Fatalf("exec -it: %q", out.String())
+			}
+		})
+	}
+
+	t.Run("cp out of the pod", func(t *testing.T) {
+		// kwok runs exec (and so cp's tar) on this machine: the pod's file
+		// system is the host's. Copying into a pod cannot be tested on
+		// kwok: its exec never closes the command's stdin, so the pod-side
+		// tar never finishes (the same happens without the gateway).
+		src := filepath.Join(t.TempDir(), "payload.bin")
+		data := make([]byte, 3<<20)
+		rand.Read(data)
+		if err := os.WriteFile(src, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		back := filepath.Join(t.TempDir(), "out.bin")
+		b.ok(kc, "-n", "streams", "cp", pod+":"+src, back)
+		got, err := os.ReadFile(back)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("cp out of the pod: %v, %d bytes", err, len(got))
+		}
+	})
+
+	t.Run("port-forward 100 MB each way", func(t *testing.T) {
+		portForward(t, b, kc, "streams", pod, 100<<20)
+	})
+
+	// Long-running requests are audited when they open and when they close
+	// (a close is written once the gateway sees the client gone).
+	var opens, closes int
+	count := func() bool {
+		opens, closes = 0, 0
+		for _, ev := range b.audit.Events() {
+			if ev.Verb == "watch" || ev.Subresource == "log" || ev.Subresource == "exec" || ev.Subresource == "portforward" || ev.Subresource == "attach" {
+				switch ev.Phase {
+				case audit.PhaseOpen:
+					opens++
+				case audit.PhaseClose:
+					closes++
+				}
+			}
+		}
+		return opens > 0 && opens == closes
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !count() {
+		if time.Now().After(deadline) {
+			for _, ev := range b.audit.Events() {
+				if ev.Phase != audit.PhaseComplete {
+					t.Logf("%s %s %s %s %s", ev.Phase, ev.RequestID, ev.Verb, ev.Subresource, ev.Path)
+				}
+			}
+			t.Fatalf("audit: %d opens, %d closes", opens, closes)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestListFiveThousandConfigMaps(t *testing.T) {
+	b := newBed(t)
+	b.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	kc := b.kubeconfig("ada", time.Hour)
+	b.ok(kc, "create", "namespace", "bulk")
+	cs, _ := b.kube.Clientset()
+	ctx := context.Background()
+	const total, workers = 5000, 16
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < total; i += workers {
+				_, err := cs.CoreV1().ConfigMaps("bulk").Create(ctx, &corev1.ConfigMap{
+					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cm-%05d", i)},
+					Data:       map[string]string{"i": fmt.Sprint(i)},
+				}, metav1.CreateOptions{})
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	out := b.ok(kc, "-n", "bulk", "get", "configmaps", "--no-headers", "-o", "custom-columns=NAME:.metadata.name")
+	n := 0
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if strings.HasPrefix(l, "cm-") {
+			n++
+		}
+	}
+	if n != total {
+		t.Fatalf("listed %d configmaps, want %d", n, total)
+	}
+}
+
