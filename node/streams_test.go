@@ -306,4 +306,3 @@ func TestListFiveThousandConfigMaps(t *testing.T) {
 		t.Fatalf("listed %d configmaps, want %d", n, total)
 	}
 }
-
