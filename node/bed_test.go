@@ -32,7 +32,7 @@ var shared struct {
 	err  error
 }
 
-func sharedKube(t *testing.T) *testenv.Kube {
+func sharedKube(t testing.TB) *testenv.Kube {
 	t.Helper()
 	shared.once.Do(func() {
 		shared.kube, shared.err = testenv.StartKube(context.Background(), testenv.DefaultKubeConfig())
@@ -65,7 +65,7 @@ const clusterID = "dev"
 
 // bed is a gateway node in front of the shared cluster, with one agent.
 type bed struct {
-	t        *testing.T
+	t        testing.TB
 	kube     *testenv.Kube
 	dir      string
 	clock    *clock
@@ -99,7 +99,7 @@ func (c *clock) Set(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func newBed(t *testing.T) *bed {
+func newBed(t testing.TB) *bed {
 	t.Helper()
 	k := sharedKube(t)
 	b := &bed{t: t, kube: k, dir: t.TempDir(), clock: &clock{}, grants: &control.StaticGrants{}, audit: &audit.Memory{}}
@@ -188,6 +188,7 @@ func (b *bed) startAgent() {
 	// The agent's own credentials: the admin for now. The least-privilege
 	// bootstrap manifest replaces this with its service account.
 	jit := agent.NewJIT(cs, "gatehouse-system", time.Hour, nil)
+	jit.WaitEffective(b.kube.RESTConfig())
 	b.proxy, err = agent.NewProxy(b.kube.RESTConfig(), jit, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +255,7 @@ func certPool(pemBytes []byte) *x509.CertPool {
 	return p
 }
 
-func mustRead(t *testing.T, path string) []byte {
+func mustRead(t testing.TB, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -263,7 +264,7 @@ func mustRead(t *testing.T, path string) []byte {
 	return b
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)

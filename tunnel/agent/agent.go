@@ -139,6 +139,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	jit := NewJIT(a.cs, a.cfg.Namespace, a.cfg.TokenTTL, nil)
+	jit.WaitEffective(a.cfg.Kube)
 	proxy, err := NewProxy(a.cfg.Kube, jit, a.log)
 	if err != nil {
 		return err

@@ -11,11 +11,13 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
@@ -52,6 +54,9 @@ type JIT struct {
 	namespace string
 	tokenTTL  time.Duration
 	now       func() time.Time
+
+	// waitEffective, when set, waits until new bindings are honoured.
+	waitEffective func(ctx context.Context, token string, grants []tunnel.Grant) error
 
 	mu    sync.Mutex // guards users
 	users map[string]*jitUser
@@ -100,7 +105,8 @@ func (j *JIT) Token(ctx context.Context, h *tunnel.Header) (string, error) {
 	if u.grantsKey == key && u.token != "" && j.now().Before(u.refreshAt) {
 		return u.token, nil
 	}
-	if u.grantsKey != key {
+	fresh := u.grantsKey != key
+	if fresh {
 		if err := j.ensure(ctx, h.User, h.Grants); err != nil {
 			return "", err
 		}
@@ -117,7 +123,48 @@ func (j *JIT) Token(ctx context.Context, h *tunnel.Header) (string, error) {
 	life := tr.Status.ExpirationTimestamp.Sub(issued)
 	u.token = tr.Status.Token
 	u.refreshAt = issued.Add(life * 8 / 10)
+	if j.waitEffective != nil && fresh {
+		if err := j.waitEffective(ctx, u.token, h.Grants); err != nil {
+			return "", err
+		}
+	}
 	return u.token, nil
+}
+
+// WaitEffective makes Token wait, after creating bindings, until the API
+// server's authorizer (which learns of bindings from a watch, a moment
+// later) honours them, so a person's first request is not refused. It asks
+// as the person's own service account with SelfSubjectAccessReview, which
+// every authenticated identity may use: the agent needs no extra rights.
+func (j *JIT) WaitEffective(base *rest.Config) {
+	j.waitEffective = func(ctx context.Context, token string, grants []tunnel.Grant) error {
+		cfg := rest.AnonymousClientConfig(base)
+		cfg.BearerToken = token
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		for _, g := range grants {
+			// Every role the agent binds may get pods where it applies.
+			review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Namespace: g.Namespace},
+			}}
+			for {
+				res, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+				if err == nil && res.Status.Allowed {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("agent: bindings not effective yet: %w", ctx.Err())
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}
+		return nil
+	}
 }
 
 func ptrInt64(v int64) *int64 { return &v }
@@ -161,12 +208,40 @@ func (j *JIT) ensure(ctx context.Context, user string, grants []tunnel.Grant) er
 		var err error
 		if b.namespace == "" {
 			want["/"+b.name] = true
-			_, err = j.cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: om, RoleRef: ref, Subjects: subject}, metav1.CreateOptions{})
+			crbs := j.cs.RbacV1().ClusterRoleBindings()
+			err = createOrReplace(ctx,
+				func() error {
+					_, err := crbs.Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: om, RoleRef: ref, Subjects: subject}, metav1.CreateOptions{})
+					return err
+				},
+				func() (rbacv1.RoleRef, []rbacv1.Subject, error) {
+					cur, err := crbs.Get(ctx, b.name, metav1.GetOptions{})
+					if err != nil {
+						return rbacv1.RoleRef{}, nil, err
+					}
+					return cur.RoleRef, cur.Subjects, nil
+				},
+				func() error { return crbs.Delete(ctx, b.name, metav1.DeleteOptions{}) },
+				ref, subject)
 		} else {
 			want[b.namespace+"/"+b.name] = true
-			_, err = j.cs.RbacV1().RoleBindings(b.namespace).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: om, RoleRef: ref, Subjects: subject}, metav1.CreateOptions{})
+			rbs := j.cs.RbacV1().RoleBindings(b.namespace)
+			err = createOrReplace(ctx,
+				func() error {
+					_, err := rbs.Create(ctx, &rbacv1.RoleBinding{ObjectMeta: om, RoleRef: ref, Subjects: subject}, metav1.CreateOptions{})
+					return err
+				},
+				func() (rbacv1.RoleRef, []rbacv1.Subject, error) {
+					cur, err := rbs.Get(ctx, b.name, metav1.GetOptions{})
+					if err != nil {
+						return rbacv1.RoleRef{}, nil, err
+					}
+					return cur.RoleRef, cur.Subjects, nil
+				},
+				func() error { return rbs.Delete(ctx, b.name, metav1.DeleteOptions{}) },
+				ref, subject)
 		}
-		if err != nil && !apierrors.IsAlreadyExists(err) {
+		if err != nil {
 			return fmt.Errorf("agent: bind %s in %q: %w", b.role, b.namespace, err)
 		}
 	}
@@ -216,4 +291,25 @@ func (j *JIT) Remove(ctx context.Context, user string) error {
 		return err
 	}
 	return nil
+}
+
+// createOrReplace creates a binding; if one of that name exists but binds
+// another role or subject (left by an earlier install, or tampered with), it
+// is deleted and created again (a roleRef cannot be changed in place).
+func createOrReplace(ctx context.Context, create func() error, get func() (rbacv1.RoleRef, []rbacv1.Subject, error), del func() error, ref rbacv1.RoleRef, subjects []rbacv1.Subject) error {
+	err := create()
+	if !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	curRef, curSubjects, err := get()
+	if err != nil {
+		return err
+	}
+	if curRef == ref && slices.Equal(curSubjects, subjects) {
+		return nil
+	}
+	if err := del(); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	return create()
 }

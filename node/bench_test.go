@@ -1,0 +1,99 @@
+package node_test
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+// BenchmarkGet compares a small GET through the gateway (TLS, tunnel, agent,
+// JIT token) with the same GET straight to the API server, in the same run,
+// at concurrency 1 and 32. It reports requests per second and p50/p99
+// latency; compare the gateway rows with the direct rows.
+//
+//	go test -run '^$' -bench BenchmarkGet -benchtime 2000x ./node/
+func BenchmarkGet(b *testing.B) {
+	bd := newBed(b)
+	bd.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	userCert, _, _ := bd.clientCert("user", "ada", time.Hour)
+	const path = "/api/v1/namespaces/default/configmaps/kube-root-ca.crt"
+	targets := []struct {
+		name string
+		url  string
+		cfg  *tls.Config
+	}{
+		{"direct", bd.kube.URL + path, &tls.Config{RootCAs: certPool(bd.kube.CAPEM()), Certificates: []tls.Certificate{bd.kube.AdminCertificate()}}},
+		{"gateway", "https://" + bd.addr + "/k8s/" + clusterID + path, &tls.Config{RootCAs: bd.auth.RootPool(), ServerName: "127.0.0.1", Certificates: []tls.Certificate{userCert}}},
+	}
+	for _, conc := range []int{1, 32} {
+		for _, tg := range targets {
+			b.Run(fmt.Sprintf("%s/c%d", tg.name, conc), func(b *testing.B) {
+				tr := &http.Transport{TLSClientConfig: tg.cfg, MaxIdleConnsPerHost: conc, ForceAttemptHTTP2: true}
+				defer tr.CloseIdleConnections()
+				c := &http.Client{Transport: tr}
+				get := func() error {
+					resp, err := c.Get(tg.url)
+					if err != nil {
+						return err
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						return fmt.Errorf("%s", resp.Status)
+					}
+					return nil
+				}
+				if err := get(); err != nil { // warm: connections, JIT account
+					b.Fatal(err)
+				}
+				var mu sync.Mutex
+				lat := make([]time.Duration, 0, b.N)
+				work := make(chan struct{}, b.N)
+				for range b.N {
+					work <- struct{}{}
+				}
+				close(work)
+				var wg sync.WaitGroup
+				errc := make(chan error, conc)
+				b.ResetTimer()
+				start := time.Now()
+				for range conc {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for range work {
+							t0 := time.Now()
+							if err := get(); err != nil {
+								errc <- err
+								return
+							}
+							d := time.Since(t0)
+							mu.Lock()
+							lat = append(lat, d)
+							mu.Unlock()
+						}
+					}()
+				}
+				wg.Wait()
+				elapsed := time.Since(start)
+				b.StopTimer()
+				select {
+				case err := <-errc:
+					b.Fatal(err)
+				default:
+				}
+				slices.Sort(lat)
+				b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "req/s")
+				b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+			})
+		}
+	}
+}
