@@ -172,9 +172,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := e.run(ctx, "node", n.Run); err != nil {
-		return nil, err
-	}
+	e.run(ctx, "node", n.Run)
 	addrCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	addr, err := n.Addr(addrCtx)
 	cancel()
@@ -225,9 +223,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := e.run(ctx, "agent", ag.Run); err != nil {
-		return nil, err
-	}
+	e.run(ctx, "agent", ag.Run)
 	if err := waitUntil(ctx, 60*time.Second, func() bool { return registry.Connected(cfg.Cluster) }, e.errc); err != nil {
 		return nil, fmt.Errorf("dev: agent did not connect: %w", err)
 	}
@@ -252,7 +248,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 }
 
 // run starts fn in a goroutine owned by e; its failure is reported on errc.
-func (e *Env) run(ctx context.Context, name string, fn func(context.Context) error) error {
+func (e *Env) run(ctx context.Context, name string, fn func(context.Context) error) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	e.wg.Add(1)
@@ -267,7 +263,6 @@ func (e *Env) run(ctx context.Context, name string, fn func(context.Context) err
 		}
 	}()
 	e.closers = append(e.closers, func() { cancel(); <-done })
-	return nil
 }
 
 // Err returns a channel that receives the first failure of a background
