@@ -1,7 +1,6 @@
 package node_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -19,69 +18,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
-
-// stream starts kubectl and returns its stdout lines; it is stopped at
-// cleanup.
-func (b *bed) stream(t *testing.T, kubeconfig string, args ...string) <-chan string {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd, err := b.kube.Kubectl(ctx, kubeconfig, args...)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	out, _ := cmd.StdoutPipe()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1024)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("kubectl %v: %s", args, stderr.String())
-		}
-	})
-	return lines
-}
-
-func waitLine(t *testing.T, lines <-chan string, want string) {
-	t.Helper()
-	timeout := time.After(60 * time.Second)
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("stream ended before %q", want)
-			}
-			if strings.Contains(l, want) {
-				return
-			}
-		case <-timeout:
-			t.Fatalf("no %q within a minute", want)
-		}
-	}
-}
 
 func TestStreamingThroughGateway(t *testing.T) {
 	b := newBed(t)
@@ -92,31 +31,31 @@ func TestStreamingThroughGateway(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("get -w", func(t *testing.T) {
-		lines := b.stream(t, kc, "-n", "streams", "get", "configmaps", "-w", "--output-watch-events", "-o", "name")
-		waitLine(t, lines, "kube-root-ca.crt") // the initial list
+		lines := b.kube.KubectlLines(t, kc, "-n", "streams", "get", "configmaps", "-w", "--output-watch-events", "-o", "name")
+		testenv.WaitForLine(t, lines, "kube-root-ca.crt", time.Minute) // the initial list
 		name := "watched-" + strings.ToLower(rand.Text()[:8])
 		if _, err := cs.CoreV1().ConfigMaps("streams").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitLine(t, lines, "configmap/"+name)
+		testenv.WaitForLine(t, lines, "configmap/"+name, time.Minute)
 		if err := cs.CoreV1().ConfigMaps("streams").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitLine(t, lines, "configmap/"+name)
+		testenv.WaitForLine(t, lines, "configmap/"+name, time.Minute)
 	})
 
 	t.Run("logs -f", func(t *testing.T) {
-		lines := b.stream(t, kc, "-n", "streams", "logs", "-f", pod)
-		waitLine(t, lines, "fake container started")
+		lines := b.kube.KubectlLines(t, kc, "-n", "streams", "logs", "-f", pod)
+		testenv.WaitForLine(t, lines, "fake container started", time.Minute)
 		marker := "followed-" + rand.Text()
 		if err := b.kube.AppendPodLog(marker); err != nil {
 			t.Fatal(err)
 		}
-		waitLine(t, lines, marker)
+		testenv.WaitForLine(t, lines, marker, time.Minute)
 	})
 
 	t.Run("attach", func(t *testing.T) {
-		lines := b.stream(t, kc, "-n", "streams", "attach", pod, "-c", "app")
+		lines := b.kube.KubectlLines(t, kc, "-n", "streams", "attach", pod, "-c", "app")
 		marker := "attached-" + rand.Text()
 		got := make(chan struct{})
 		go func() {

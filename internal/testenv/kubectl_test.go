@@ -1,7 +1,6 @@
 package testenv_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -70,72 +69,6 @@ func kubectl(t *testing.T, k *testenv.Kube, stdin string, env []string, args ...
 	return stdout.String()
 }
 
-// waitForLine fails the test unless a line containing want arrives before
-// the timeout.
-func waitForLine(t *testing.T, lines <-chan string, want string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("stream ended before %q", want)
-			}
-			if strings.Contains(l, want) {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("no line with %q within %s", want, timeout)
-		}
-	}
-}
-
-// streamKubectl starts kubectl and returns its stdout as lines; the command
-// is killed and reaped at cleanup.
-func streamKubectl(t *testing.T, k *testenv.Kube, args ...string) <-chan string {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd, err := k.Kubectl(ctx, "", args...)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	lines := make(chan string, 64)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("kubectl %v stderr: %s", args, stderr.String())
-		}
-	})
-	return lines
-}
-
 func TestKubectlStreamsThroughKwok(t *testing.T) {
 	k := sharedKube(t)
 	ns, pod := runningPod(t, k)
@@ -148,13 +81,13 @@ func TestKubectlStreamsThroughKwok(t *testing.T) {
 	})
 
 	t.Run("logs -f", func(t *testing.T) {
-		lines := streamKubectl(t, k, "-n", ns, "logs", "-f", pod)
-		waitForLine(t, lines, testenv.PodLogBanner, 30*time.Second)
+		lines := k.KubectlLines(t, "", "-n", ns, "logs", "-f", pod)
+		testenv.WaitForLine(t, lines, testenv.PodLogBanner, 30*time.Second)
 		marker := "followed-" + rand.Text()
 		if err := k.AppendPodLog(marker); err != nil {
 			t.Fatal(err)
 		}
-		waitForLine(t, lines, marker, 30*time.Second)
+		testenv.WaitForLine(t, lines, marker, 30*time.Second)
 	})
 
 	t.Run("exec", func(t *testing.T) {
@@ -175,7 +108,7 @@ func TestKubectlStreamsThroughKwok(t *testing.T) {
 	})
 
 	t.Run("attach", func(t *testing.T) {
-		lines := streamKubectl(t, k, "-n", ns, "attach", pod, "-c", "app")
+		lines := k.KubectlLines(t, "", "-n", ns, "attach", pod, "-c", "app")
 		// Attach shows only what the container writes from now on; keep
 		// writing until a line arrives, since attaching takes a moment.
 		marker := "attached-" + rand.Text()
@@ -206,7 +139,7 @@ func TestKubectlStreamsThroughKwok(t *testing.T) {
 	})
 
 	t.Run("port-forward", func(t *testing.T) {
-		lines := streamKubectl(t, k, "-n", ns, "port-forward", "--address=127.0.0.1", "pod/"+pod, ":8080")
+		lines := k.KubectlLines(t, "", "-n", ns, "port-forward", "--address=127.0.0.1", "pod/"+pod, ":8080")
 		re := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> 8080`)
 		var port string
 		deadline := time.After(30 * time.Second)

@@ -1,8 +1,12 @@
 package testenv
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"strings"
 	"testing"
+	"time"
 )
 
 // PostgresT starts PostgreSQL for one test and stops it at cleanup.
@@ -49,4 +53,72 @@ func KubeT(t testing.TB, cfg KubeConfig) *Kube {
 	}
 	t.Cleanup(func() { k.Close() })
 	return k
+}
+
+// KubectlLines starts kubectl with kubeconfig (the admin's when empty) and
+// returns its stdout line by line, for streaming commands (get -w, logs -f,
+// attach, port-forward). The command is killed and reaped at cleanup, and
+// its stderr logged if the test failed.
+func (k *Kube) KubectlLines(t testing.TB, kubeconfig string, args ...string) <-chan string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd, err := k.Kubectl(ctx, kubeconfig, args...)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1024)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("kubectl %v stderr: %s", args, stderr.String())
+		}
+	})
+	return lines
+}
+
+// WaitForLine fails the test unless a line containing want arrives on lines
+// before the timeout.
+func WaitForLine(t testing.TB, lines <-chan string, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("stream ended before %q", want)
+			}
+			if strings.Contains(l, want) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no line with %q within %s", want, timeout)
+		}
+	}
 }
