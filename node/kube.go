@@ -71,6 +71,7 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	refuse := func(code int, reason metav1.StatusReason, msg string) {
 		ev.Status, ev.Error, ev.Duration = code, msg, n.cfg.Now().Sub(start)
 		n.writeAudit(r.Context(), ev)
+		n.metrics.observe(ev.Verb, code, ev.Duration, false)
 		kubeapi.WriteStatus(w, code, reason, msg)
 	}
 
@@ -138,6 +139,8 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The person's access ends with their certificate: long streams too.
 	ctx, cancel := context.WithDeadline(ctx, id.NotAfter)
 	defer cancel()
+	// A revocation ends the request through cancel.
+	defer n.sessions.add(Session{RequestID: ev.RequestID, User: id.User, Groups: id.Groups, Serial: id.Serial, Cluster: cluster}, cancel)()
 	// Deferred: ReverseProxy ends a stream whose client has gone by
 	// panicking with http.ErrAbortHandler, and the event must be written
 	// all the same (the panic then goes on to the server).
@@ -151,12 +154,14 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.BytesIn = bodyIn.Load() + cw.hijackedIn.Load()
 		ev.BytesOut = cw.written.Load() + cw.hijackedOut.Load()
 		n.writeAudit(r.Context(), ev)
+		n.metrics.observe(ev.Verb, ev.Status, ev.Duration, ev.Phase == audit.PhaseClose)
 	}()
 	n.proxy(cluster, rest).ServeHTTP(cw, r.WithContext(ctx))
 }
 
 func (n *Node) writeAudit(ctx context.Context, ev *audit.Event) {
 	if err := n.cfg.Audit.Write(context.WithoutCancel(ctx), ev); err != nil {
+		n.metrics.auditErrors.Inc()
 		n.log.Error("audit write failed", "err", err, "requestId", ev.RequestID)
 	}
 }

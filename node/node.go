@@ -60,6 +60,12 @@ type Config struct {
 	// free port (see Node.Addr).
 	Addr string
 
+	// MetricsAddr, when set, serves Prometheus metrics at /metrics on a
+	// plain-HTTP listener of its own, host:port. It is unauthenticated (a
+	// scraper has no client certificate), so it belongs on an internal
+	// address; it reveals counts, never names. Empty disables it.
+	MetricsAddr string
+
 	// Certificate is the node's serving certificate.
 	Certificate tls.Certificate
 
@@ -110,6 +116,11 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("node: Addr %q: %w", c.Addr, err)
 	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return fmt.Errorf("node: MetricsAddr %q: %w", c.MetricsAddr, err)
+		}
+	}
 	switch {
 	case c.Name == "":
 		return errors.New("node: Name is required")
@@ -148,7 +159,9 @@ type Node struct {
 	addr    net.Addr
 	ready   chan struct{} // closed once the listener is bound
 
-	agents sync.WaitGroup // agent connections being served
+	agents   sync.WaitGroup // agent connections being served
+	sessions sessions
+	metrics  *metrics
 }
 
 // New returns a node for cfg. It does not listen until Run.
@@ -166,6 +179,7 @@ func New(cfg Config) (*Node, error) {
 	if n.tunnels == nil {
 		n.tunnels = cfg.Registry
 	}
+	n.metrics = newMetrics(n)
 	return n, nil
 }
 
@@ -260,14 +274,37 @@ func (n *Node) Run(ctx context.Context) error {
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetHTTP2(true)
 
+	var metricsSrv *http.Server
+	metricsErr := make(chan error, 1)
+	if n.cfg.MetricsAddr != "" {
+		ml, err := lc.Listen(ctx, "tcp", n.cfg.MetricsAddr)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("node: metrics listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", n.MetricsHandler())
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { metricsErr <- metricsSrv.Serve(ml) }()
+		n.log.Info("node metrics listening", "addr", ml.Addr().String())
+	}
+
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(l, "", "") }()
 	n.log.Info("node listening", "addr", l.Addr().String(), "name", n.cfg.Name)
 
 	select {
 	case err := <-errc:
+		if metricsSrv != nil {
+			metricsSrv.Close()
+			<-metricsErr
+		}
 		return fmt.Errorf("node: serve: %w", err)
 	case <-ctx.Done():
+	}
+	if metricsSrv != nil {
+		metricsSrv.Close()
+		<-metricsErr
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 	defer cancel()
@@ -301,9 +338,13 @@ func (n *Node) serveAgent(ctx context.Context, c *tls.Conn) {
 		n.log.Warn("agent refused", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
-	// The tunnel ends when the agent's certificate does; the agent renews
-	// and reconnects before then.
-	ctx, cancel := context.WithDeadline(ctx, notAfter)
-	defer cancel()
-	n.cfg.Registry.Serve(ctx, cluster, c)
+	// The tunnel ends when the agent's certificate does, unless the agent
+	// renews it over the tunnel (at half life) first.
+	opts := tunnel.ServeOptions{NotAfter: notAfter, Now: n.cfg.Now}
+	if n.cfg.AgentIssuer != nil {
+		opts.Renew = func(_ context.Context, csrPEM []byte) ([]byte, time.Time, error) {
+			return n.renewAgent(cluster, csrPEM)
+		}
+	}
+	n.cfg.Registry.Serve(ctx, cluster, c, opts)
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -75,19 +77,9 @@ func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, "malformed request: "+err.Error())
 		return
 	}
-	block, _ := pem.Decode([]byte(req.CSR))
-	if block == nil || block.Type != "CERTIFICATE REQUEST" {
-		fail(http.StatusBadRequest, "csr: not a PEM CERTIFICATE REQUEST")
-		return
-	}
-	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	csr, err := parseCSR([]byte(req.CSR))
 	if err != nil {
-		fail(http.StatusBadRequest, "csr: "+err.Error())
-		return
-	}
-	// Proof that the caller holds the key it wants certified.
-	if err := csr.CheckSignature(); err != nil {
-		fail(http.StatusBadRequest, "csr: bad signature")
+		fail(http.StatusBadRequest, err.Error())
 		return
 	}
 	if len(req.Fingerprint) == 0 || len(req.Fingerprint) > 128 {
@@ -111,4 +103,45 @@ func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
 	n.log.Info("agent registered", "cluster", cluster, "fingerprint", req.Fingerprint, "remote", r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(RegisterResponse{Cluster: cluster, Certificate: string(chain)})
+}
+
+// parseCSR parses a PEM certificate request and checks its signature: proof
+// that the caller holds the key it wants certified.
+func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
+	block, _ := pem.Decode(csrPEM)
+	if block == nil || block.Type != "CERTIFICATE REQUEST" {
+		return nil, errors.New("csr: not a PEM CERTIFICATE REQUEST")
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("csr: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, errors.New("csr: bad signature")
+	}
+	return csr, nil
+}
+
+// renewAgent signs a new certificate for an agent whose tunnel is up. The
+// cluster is the one its current certificate names: a CSR cannot ask for
+// another.
+func (n *Node) renewAgent(cluster string, csrPEM []byte) ([]byte, time.Time, error) {
+	csr, err := parseCSR(csrPEM)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	chain, err := n.cfg.AgentIssuer.IssueAgent(cluster, csr.PublicKey, n.cfg.AgentCertTTL)
+	if err != nil {
+		n.log.Error("agent certificate renewal", "cluster", cluster, "err", err)
+		return nil, time.Time{}, errors.New("cannot issue certificate")
+	}
+	block, _ := pem.Decode(chain)
+	if block == nil {
+		return nil, time.Time{}, errors.New("issuer returned no certificate")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return chain, leaf.NotAfter, nil
 }

@@ -35,6 +35,9 @@ type ClientConfig struct {
 	// Handler serves each stream's HTTP request. HeaderFromContext returns
 	// the stream's Header inside it.
 	Handler http.Handler
+	// Control carries out the gateway's control messages; nil answers each
+	// with an error.
+	Control ControlHandler
 	// Proxy returns the HTTP CONNECT proxy for a URL, or nil for none. The
 	// default reads HTTPS_PROXY and NO_PROXY.
 	Proxy func(*url.URL) (*url.URL, error)
@@ -74,6 +77,18 @@ func (c ClientConfig) Validate() error {
 	return nil
 }
 
+// ControlHandler carries out a gateway's control message. An error is sent
+// back to the gateway as the message's result.
+type ControlHandler interface {
+	Control(ctx context.Context, c *Control) error
+}
+
+// ControlFunc adapts a function to ControlHandler.
+type ControlFunc func(ctx context.Context, c *Control) error
+
+// Control calls f.
+func (f ControlFunc) Control(ctx context.Context, c *Control) error { return f(ctx, c) }
+
 // Client is the agent's end of the tunnel: it dials the gateway, keeps the
 // tunnel up, and serves the gateway's streams.
 type Client struct {
@@ -81,6 +96,9 @@ type Client struct {
 	log       *slog.Logger
 	connected atomic.Bool
 	sessions  atomic.Int64 // tunnels established so far
+
+	mu   sync.Mutex // guards sess
+	sess *yamux.Session
 }
 
 // NewClient returns a client for cfg.
@@ -177,41 +195,147 @@ func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 }
 
 // serve runs one tunnel until it ends or ctx is done, then closes every
-// stream and returns after the stream server has stopped.
+// stream and returns after every stream has been served.
 func (c *Client) serve(ctx context.Context, conn net.Conn) {
 	sess, err := yamux.Client(conn, yamuxConfig(c.log))
 	if err != nil {
 		conn.Close()
 		return
 	}
+	c.mu.Lock()
+	c.sess = sess
+	c.mu.Unlock()
 	c.connected.Store(true)
 	c.sessions.Add(1)
 	c.log.Info("tunnel up", "gateway", c.cfg.GatewayAddr)
 	srv := &http.Server{
 		Handler: c.cfg.Handler,
-		// The header frame and the request line must come promptly; the
-		// request itself may then stream for hours (exec, watch).
+		// The request line must come promptly; the request itself may then
+		// stream for hours (exec, watch).
 		ReadHeaderTimeout: 30 * time.Second,
 		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
 			return context.WithValue(ctx, streamKey{}, nc)
 		},
 		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 	}
+	ln := &streamListener{conns: make(chan net.Conn), done: make(chan struct{}), addr: sess.Addr()}
+	sctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		srv.Serve(&streamListener{sess: sess})
+		srv.Serve(ln)
+	}()
+	go func() {
+		defer wg.Done()
+		for {
+			st, err := sess.AcceptStream()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.dispatch(sctx, st, ln)
+			}()
+		}
 	}()
 	select {
 	case <-sess.CloseChan():
 	case <-ctx.Done():
 	}
 	c.connected.Store(false)
-	srv.Close() // closes the listener (the session) and every open stream
+	c.mu.Lock()
+	c.sess = nil
+	c.mu.Unlock()
+	cancel()
 	sess.Close()
+	srv.Close() // closes the listener and every open stream
 	wg.Wait()
 	c.log.Info("tunnel down", "gateway", c.cfg.GatewayAddr)
+}
+
+// dispatch reads a gateway stream's first frame, in the stream's own
+// goroutine (so a slow stream never holds up the others), and hands a
+// person's stream to the HTTP server or carries out a control message.
+func (c *Client) dispatch(ctx context.Context, st *yamux.Stream, ln *streamListener) {
+	st.SetReadDeadline(time.Now().Add(30 * time.Second))
+	t, payload, err := ReadFrame(st)
+	st.SetReadDeadline(time.Time{})
+	if err != nil {
+		c.log.Warn("tunnel: bad stream from gateway", "err", err)
+		st.Close()
+		return
+	}
+	switch t {
+	case FrameHeader:
+		h, err := ParseHeader(payload)
+		if err != nil {
+			c.log.Warn("tunnel: bad stream header", "err", err)
+			st.Close()
+			return
+		}
+		select {
+		case ln.conns <- &streamConn{Stream: st, header: h}:
+		case <-ln.done:
+			st.Close()
+		}
+	case FrameControl:
+		defer st.Close()
+		var res Result
+		ctl, err := ParseControl(payload)
+		switch {
+		case err != nil:
+			res.Error = err.Error()
+		case c.cfg.Control == nil:
+			res.Error = "this agent takes no control messages"
+		default:
+			cctx, cancel := context.WithTimeout(ctx, time.Minute)
+			if err := c.cfg.Control.Control(cctx, ctl); err != nil {
+				res.Error = err.Error()
+			}
+			cancel()
+		}
+		st.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		WriteJSON(st, FrameResult, &res)
+	default:
+		c.log.Warn("tunnel: unexpected frame from gateway", "type", t)
+		st.Close()
+	}
+}
+
+// ErrNotConnected is returned by RenewCertificate when no tunnel is up.
+var ErrNotConnected = errors.New("tunnel: not connected")
+
+// RenewCertificate asks the gateway, over the current tunnel, to sign csrPEM
+// for this agent's cluster, and returns the new chain (PEM). The tunnel
+// stays up: the gateway extends its life to the new certificate's.
+func (c *Client) RenewCertificate(ctx context.Context, csrPEM []byte) ([]byte, error) {
+	c.mu.Lock()
+	sess := c.sess
+	c.mu.Unlock()
+	if sess == nil {
+		return nil, ErrNotConnected
+	}
+	st, err := sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: renew: %w", err)
+	}
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(30 * time.Second))
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	defer stop()
+	if err := WriteJSON(st, FrameRenew, &Renew{CSR: string(csrPEM)}); err != nil {
+		return nil, fmt.Errorf("tunnel: renew: %w", err)
+	}
+	var res Result
+	if err := ReadJSON(st, FrameResult, &res); err != nil {
+		return nil, fmt.Errorf("tunnel: renew: %w", err)
+	}
+	if res.Error != "" {
+		return nil, fmt.Errorf("tunnel: renew: gateway: %s", res.Error)
+	}
+	return []byte(res.Certificate), nil
 }
 
 // dialConnect opens a TCP connection to target through an HTTP CONNECT
@@ -273,40 +397,33 @@ func HeaderFromContext(ctx context.Context) (*Header, bool) {
 	return sc.header, true
 }
 
-// streamListener hands the gateway's streams to an http.Server.
-type streamListener struct{ sess *yamux.Session }
+// streamListener hands people's streams, header already read, to an
+// http.Server.
+type streamListener struct {
+	conns     chan net.Conn
+	done      chan struct{}
+	closeOnce sync.Once
+	addr      net.Addr
+}
 
 func (l *streamListener) Accept() (net.Conn, error) {
-	st, err := l.sess.AcceptStream()
-	if err != nil {
-		return nil, err
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
 	}
-	return &streamConn{Stream: st}, nil
 }
-func (l *streamListener) Close() error   { return l.sess.Close() }
-func (l *streamListener) Addr() net.Addr { return l.sess.Addr() }
 
-// streamConn reads the stream's Header frame before the first byte of HTTP,
-// in the goroutine that serves the stream (so a slow stream never holds up
-// Accept).
+func (l *streamListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *streamListener) Addr() net.Addr { return l.addr }
+
+// streamConn is a person's stream whose Header frame has been read.
 type streamConn struct {
 	*yamux.Stream
-	header *Header // set by the first Read, then read-only
-	err    error
-}
-
-func (s *streamConn) Read(p []byte) (int, error) {
-	if s.header == nil {
-		if s.err != nil {
-			return 0, s.err
-		}
-		s.Stream.SetReadDeadline(time.Now().Add(30 * time.Second))
-		s.header, s.err = ReadHeader(s.Stream)
-		s.Stream.SetReadDeadline(time.Time{})
-		if s.err != nil {
-			s.Stream.Close()
-			return 0, s.err
-		}
-	}
-	return s.Stream.Read(p)
+	header *Header // read-only
 }

@@ -46,9 +46,69 @@ type FrameType uint8
 
 // Frame types.
 const (
-	// FrameHeader opens a stream: a JSON Header follows.
+	// FrameHeader opens a person's stream (gateway to agent): a JSON Header
+	// follows, then one HTTP/1.1 exchange.
 	FrameHeader FrameType = 1
+	// FrameControl opens a control stream (gateway to agent): a JSON
+	// Control follows, answered by one FrameResult.
+	FrameControl FrameType = 2
+	// FrameRenew opens a renewal stream (agent to gateway): a JSON Renew
+	// follows, answered by one FrameResult.
+	FrameRenew FrameType = 3
+	// FrameResult answers a FrameControl or FrameRenew: a JSON Result.
+	FrameResult FrameType = 4
 )
+
+// Control operations.
+const (
+	// OpRevoke: the person has lost all access to the cluster. The agent
+	// deletes their service account and bindings and drops their
+	// connections.
+	OpRevoke = "revoke"
+	// OpSync: the person's grants changed. The agent makes their bindings
+	// match Grants now, before their next request.
+	OpSync = "sync"
+)
+
+// Control is a gateway-to-agent instruction about one person.
+type Control struct {
+	RequestID string  `json:"requestId"`
+	Op        string  `json:"op"`
+	User      string  `json:"user"`
+	Grants    []Grant `json:"grants,omitempty"`
+}
+
+// Validate checks what the agent relies on.
+func (c *Control) Validate() error {
+	if c.User == "" || len(c.User) > 256 || len(c.RequestID) > 128 {
+		return fmt.Errorf("%w: user must be 1..256 bytes, request id at most 128", ErrBadHeader)
+	}
+	switch c.Op {
+	case OpRevoke:
+		if len(c.Grants) != 0 {
+			return fmt.Errorf("%w: revoke carries no grants", ErrBadHeader)
+		}
+		return nil
+	case OpSync:
+		return validGrants(c.Grants)
+	}
+	return fmt.Errorf("%w: unknown control op %q", ErrBadHeader, c.Op)
+}
+
+// Renew asks the gateway for a new agent certificate for the tunnel's own
+// cluster. The cluster comes from the tunnel's certificate, never from the
+// request.
+type Renew struct {
+	// CSR is a PEM certificate request for a key the agent generated.
+	CSR string `json:"csr"`
+}
+
+// Result answers a control or renewal stream. Error is empty on success.
+type Result struct {
+	Error string `json:"error,omitempty"`
+	// Certificate is the renewed chain (PEM), for FrameRenew.
+	Certificate string `json:"certificate,omitempty"`
+}
 
 // Errors returned by the frame codec.
 var (
@@ -92,10 +152,18 @@ func (h *Header) Validate() error {
 		return fmt.Errorf("%w: user must be 1..256 bytes", ErrBadHeader)
 	case len(h.RequestID) > 128:
 		return fmt.Errorf("%w: request id longer than 128 bytes", ErrBadHeader)
-	case len(h.Grants) == 0:
+	}
+	return validGrants(h.Grants)
+}
+
+func validGrants(grants []Grant) error {
+	if len(grants) == 0 {
 		return fmt.Errorf("%w: no grants", ErrBadHeader)
 	}
-	for _, g := range h.Grants {
+	if len(grants) > 1024 {
+		return fmt.Errorf("%w: more than 1024 grants", ErrBadHeader)
+	}
+	for _, g := range grants {
 		if !ValidRole(g.Role) {
 			return fmt.Errorf("%w: unknown role %q", ErrBadHeader, g.Role)
 		}
@@ -170,8 +238,7 @@ func WriteHeader(w io.Writer, h *Header) error {
 	return WriteFrame(w, FrameHeader, b)
 }
 
-// ReadHeader reads and validates a FrameHeader frame. Unknown JSON fields
-// are refused: both ends of a tunnel speak the same ALPN version.
+// ReadHeader reads and validates a FrameHeader frame.
 func ReadHeader(r io.Reader) (*Header, error) {
 	t, payload, err := ReadFrame(r)
 	if err != nil {
@@ -180,17 +247,65 @@ func ReadHeader(r io.Reader) (*Header, error) {
 	if t != FrameHeader {
 		return nil, fmt.Errorf("%w: %d", ErrFrameType, t)
 	}
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	dec.DisallowUnknownFields()
+	return ParseHeader(payload)
+}
+
+// ParseHeader decodes and validates a FrameHeader payload.
+func ParseHeader(payload []byte) (*Header, error) {
 	var h Header
-	if err := dec.Decode(&h); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadHeader, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data", ErrBadHeader)
+	if err := decodeStrict(payload, &h); err != nil {
+		return nil, err
 	}
 	if err := h.Validate(); err != nil {
 		return nil, err
 	}
 	return &h, nil
+}
+
+// ParseControl decodes and validates a FrameControl payload.
+func ParseControl(payload []byte) (*Control, error) {
+	var c Control
+	if err := decodeStrict(payload, &c); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// WriteJSON writes v as one frame of type t.
+func WriteJSON(w io.Writer, t FrameType, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return WriteFrame(w, t, b)
+}
+
+// ReadJSON reads one frame, which must be of type t, into v (unknown
+// fields refused).
+func ReadJSON(r io.Reader, t FrameType, v any) error {
+	got, payload, err := ReadFrame(r)
+	if err != nil {
+		return err
+	}
+	if got != t {
+		return fmt.Errorf("%w: %d, want %d", ErrFrameType, got, t)
+	}
+	return decodeStrict(payload, v)
+}
+
+// decodeStrict decodes one JSON value, refusing unknown fields and
+// trailing data: both ends of a tunnel speak the same ALPN version.
+func decodeStrict(payload []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadHeader, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data", ErrBadHeader)
+	}
+	return nil
 }

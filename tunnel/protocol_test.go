@@ -88,3 +88,23 @@ func FuzzReadHeader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseControl feeds arbitrary payloads to the control-message parser
+// the agent runs: it must never panic, and what it accepts must be valid.
+func FuzzParseControl(f *testing.F) {
+	f.Add([]byte(`{"requestId":"r","op":"revoke","user":"u"}`))
+	f.Add([]byte(`{"op":"sync","user":"u","grants":[{"role":"view","namespace":"n"}]}`))
+	f.Add([]byte(`{"op":"revoke","user":"u","grants":[{"role":"view"}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseControl(data)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("accepted an invalid control message: %v", err)
+		}
+		if c.Op == OpRevoke && len(c.Grants) > 0 {
+			t.Fatal("revoke with grants accepted")
+		}
+	})
+}

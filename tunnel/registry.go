@@ -18,6 +18,9 @@ var (
 	ErrNoTunnel = errors.New("tunnel: cluster not connected")
 	// ErrRegistryClosed is returned once Close has been called.
 	ErrRegistryClosed = errors.New("tunnel: registry closed")
+	// ErrControlFailed means the agent answered a control message with an
+	// error.
+	ErrControlFailed = errors.New("tunnel: agent could not carry out control message")
 )
 
 // Registry holds the tunnels of the agents connected to this gateway node,
@@ -38,11 +41,29 @@ func NewRegistry(logger *slog.Logger) *Registry {
 	return &Registry{log: logger, sessions: map[string]*yamux.Session{}}
 }
 
+// ServeOptions are what Serve needs to know about an authenticated agent.
+type ServeOptions struct {
+	// NotAfter is when the agent's certificate expires; the tunnel is closed
+	// then unless the agent has renewed it over the tunnel. Zero means no
+	// expiry.
+	NotAfter time.Time
+	// Renew signs a new certificate for the tunnel's cluster from a PEM CSR
+	// and returns the chain (PEM) and its expiry. Nil refuses renewal.
+	Renew func(ctx context.Context, csrPEM []byte) (chain []byte, notAfter time.Time, err error)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
 // Serve runs the tunnel of cluster's agent over conn, which the caller has
-// already authenticated, until the tunnel ends or ctx is done. A newer
-// connection from the same cluster replaces an older one (an agent that
-// reconnects before its old connection is noticed dead).
-func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn) error {
+// already authenticated, until the tunnel ends, its certificate expires
+// unrenewed, or ctx is done. A newer connection from the same cluster
+// replaces an older one (an agent that reconnects before its old connection
+// is noticed dead). Serve returns once every stream the agent opened has
+// been answered.
+func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn, opts ServeOptions) error {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	sess, err := yamux.Server(conn, yamuxConfig(r.log))
 	if err != nil {
 		conn.Close()
@@ -62,11 +83,31 @@ func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn) err
 	}
 	r.log.Info("tunnel up", "cluster", cluster, "remote", conn.RemoteAddr().String())
 
+	// The tunnel lives as long as the agent's certificate; a renewal
+	// pushes the end out.
+	var expiry *time.Timer
+	if !opts.NotAfter.IsZero() {
+		expiry = time.AfterFunc(opts.NotAfter.Sub(opts.Now()), func() {
+			r.log.Warn("tunnel closed: agent certificate expired", "cluster", cluster)
+			sess.Close()
+		})
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.acceptAgentStreams(ctx, cluster, sess, opts, expiry, &wg)
+	}()
+
 	select {
 	case <-sess.CloseChan():
 	case <-ctx.Done():
 		sess.Close()
 	}
+	if expiry != nil {
+		expiry.Stop()
+	}
+	wg.Wait()
 	r.mu.Lock()
 	if r.sessions[cluster] == sess {
 		delete(r.sessions, cluster)
@@ -76,9 +117,83 @@ func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn) err
 	return nil
 }
 
-// Open opens a stream to cluster's agent and writes h as its first frame.
-// The returned connection then carries one HTTP/1.1 exchange.
-func (r *Registry) Open(ctx context.Context, cluster string, h *Header) (net.Conn, error) {
+// acceptAgentStreams serves the streams an agent opens: only renewals.
+func (r *Registry) acceptAgentStreams(ctx context.Context, cluster string, sess *yamux.Session, opts ServeOptions, expiry *time.Timer, wg *sync.WaitGroup) {
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer st.Close()
+			st.SetDeadline(time.Now().Add(30 * time.Second))
+			var req Renew
+			if err := ReadJSON(st, FrameRenew, &req); err != nil {
+				r.log.Warn("tunnel: bad stream from agent", "cluster", cluster, "err", err)
+				return
+			}
+			var res Result
+			if opts.Renew == nil {
+				res.Error = "this gateway does not renew certificates"
+			} else if chain, notAfter, err := opts.Renew(ctx, []byte(req.CSR)); err != nil {
+				r.log.Warn("tunnel: agent renewal refused", "cluster", cluster, "err", err)
+				res.Error = "renewal refused: " + err.Error()
+			} else {
+				res.Certificate = string(chain)
+				if expiry != nil {
+					expiry.Reset(notAfter.Sub(opts.Now()))
+				}
+				r.log.Info("agent certificate renewed", "cluster", cluster, "notAfter", notAfter)
+			}
+			WriteJSON(st, FrameResult, &res)
+		}()
+	}
+}
+
+// Control sends c to cluster's agent and waits for its answer.
+func (r *Registry) Control(ctx context.Context, cluster string, c *Control) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	st, err := r.openStream(cluster)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if d, ok := ctx.Deadline(); ok {
+		st.SetDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	defer stop()
+	if err := WriteJSON(st, FrameControl, c); err != nil {
+		return fmt.Errorf("tunnel: control %s: %w", cluster, err)
+	}
+	var res Result
+	if err := ReadJSON(st, FrameResult, &res); err != nil {
+		return fmt.Errorf("tunnel: control %s: %w", cluster, err)
+	}
+	if res.Error != "" {
+		return fmt.Errorf("%w: %s: %s", ErrControlFailed, cluster, res.Error)
+	}
+	return nil
+}
+
+// Clusters returns the ids of the clusters with a tunnel here.
+func (r *Registry) Clusters() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.sessions))
+	for c, s := range r.sessions {
+		if !s.IsClosed() {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (r *Registry) openStream(cluster string) (*yamux.Stream, error) {
 	r.mu.Lock()
 	sess := r.sessions[cluster]
 	closed := r.closed
@@ -94,6 +209,16 @@ func (r *Registry) Open(ctx context.Context, cluster string, h *Header) (net.Con
 	st, err := sess.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrNoTunnel, cluster, err)
+	}
+	return st, nil
+}
+
+// Open opens a stream to cluster's agent and writes h as its first frame.
+// The returned connection then carries one HTTP/1.1 exchange.
+func (r *Registry) Open(ctx context.Context, cluster string, h *Header) (net.Conn, error) {
+	st, err := r.openStream(cluster)
+	if err != nil {
+		return nil, err
 	}
 	if d, ok := ctx.Deadline(); ok {
 		st.SetWriteDeadline(d)

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -51,13 +52,29 @@ type Config struct {
 	// TokenTTL is the lifetime of people's service-account tokens. One hour
 	// keeps a leaked token's use short; tokens are cached to 80 % of it.
 	TokenTTL time.Duration
+	// IdleTTL is how long a person's service account may go unused before
+	// the sweep deletes it. Eight hours outlives a working day's pauses;
+	// the account is made again on the next request.
+	IdleTTL time.Duration
+	// SweepInterval is how often the sweep runs. Five minutes bounds how
+	// long a stale account outlives its IdleTTL.
+	SweepInterval time.Duration
+	// RenewCheckInterval is how often the agent checks whether its
+	// certificate has reached half life. A minute is nothing against a
+	// lifetime of hours.
+	RenewCheckInterval time.Duration
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
 }
 
 // DefaultConfig returns the defaults the bootstrap manifest uses.
 func DefaultConfig() Config {
-	return Config{Namespace: "gatehouse-system", IdentitySecret: "gatehouse-agent-identity", TokenTTL: time.Hour}
+	return Config{
+		Namespace: "gatehouse-system", IdentitySecret: "gatehouse-agent-identity", TokenTTL: time.Hour,
+		IdleTTL: 8 * time.Hour, SweepInterval: 5 * time.Minute, RenewCheckInterval: time.Minute,
+	}
 }
 
 // Validate checks the configuration.
@@ -74,6 +91,10 @@ func (c Config) Validate() error {
 		return errors.New("agent: GatewayCA is required")
 	case c.TokenTTL < 10*time.Minute:
 		return errors.New("agent: TokenTTL must be at least 10 minutes (the API server's minimum)")
+	case c.IdleTTL < c.TokenTTL:
+		return errors.New("agent: IdleTTL must be at least TokenTTL (an account in use is stamped once per token)")
+	case c.SweepInterval <= 0 || c.RenewCheckInterval <= 0:
+		return errors.New("agent: SweepInterval and RenewCheckInterval must be positive")
 	}
 	return nil
 }
@@ -116,6 +137,9 @@ func New(cfg Config) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	return &Agent{cfg: cfg, log: log, cs: cs, pool: pool, addr: addr}, nil
 }
 
@@ -138,7 +162,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.loadOrRegister(ctx); err != nil {
 		return err
 	}
-	jit := NewJIT(a.cs, a.cfg.Namespace, a.cfg.TokenTTL, nil)
+	jit := NewJIT(a.cs, a.cfg.Namespace, a.cfg.TokenTTL, a.cfg.Now)
 	jit.WaitEffective(a.cfg.Kube)
 	proxy, err := NewProxy(a.cfg.Kube, jit, a.log)
 	if err != nil {
@@ -149,6 +173,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	cc.GatewayAddr = a.addr
 	cc.RootCAs = a.pool
 	cc.Handler = proxy
+	cc.Control = Controller(jit, proxy)
 	cc.Logger = a.log
 	cc.GetCertificate = func() (*tls.Certificate, error) {
 		a.mu.Lock()
@@ -161,6 +186,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.client.Store(client)
 	a.log.Info("agent starting", "cluster", a.Cluster(), "gateway", a.cfg.GatewayURL)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		a.every(ctx, a.cfg.RenewCheckInterval, func() { a.renewIfDue(ctx, client) })
+	}()
+	go func() {
+		defer wg.Done()
+		a.every(ctx, a.cfg.SweepInterval, func() {
+			if n, err := jit.Sweep(ctx, a.cfg.IdleTTL); err != nil && ctx.Err() == nil {
+				a.log.Warn("agent: sweep of idle service accounts failed", "err", err)
+			} else if n > 0 {
+				a.log.Info("agent: swept idle service accounts", "deleted", n)
+			}
+		})
+	}()
 	err = client.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -168,10 +212,113 @@ func (a *Agent) Run(ctx context.Context) error {
 	return err
 }
 
+// Controller returns the handler of the gateway's control messages: a
+// revoked person loses their service account, bindings and live requests; a
+// changed grant reaches the bindings at once.
+func Controller(jit *JIT, proxy *Proxy) tunnel.ControlHandler {
+	return tunnel.ControlFunc(func(ctx context.Context, c *tunnel.Control) error {
+		switch c.Op {
+		case tunnel.OpRevoke:
+			proxy.Forget(c.User)
+			return jit.Remove(ctx, c.User)
+		case tunnel.OpSync:
+			return jit.Sync(ctx, c.User, c.Grants)
+		}
+		return fmt.Errorf("unknown op %q", c.Op)
+	})
+}
+
+// every runs fn each interval until ctx ends.
+func (a *Agent) every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
+	}
+}
+
+// Certificate returns the agent's current certificate.
+func (a *Agent) Certificate() *x509.Certificate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cert == nil {
+		return nil
+	}
+	return a.cert.Leaf
+}
+
+// renewIfDue renews the agent's certificate over the tunnel once it has
+// passed half its life, with a new key, and keeps it in the identity
+// Secret. A failure is retried at the next check; the old certificate stays
+// valid until then.
+func (a *Agent) renewIfDue(ctx context.Context, client *tunnel.Client) {
+	leaf := a.Certificate()
+	if leaf == nil || a.cfg.Now().Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore)/2)) {
+		return
+	}
+	key, keyPEM, err := ca.NewKey()
+	if err != nil {
+		a.log.Error("agent: renew: key", "err", err)
+		return
+	}
+	csrPEM, err := newCSR(key)
+	if err != nil {
+		a.log.Error("agent: renew: csr", "err", err)
+		return
+	}
+	chain, err := client.RenewCertificate(ctx, csrPEM)
+	if err != nil {
+		a.log.Warn("agent: certificate renewal failed; will retry", "err", err, "notAfter", leaf.NotAfter)
+		return
+	}
+	cert, cluster, err := parseIdentity(chain, keyPEM)
+	if err != nil || cluster != a.Cluster() {
+		a.log.Error("agent: renew: gateway sent a bad certificate", "err", err, "cluster", cluster)
+		return
+	}
+	if err := a.saveIdentity(ctx, chain, keyPEM); err != nil {
+		a.log.Warn("agent: renewed certificate not saved; a restart would use the old one", "err", err)
+	}
+	a.setCert(cert, cluster)
+	a.log.Info("agent certificate renewed", "notAfter", cert.Leaf.NotAfter)
+}
+
+func newCSR(key crypto.Signer) ([]byte, error) {
+	der, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "gatehouse-agent"}}, key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
+
+// saveIdentity keeps the agent's key and certificate in its Secret, so a
+// restart needs neither the (spent) token nor a new registration.
+func (a *Agent) saveIdentity(ctx context.Context, certPEM, keyPEM []byte) error {
+	idSecret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: a.cfg.IdentitySecret, Namespace: a.cfg.Namespace, Labels: map[string]string{LabelManagedBy: ManagedBy}},
+		Type:       corev1.SecretTypeTLS,
+		Data:       map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM},
+	}
+	secrets := a.cs.CoreV1().Secrets(a.cfg.Namespace)
+	if _, err := secrets.Create(ctx, idSecret, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		if _, err := secrets.Update(ctx, idSecret, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("agent: save identity: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("agent: save identity: %w", err)
+	}
+	return nil
+}
+
 func (a *Agent) loadOrRegister(ctx context.Context) error {
 	sec, err := a.cs.CoreV1().Secrets(a.cfg.Namespace).Get(ctx, a.cfg.IdentitySecret, metav1.GetOptions{})
 	if err == nil {
-		if cert, cluster, err := parseIdentity(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey]); err == nil && time.Now().Before(cert.Leaf.NotAfter) {
+		if cert, cluster, err := parseIdentity(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey]); err == nil && a.cfg.Now().Before(cert.Leaf.NotAfter) {
 			a.setCert(cert, cluster)
 			a.log.Info("agent identity loaded", "cluster", cluster, "notAfter", cert.Leaf.NotAfter)
 			return nil
@@ -191,13 +338,13 @@ func (a *Agent) loadOrRegister(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	csrDER, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "gatehouse-agent"}}, key)
+	csrPEM, err := newCSR(key)
 	if err != nil {
 		return err
 	}
 	body, _ := json.Marshal(map[string]string{
 		"token":       a.cfg.BootstrapToken,
-		"csr":         string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})),
+		"csr":         string(csrPEM),
 		"fingerprint": string(ns.UID),
 	})
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
@@ -227,19 +374,8 @@ func (a *Agent) loadOrRegister(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: register: %w", err)
 	}
-	// Keep the identity so a restart does not need the (spent) token.
-	idSecret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: a.cfg.IdentitySecret, Namespace: a.cfg.Namespace, Labels: map[string]string{LabelManagedBy: ManagedBy}},
-		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{corev1.TLSCertKey: []byte(out.Certificate), corev1.TLSPrivateKeyKey: keyPEM},
-	}
-	if _, err := a.cs.CoreV1().Secrets(a.cfg.Namespace).Create(ctx, idSecret, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
-		_, err = a.cs.CoreV1().Secrets(a.cfg.Namespace).Update(ctx, idSecret, metav1.UpdateOptions{})
-		if err != nil {
-			return fmt.Errorf("agent: save identity: %w", err)
-		}
-	} else if err != nil {
-		return fmt.Errorf("agent: save identity: %w", err)
+	if err := a.saveIdentity(ctx, []byte(out.Certificate), keyPEM); err != nil {
+		return err
 	}
 	a.setCert(cert, cluster)
 	a.log.Info("agent registered", "cluster", cluster, "notAfter", cert.Leaf.NotAfter)

@@ -16,6 +16,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -32,6 +33,9 @@ const (
 	// AnnotationUser holds the person's user id, for people reading the
 	// cluster.
 	AnnotationUser = "gatehouse.dev/user"
+	// AnnotationLastUsed holds when the agent last issued a token for the
+	// service account (RFC 3339); the sweep deletes accounts idle too long.
+	AnnotationLastUsed = "gatehouse.dev/last-used"
 )
 
 // ServiceAccountName returns the DNS-safe name of a person's service
@@ -78,6 +82,17 @@ func NewJIT(cs kubernetes.Interface, namespace string, tokenTTL time.Duration, n
 	return &JIT{cs: cs, namespace: namespace, tokenTTL: tokenTTL, now: now, users: map[string]*jitUser{}}
 }
 
+func (j *JIT) user(user string) *jitUser {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	u := j.users[user]
+	if u == nil {
+		u = &jitUser{}
+		j.users[user] = u
+	}
+	return u
+}
+
 func grantsKey(gs []tunnel.Grant) string {
 	keys := make([]string, 0, len(gs))
 	for _, g := range gs {
@@ -91,14 +106,7 @@ func grantsKey(gs []tunnel.Grant) string {
 // service account and bindings match h.Grants. Tokens are cached until 80 %
 // of their life.
 func (j *JIT) Token(ctx context.Context, h *tunnel.Header) (string, error) {
-	j.mu.Lock()
-	u := j.users[h.User]
-	if u == nil {
-		u = &jitUser{}
-		j.users[h.User] = u
-	}
-	j.mu.Unlock()
-
+	u := j.user(h.User)
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	key := grantsKey(h.Grants)
@@ -123,6 +131,12 @@ func (j *JIT) Token(ctx context.Context, h *tunnel.Header) (string, error) {
 	life := tr.Status.ExpirationTimestamp.Sub(issued)
 	u.token = tr.Status.Token
 	u.refreshAt = issued.Add(life * 8 / 10)
+	if !fresh {
+		// In use: keep the sweep away (ensure stamped a new account).
+		if err := j.stampLastUsed(ctx, h.User); err != nil {
+			return "", err
+		}
+	}
 	if j.waitEffective != nil && fresh {
 		if err := j.waitEffective(ctx, u.token, h.Grants); err != nil {
 			return "", err
@@ -194,9 +208,14 @@ func (j *JIT) ensure(ctx context.Context, user string, grants []tunnel.Grant) er
 	}
 	sa := &corev1.ServiceAccount{ObjectMeta: *meta.DeepCopy()}
 	sa.Name = name
+	sa.Annotations[AnnotationLastUsed] = j.now().UTC().Format(time.RFC3339)
 	// The token is requested explicitly; nothing should mount one.
 	sa.AutomountServiceAccountToken = new(bool)
-	if _, err := j.cs.CoreV1().ServiceAccounts(j.namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := j.cs.CoreV1().ServiceAccounts(j.namespace).Create(ctx, sa, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		if err := j.stampLastUsed(ctx, user); err != nil {
+			return err
+		}
+	} else if err != nil {
 		return fmt.Errorf("agent: create service account: %w", err)
 	}
 	subject := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: j.namespace}}
@@ -277,9 +296,122 @@ func (j *JIT) deleteBindings(ctx context.Context, user string, keep map[string]b
 	return nil
 }
 
+func (j *JIT) stampLastUsed(ctx context.Context, user string) error {
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, AnnotationLastUsed, j.now().UTC().Format(time.RFC3339))
+	_, err := j.cs.CoreV1().ServiceAccounts(j.namespace).Patch(ctx, ServiceAccountName(user), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	if err != nil {
+		return fmt.Errorf("agent: stamp service account: %w", err)
+	}
+	return nil
+}
+
+// Sync makes the bindings of a person who already has a service account
+// match grants now, so that a narrowed grant takes effect before their next
+// request. A person without one is left alone: their first request creates
+// it.
+func (j *JIT) Sync(ctx context.Context, user string, grants []tunnel.Grant) error {
+	u := j.user(user)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, err := j.cs.CoreV1().ServiceAccounts(j.namespace).Get(ctx, ServiceAccountName(user), metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		u.grantsKey = ""
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("agent: sync: %w", err)
+	}
+	if err := j.ensure(ctx, user, grants); err != nil {
+		u.grantsKey = ""
+		return err
+	}
+	// The token stays valid: it names the account, and the bindings
+	// decide what it may do.
+	u.grantsKey = grantsKey(grants)
+	return nil
+}
+
+// Sweep deletes the service accounts (and bindings) of people who have not
+// used the cluster for idle, and bindings whose service account is gone
+// (left by a crash between two deletions). It returns how many accounts it
+// deleted.
+func (j *JIT) Sweep(ctx context.Context, idle time.Duration) (int, error) {
+	sel := metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedBy + "," + LabelUser}
+	sas, err := j.cs.CoreV1().ServiceAccounts(j.namespace).List(ctx, sel)
+	if err != nil {
+		return 0, fmt.Errorf("agent: sweep: %w", err)
+	}
+	live := map[string]bool{}
+	deleted := 0
+	cutoff := j.now().Add(-idle)
+	for _, sa := range sas.Items {
+		hash := sa.Labels[LabelUser]
+		last, err := time.Parse(time.RFC3339, sa.Annotations[AnnotationLastUsed])
+		if err == nil && last.After(cutoff) {
+			live[hash] = true
+			continue
+		}
+		user := sa.Annotations[AnnotationUser]
+		if user == "" || userHash(user) != hash {
+			live[hash] = true // not ours to judge; a person can read it
+			continue
+		}
+		if err := j.Remove(ctx, user); err != nil {
+			return deleted, err
+		}
+		deleted++
+	}
+	// Bindings without an account.
+	for _, list := range []func() ([]metav1.ObjectMeta, error){
+		func() ([]metav1.ObjectMeta, error) {
+			l, err := j.cs.RbacV1().ClusterRoleBindings().List(ctx, sel)
+			if err != nil {
+				return nil, err
+			}
+			out := make([]metav1.ObjectMeta, len(l.Items))
+			for i := range l.Items {
+				out[i] = l.Items[i].ObjectMeta
+			}
+			return out, nil
+		},
+		func() ([]metav1.ObjectMeta, error) {
+			l, err := j.cs.RbacV1().RoleBindings("").List(ctx, sel)
+			if err != nil {
+				return nil, err
+			}
+			out := make([]metav1.ObjectMeta, len(l.Items))
+			for i := range l.Items {
+				out[i] = l.Items[i].ObjectMeta
+			}
+			return out, nil
+		},
+	} {
+		metas, err := list()
+		if err != nil {
+			return deleted, fmt.Errorf("agent: sweep: %w", err)
+		}
+		for _, m := range metas {
+			if live[m.Labels[LabelUser]] {
+				continue
+			}
+			if m.Namespace == "" {
+				err = j.cs.RbacV1().ClusterRoleBindings().Delete(ctx, m.Name, metav1.DeleteOptions{})
+			} else {
+				err = j.cs.RbacV1().RoleBindings(m.Namespace).Delete(ctx, m.Name, metav1.DeleteOptions{})
+			}
+			if err != nil && !apierrors.IsNotFound(err) {
+				return deleted, fmt.Errorf("agent: sweep: %w", err)
+			}
+		}
+	}
+	return deleted, nil
+}
+
 // Remove deletes the person's bindings and service account and forgets
 // their token: used when a person loses access.
 func (j *JIT) Remove(ctx context.Context, user string) error {
+	u := j.user(user)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.grantsKey, u.token = "", ""
 	j.mu.Lock()
 	delete(j.users, user)
 	j.mu.Unlock()

@@ -33,8 +33,10 @@ type Proxy struct {
 	jit    *JIT
 	log    *slog.Logger
 
-	mu         sync.Mutex // guards transports
+	mu         sync.Mutex // guards transports, active and nextID
 	transports map[string]*http.Transport
+	active     map[string]map[uint64]context.CancelFunc // user -> requests in flight
+	nextID     uint64
 }
 
 // NewProxy returns a proxy to the API server described by cfg (only its
@@ -57,7 +59,7 @@ func NewProxy(cfg *rest.Config, jit *JIT, logger *slog.Logger) (*Proxy, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Proxy{target: u, tls: tlsCfg, jit: jit, log: logger, transports: map[string]*http.Transport{}}, nil
+	return &Proxy{target: u, tls: tlsCfg, jit: jit, log: logger, transports: map[string]*http.Transport{}, active: map[string]map[uint64]context.CancelFunc{}}, nil
 }
 
 // transportFor returns the person's own connection pool: a backend
@@ -81,12 +83,47 @@ func (p *Proxy) transportFor(user string) *http.Transport {
 	return t
 }
 
-// Forget closes the person's pooled connections (their access is gone).
+// track registers a request of user's until the returned func is called.
+func (p *Proxy) track(ctx context.Context, user string) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	p.mu.Lock()
+	id := p.nextID
+	p.nextID++
+	if p.active[user] == nil {
+		p.active[user] = map[uint64]context.CancelFunc{}
+	}
+	p.active[user][id] = cancel
+	p.mu.Unlock()
+	return ctx, func() {
+		cancel()
+		p.mu.Lock()
+		delete(p.active[user], id)
+		if len(p.active[user]) == 0 {
+			delete(p.active, user)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// Active returns how many of user's requests are in flight.
+func (p *Proxy) Active(user string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.active[user])
+}
+
+// Forget ends the person's requests in flight (watch, exec, port-forward
+// included) and closes their pooled connections: their access is gone.
 func (p *Proxy) Forget(user string) {
 	p.mu.Lock()
 	t := p.transports[user]
 	delete(p.transports, user)
+	cancels := p.active[user]
+	delete(p.active, user)
 	p.mu.Unlock()
+	for _, cancel := range cancels {
+		cancel()
+	}
 	if t != nil {
 		t.CloseIdleConnections()
 	}
@@ -145,7 +182,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kubeapi.WriteStatus(w, http.StatusBadRequest, metav1.StatusReasonBadRequest, "upgrade protocol not allowed: only SPDY/3.1 and websocket")
 		return
 	}
-	ctx := r.Context()
+	ctx, done := p.track(r.Context(), h.User)
+	defer done()
 	if !h.Deadline.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, h.Deadline)

@@ -1,0 +1,138 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+// Session describes a request in flight on this node: every request, and
+// so every long-running watch, exec, attach and port-forward.
+type Session struct {
+	RequestID string
+	User      string
+	Groups    []string
+	Serial    string // of the client certificate, hex
+	Cluster   string
+}
+
+// sessions tracks this node's requests in flight so that a revocation can
+// end them at once.
+type sessions struct {
+	mu   sync.Mutex // guards live
+	live map[*liveSession]struct{}
+}
+
+type liveSession struct {
+	Session
+	cancel context.CancelFunc
+}
+
+// add registers s until the returned func is called; cancel ends it.
+func (t *sessions) add(s Session, cancel context.CancelFunc) func() {
+	ls := &liveSession{Session: s, cancel: cancel}
+	t.mu.Lock()
+	if t.live == nil {
+		t.live = map[*liveSession]struct{}{}
+	}
+	t.live[ls] = struct{}{}
+	t.mu.Unlock()
+	return func() {
+		t.mu.Lock()
+		delete(t.live, ls)
+		t.mu.Unlock()
+	}
+}
+
+func (t *sessions) snapshot() []*liveSession {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*liveSession, 0, len(t.live))
+	for ls := range t.live {
+		out = append(out, ls)
+	}
+	return out
+}
+
+func (t *sessions) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.live)
+}
+
+// Sessions returns the requests in flight on this node.
+func (n *Node) Sessions() []Session {
+	var out []Session
+	for _, ls := range n.sessions.snapshot() {
+		out = append(out, ls.Session)
+	}
+	return out
+}
+
+// EndSessions ends every request in flight for which match is true - its
+// client and its tunnel stream are closed - and returns how many it ended.
+// Use it after revoking a certificate (match its serial) or a person.
+func (n *Node) EndSessions(match func(Session) bool) int {
+	ended := 0
+	for _, ls := range n.sessions.snapshot() {
+		if match(ls.Session) {
+			ls.cancel()
+			ended++
+		}
+	}
+	if ended > 0 {
+		n.log.Info("sessions ended", "count", ended)
+	}
+	return ended
+}
+
+// AccessChanged brings the node and the connected agents in line with a
+// change to user's access (a grant added, narrowed, expired or revoked, or
+// the person removed); groups are the person's groups now. For each cluster
+// connected here it asks Grants again: where the person has nothing left,
+// their requests in flight are ended and the agent deletes their service
+// account and bindings; elsewhere the agent makes their bindings match the
+// new grants before their next request.
+//
+// The node refuses the person's next request on its own (grants are read on
+// every request); AccessChanged is what makes the change reach live streams
+// and the clusters' RBAC at once.
+func (n *Node) AccessChanged(ctx context.Context, user string, groups []string) error {
+	clusters := n.cfg.Registry.Clusters()
+	for _, ls := range n.sessions.snapshot() {
+		if ls.User == user && !slices.Contains(clusters, ls.Cluster) {
+			clusters = append(clusters, ls.Cluster)
+		}
+	}
+	var errs []error
+	var controls []*tunnel.Control
+	var where []string
+	revoked := map[string]bool{}
+	for _, cluster := range clusters {
+		grants, err := n.cfg.Grants.Grants(ctx, user, groups, cluster)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("node: grants of %q on %q: %w", user, cluster, err))
+			continue
+		}
+		c := &tunnel.Control{RequestID: newRequestID(), Op: tunnel.OpSync, User: user, Grants: grants}
+		if len(grants) == 0 {
+			revoked[cluster] = true
+			c = &tunnel.Control{RequestID: c.RequestID, Op: tunnel.OpRevoke, User: user}
+		}
+		if n.cfg.Registry.Connected(cluster) {
+			controls, where = append(controls, c), append(where, cluster)
+		}
+	}
+	// Live streams first: they are what a revoked person still holds.
+	n.EndSessions(func(s Session) bool { return s.User == user && revoked[s.Cluster] })
+	for i, c := range controls {
+		if err := n.cfg.Registry.Control(ctx, where[i], c); err != nil {
+			errs = append(errs, fmt.Errorf("node: %s %q on %q: %w", c.Op, user, where[i], err))
+		}
+	}
+	return errors.Join(errs...)
+}
