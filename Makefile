@@ -25,8 +25,11 @@ run: build tools
 tools:
 	tools/build.sh
 
+# Benchmarks also run once each (-benchtime=1x -short) so that they do not
+# rot; their numbers mean nothing at one iteration.
 test: tools
 	$(GO) test $(TEST_FLAGS) ./...
+	$(GO) test -run='^$$' -bench=. -benchtime=1x -short -count=1 ./...
 
 bench: tools
 	$(GO) test -run='^$$' -bench=. -benchmem ./...

@@ -75,6 +75,8 @@ type bed struct {
 	registry *tunnel.Registry
 	audit    *audit.Memory
 	addr     string
+	node     *node.Node
+	jit      *agent.JIT
 
 	stopNode, stopAgent func()
 	agentClient         *tunnel.Client
@@ -132,6 +134,7 @@ func (b *bed) startNode(addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.node = n
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
@@ -187,14 +190,14 @@ func (b *bed) startAgent() {
 	}
 	// The agent's own credentials: the admin for now. The least-privilege
 	// bootstrap manifest replaces this with its service account.
-	jit := agent.NewJIT(cs, "gatehouse-system", time.Hour, nil)
-	jit.WaitEffective(b.kube.RESTConfig())
-	b.proxy, err = agent.NewProxy(b.kube.RESTConfig(), jit, nil)
+	b.jit = agent.NewJIT(cs, "gatehouse-system", time.Hour, b.clock.Now)
+	b.jit.WaitEffective(b.kube.RESTConfig())
+	b.proxy, err = agent.NewProxy(b.kube.RESTConfig(), b.jit, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cert, _, _ := b.clientCert("agent", clusterID, 24*time.Hour)
-	b.agentClient = b.runTunnelClient(cert, b.proxy)
+	b.agentClient = b.runTunnelClient(cert, b.proxy, agent.Controller(b.jit, b.proxy))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for !b.registry.Connected(clusterID) {
@@ -208,7 +211,7 @@ func (b *bed) startAgent() {
 
 // runTunnelClient runs a tunnel client with cert until the test ends (or
 // stopAgent).
-func (b *bed) runTunnelClient(cert tls.Certificate, h *agent.Proxy) *tunnel.Client {
+func (b *bed) runTunnelClient(cert tls.Certificate, h *agent.Proxy, ctl tunnel.ControlHandler) *tunnel.Client {
 	t := b.t
 	cfg := tunnel.DefaultClientConfig()
 	cfg.GatewayAddr = b.addr
@@ -216,6 +219,7 @@ func (b *bed) runTunnelClient(cert tls.Certificate, h *agent.Proxy) *tunnel.Clie
 	cfg.RootCAs = b.auth.RootPool()
 	cfg.GetCertificate = func() (*tls.Certificate, error) { return &cert, nil }
 	cfg.Handler = h
+	cfg.Control = ctl
 	cfg.Proxy = nil
 	c, err := tunnel.NewClient(cfg)
 	if err != nil {

@@ -97,3 +97,28 @@ func BenchmarkGet(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPortForward moves 64 MiB each way through one kubectl
+// port-forward stream (WebSocket, kubectl's default) to an echo server in a
+// pod, straight to the API server and through the gateway, in the same run,
+// and reports the throughput of the stream (bytes both ways per second).
+//
+//	go test -run '^$' -bench BenchmarkPortForward -benchtime 3x ./node/
+func BenchmarkPortForward(b *testing.B) {
+	bd := newBed(b)
+	bd.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	pod := runningPod(b, bd, "bench-pf")
+	const size = 64 << 20
+	for _, tg := range []struct{ name, kubeconfig string }{
+		{"direct", ""}, // the cluster's admin kubeconfig
+		{"gateway", bd.kubeconfig("ada", time.Hour)},
+	} {
+		b.Run(tg.name, func(b *testing.B) {
+			var total time.Duration
+			for range b.N {
+				total += portForward(b, bd, tg.kubeconfig, "bench-pf", pod, size)
+			}
+			b.ReportMetric(float64(2*size*b.N)/total.Seconds()/1e6, "MB/s")
+		})
+	}
+}

@@ -74,7 +74,7 @@ func (b *bed) refused(kubeconfig, want string, args ...string) {
 	}
 }
 
-func runningPod(t *testing.T, b *bed, ns string) string {
+func runningPod(t testing.TB, b *bed, ns string) string {
 	t.Helper()
 	cs, err := b.kube.Clientset()
 	if err != nil {
@@ -176,7 +176,10 @@ func TestKubectlThroughGatewayAsAdmin(t *testing.T) {
 
 // portForward moves size bytes each way through kubectl port-forward via
 // the gateway and checks them.
-func portForward(t *testing.T, b *bed, kc, ns, pod string, size int) {
+// portForward runs kubectl port-forward to the pod's echo port, sends size
+// random bytes and checks that the same bytes come back. It returns how long
+// the transfer took, from the first byte written to the last read.
+func portForward(t testing.TB, b *bed, kc, ns, pod string, size int) time.Duration {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -220,6 +223,7 @@ func portForward(t *testing.T, b *bed, kc, ns, pod string, size int) {
 	defer conn.Close()
 	payload := make([]byte, size)
 	rand.Read(payload)
+	start := time.Now()
 	errc := make(chan error, 1)
 	go func() {
 		_, err := conn.Write(payload)
@@ -230,12 +234,14 @@ func portForward(t *testing.T, b *bed, kc, ns, pod string, size int) {
 	if _, err := io.CopyN(h, conn, int64(size)); err != nil {
 		t.Fatalf("port-forward read: %v (%s)", err, stderr.String())
 	}
+	took := time.Since(start)
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
 	if want := sha256.Sum256(payload); !bytes.Equal(h.Sum(nil), want[:]) {
 		t.Fatal("port-forward changed the bytes")
 	}
+	return took
 }
 
 func TestNamespaceGrantIsEnforcedByClusterRBAC(t *testing.T) {
@@ -323,7 +329,7 @@ func TestGatewayRefuses(t *testing.T) {
 
 	t.Run("person certificate used as an agent", func(t *testing.T) {
 		cert, _, _ := b.clientCert("user", "mallory", time.Hour)
-		c := b.runTunnelClient(cert, b.proxy)
+		c := b.runTunnelClient(cert, b.proxy, nil)
 		// The node closes the tunnel at once; the client retries. After two
 		// attempts the node has still registered nothing for that name.
 		deadline := time.Now().Add(30 * time.Second)

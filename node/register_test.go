@@ -78,6 +78,7 @@ func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
 		cfg.GatewayURL = string(sec.Data["gateway-url"])
 		cfg.GatewayCA = sec.Data["gateway-ca.crt"]
 		cfg.BootstrapToken = string(sec.Data["bootstrap-token"])
+		cfg.Now, cfg.RenewCheckInterval = b.clock.Now, 20*time.Millisecond
 		a, err := agent.New(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -126,10 +127,32 @@ func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
 	// A restart needs no token: the identity Secret is used.
 	stop()
 	waitFor(t, 30*time.Second, func() bool { return !b.registry.Connected(cluster) })
-	_, stop2 := runAgent()
+	a2, stop2 := runAgent()
 	defer stop2()
 	waitFor(t, 30*time.Second, func() bool { return b.registry.Connected(cluster) })
 	b.ok(ada, "get", "ns", "default")
+
+	// Past half life the agent renews over the tunnel, without dropping
+	// it, and keeps the new certificate in its Secret.
+	old := a2.Certificate()
+	b.clock.Set(13 * time.Hour)
+	defer b.clock.Set(0)
+	waitFor(t, 30*time.Second, func() bool { return a2.Certificate().SerialNumber.Cmp(old.SerialNumber) != 0 })
+	renewed := a2.Certificate()
+	if !renewed.NotAfter.After(old.NotAfter) || renewed.Subject.CommonName != cluster || renewed.PublicKeyAlgorithm != old.PublicKeyAlgorithm {
+		t.Fatalf("renewed certificate: %s until %s (old until %s)", renewed.Subject.CommonName, renewed.NotAfter, old.NotAfter)
+	}
+	if a2.Sessions() != 1 || !b.registry.Connected(cluster) {
+		t.Fatalf("tunnel re-established during renewal: %d sessions", a2.Sessions())
+	}
+	sec, err = cs.CoreV1().Secrets(ns).Get(ctx, "gatehouse-agent-identity", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if block, _ := pem.Decode(sec.Data["tls.crt"]); block == nil || !bytes.Equal(block.Bytes, renewed.Raw) {
+		t.Fatal("identity Secret does not hold the renewed certificate")
+	}
+	b.ok(b.kubeconfigFor("ada", cluster), "get", "ns", "default")
 }
 
 func (b *bed) kubeconfigFor(user, cluster string) string {

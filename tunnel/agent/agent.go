@@ -150,6 +150,16 @@ func (a *Agent) Cluster() string {
 	return a.cluster
 }
 
+// Sessions returns how many tunnels the agent has established since Run
+// began: one while the first tunnel holds.
+func (a *Agent) Sessions() int64 {
+	c := a.client.Load()
+	if c == nil {
+		return 0
+	}
+	return c.Sessions()
+}
+
 // Connected reports whether the tunnel is up.
 func (a *Agent) Connected() bool {
 	c := a.client.Load()
