@@ -197,3 +197,24 @@ func randomHex(n int) string {
 	}
 	return hex.EncodeToString(b)
 }
+
+// NewDatabase creates an empty database on the server, owned by the same
+// role, and returns its DSN: tests that share one server each get their
+// own schema.
+func (pg *Postgres) NewDatabase(ctx context.Context) (string, error) {
+	conn, err := pgx.Connect(ctx, pg.DSN)
+	if err != nil {
+		return "", fmt.Errorf("testenv: postgres: %w", err)
+	}
+	defer conn.Close(ctx)
+	name := "t_" + randomHex(8)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", fmt.Errorf("testenv: create database: %w", err)
+	}
+	u, err := url.Parse(pg.DSN)
+	if err != nil {
+		return "", err
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}

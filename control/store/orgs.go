@@ -1,0 +1,309 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// Org is an organization: the top of the hierarchy, and the boundary of
+// people, groups, roles and bindings.
+type Org struct {
+	ID   string
+	Name string
+	// CertTTL is the default lifetime of members' kubeconfig certificates;
+	// MaxCertTTL the longest any member may get. Zero means the built-in
+	// defaults (control.DefaultCertTTL, control.MaxCertTTL).
+	CertTTL, MaxCertTTL time.Duration
+	Version             int64
+	Created             time.Time
+}
+
+// CreateOrg creates an organization.
+func (s *Store) CreateOrg(ctx context.Context, o *Org) error {
+	if o.Name == "" {
+		return fmt.Errorf("%w: org name is empty", ErrInvalid)
+	}
+	o.ID, o.Version, o.Created = newID(), 1, s.now().UTC()
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO orgs (id, name, cert_ttl_s, max_ttl_s, created_us) VALUES ($1, $2, $3, $4, $5)`,
+			o.ID, o.Name, int64(o.CertTTL/time.Second), int64(o.MaxCertTTL/time.Second), micros(o.Created))
+		return err
+	})
+}
+
+const orgCols = `id, name, cert_ttl_s, max_ttl_s, version, created_us`
+
+func scanOrg(r interface{ Scan(...any) error }) (*Org, error) {
+	var o Org
+	var ttl, maxTTL, created int64
+	if err := r.Scan(&o.ID, &o.Name, &ttl, &maxTTL, &o.Version, &created); err != nil {
+		return nil, err
+	}
+	o.CertTTL, o.MaxCertTTL, o.Created = time.Duration(ttl)*time.Second, time.Duration(maxTTL)*time.Second, fromMicros(created)
+	return &o, nil
+}
+
+// GetOrg returns the organization with this id or name.
+func (s *Store) GetOrg(ctx context.Context, idOrName string) (*Org, error) {
+	o, err := scanOrg(s.db.QueryRowContext(ctx, `SELECT `+orgCols+` FROM orgs WHERE id = $1 OR name = $1`, idOrName))
+	return o, one(err, "org "+idOrName)
+}
+
+// ListOrgs lists organizations by name.
+func (s *Store) ListOrgs(ctx context.Context, p Page) ([]*Org, string, error) {
+	return list(ctx, s, p, `SELECT `+orgCols+` FROM orgs WHERE name > $1 ORDER BY name LIMIT $2`, nil,
+		func(r *sql.Rows) (*Org, string, error) {
+			o, err := scanOrg(r)
+			if err != nil {
+				return nil, "", err
+			}
+			return o, o.Name, nil
+		})
+}
+
+// UpdateOrg changes an organization's certificate settings, if its version
+// is still o.Version; o.Version is then the new version.
+func (s *Store) UpdateOrg(ctx context.Context, o *Org) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE orgs SET cert_ttl_s = $1, max_ttl_s = $2, version = version + 1 WHERE id = $3 AND version = $4`,
+			int64(o.CertTTL/time.Second), int64(o.MaxCertTTL/time.Second), o.ID, o.Version)
+		if err != nil {
+			return err
+		}
+		if err := updated(ctx, tx, res, "orgs", o.ID); err != nil {
+			return err
+		}
+		o.Version++
+		return nil
+	})
+}
+
+// Project groups clusters in an organization; access is granted per
+// project (and per namespace in a project).
+type Project struct {
+	ID          string
+	OrgID       string
+	Name        string
+	Description string
+	Version     int64
+	Created     time.Time
+}
+
+// CreateProject creates a project in p.OrgID.
+func (s *Store) CreateProject(ctx context.Context, p *Project) error {
+	if p.Name == "" {
+		return fmt.Errorf("%w: project name is empty", ErrInvalid)
+	}
+	p.ID, p.Version, p.Created = newID(), 1, s.now().UTC()
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO projects (id, org_id, name, description, created_us) VALUES ($1, $2, $3, $4, $5)`,
+			p.ID, p.OrgID, p.Name, p.Description, micros(p.Created))
+		return err
+	})
+}
+
+const projectCols = `id, org_id, name, description, version, created_us`
+
+func scanProject(r interface{ Scan(...any) error }) (*Project, error) {
+	var p Project
+	var created int64
+	if err := r.Scan(&p.ID, &p.OrgID, &p.Name, &p.Description, &p.Version, &created); err != nil {
+		return nil, err
+	}
+	p.Created = fromMicros(created)
+	return &p, nil
+}
+
+// GetProject returns a project of orgID by id or name.
+func (s *Store) GetProject(ctx context.Context, orgID, idOrName string) (*Project, error) {
+	p, err := scanProject(s.db.QueryRowContext(ctx, `SELECT `+projectCols+` FROM projects WHERE org_id = $1 AND (id = $2 OR name = $2)`, orgID, idOrName))
+	return p, one(err, "project "+idOrName)
+}
+
+// ListProjects lists an organization's projects by name.
+func (s *Store) ListProjects(ctx context.Context, orgID string, p Page) ([]*Project, string, error) {
+	return list(ctx, s, p, `SELECT `+projectCols+` FROM projects WHERE name > $1 AND org_id = $3 ORDER BY name LIMIT $2`, []any{orgID},
+		func(r *sql.Rows) (*Project, string, error) {
+			pr, err := scanProject(r)
+			if err != nil {
+				return nil, "", err
+			}
+			return pr, pr.Name, nil
+		})
+}
+
+// UpdateProject changes a project's description if its version is still
+// p.Version.
+func (s *Store) UpdateProject(ctx context.Context, p *Project) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE projects SET description = $1, version = version + 1 WHERE id = $2 AND version = $3`, p.Description, p.ID, p.Version)
+		if err != nil {
+			return err
+		}
+		if err := updated(ctx, tx, res, "projects", p.ID); err != nil {
+			return err
+		}
+		p.Version++
+		return nil
+	})
+}
+
+// DeleteProject deletes a project with its clusters and the role bindings
+// scoped to it.
+func (s *Store) DeleteProject(ctx context.Context, id string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM role_bindings WHERE project_id = $1`, id); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM projects WHERE id = $1`, id)
+		if err != nil {
+			return err
+		}
+		return deleted(res, "project "+id)
+	})
+}
+
+// Cluster is a Kubernetes cluster whose agent connects to the gateway. Its
+// Name is its id in kubeconfig paths (/k8s/NAME) and agent certificates.
+type Cluster struct {
+	ID          string
+	Name        string
+	ProjectID   string
+	Description string
+	// Fingerprint is the kube-system namespace UID the agent presented at
+	// registration; empty until then.
+	Fingerprint string
+	// SharedWith lists other projects whose grants reach this cluster.
+	SharedWith []string
+	Version    int64
+	Created    time.Time
+}
+
+// CreateCluster creates a cluster in c.ProjectID.
+func (s *Store) CreateCluster(ctx context.Context, c *Cluster) error {
+	if c.Name == "" {
+		return fmt.Errorf("%w: cluster name is empty", ErrInvalid)
+	}
+	c.ID, c.Version, c.Created = newID(), 1, s.now().UTC()
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO clusters (id, name, project_id, description, created_us) VALUES ($1, $2, $3, $4, $5)`,
+			c.ID, c.Name, c.ProjectID, c.Description, micros(c.Created))
+		if err != nil {
+			return err
+		}
+		return setShares(ctx, tx, c)
+	})
+}
+
+func setShares(ctx context.Context, tx *sql.Tx, c *Cluster) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM cluster_shares WHERE cluster_id = $1`, c.ID); err != nil {
+		return err
+	}
+	for _, p := range c.SharedWith {
+		if p == c.ProjectID {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO cluster_shares (cluster_id, project_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, c.ID, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const clusterCols = `id, name, project_id, description, fingerprint, version, created_us`
+
+func scanCluster(r interface{ Scan(...any) error }) (*Cluster, error) {
+	var c Cluster
+	var created int64
+	if err := r.Scan(&c.ID, &c.Name, &c.ProjectID, &c.Description, &c.Fingerprint, &c.Version, &created); err != nil {
+		return nil, err
+	}
+	c.Created = fromMicros(created)
+	return &c, nil
+}
+
+func (s *Store) loadShares(ctx context.Context, cs ...*Cluster) error {
+	for _, c := range cs {
+		rows, err := s.db.QueryContext(ctx, `SELECT project_id FROM cluster_shares WHERE cluster_id = $1 ORDER BY project_id`, c.ID)
+		if err != nil {
+			return err
+		}
+		c.SharedWith = nil
+		for rows.Next() {
+			var p string
+			if err := rows.Scan(&p); err != nil {
+				rows.Close()
+				return err
+			}
+			c.SharedWith = append(c.SharedWith, p)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GetCluster returns a cluster by id or name.
+func (s *Store) GetCluster(ctx context.Context, idOrName string) (*Cluster, error) {
+	c, err := scanCluster(s.db.QueryRowContext(ctx, `SELECT `+clusterCols+` FROM clusters WHERE id = $1 OR name = $1`, idOrName))
+	if err := one(err, "cluster "+idOrName); err != nil {
+		return nil, err
+	}
+	return c, s.loadShares(ctx, c)
+}
+
+// ListClusters lists clusters by name: those of projectID and those shared
+// with it, or every cluster when projectID is empty.
+func (s *Store) ListClusters(ctx context.Context, projectID string, p Page) ([]*Cluster, string, error) {
+	q := `SELECT ` + clusterCols + ` FROM clusters WHERE name > $1 ORDER BY name LIMIT $2`
+	var args []any
+	if projectID != "" {
+		q = `SELECT ` + clusterCols + ` FROM clusters WHERE name > $1 AND (project_id = $3 OR id IN (SELECT cluster_id FROM cluster_shares WHERE project_id = $3)) ORDER BY name LIMIT $2`
+		args = []any{projectID}
+	}
+	out, next, err := list(ctx, s, p, q, args, func(r *sql.Rows) (*Cluster, string, error) {
+		c, err := scanCluster(r)
+		if err != nil {
+			return nil, "", err
+		}
+		return c, c.Name, nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return out, next, s.loadShares(ctx, out...)
+}
+
+// UpdateCluster changes a cluster's description and shares if its version
+// is still c.Version.
+func (s *Store) UpdateCluster(ctx context.Context, c *Cluster) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE clusters SET description = $1, version = version + 1 WHERE id = $2 AND version = $3`, c.Description, c.ID, c.Version)
+		if err != nil {
+			return err
+		}
+		if err := updated(ctx, tx, res, "clusters", c.ID); err != nil {
+			return err
+		}
+		if err := setShares(ctx, tx, c); err != nil {
+			return err
+		}
+		c.Version++
+		return nil
+	})
+}
+
+// DeleteCluster deletes a cluster and its bootstrap tokens.
+func (s *Store) DeleteCluster(ctx context.Context, id string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM clusters WHERE id = $1`, id)
+		if err != nil {
+			return err
+		}
+		return deleted(res, "cluster "+id)
+	})
+}

@@ -1,0 +1,507 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	rbacv1 "k8s.io/api/rbac/v1"
+
+	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+)
+
+// One PostgreSQL server for the package; every test gets its own database.
+var pg struct {
+	once   sync.Once
+	server *testenv.Postgres
+	err    error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if pg.server != nil {
+		pg.server.Close()
+	}
+	if code == 0 {
+		if err := goleak.Find(goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener")); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// clock is an adjustable clock.
+type clock struct{ offset atomic.Int64 }
+
+func (c *clock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *clock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+// eachStore runs fn against a fresh, migrated store on each engine: the
+// suite is the same for CockroachDB's stand-in and the embedded store.
+func eachStore(t *testing.T, fn func(t *testing.T, s *store.Store, clk *clock)) {
+	for _, driver := range []string{store.DriverPostgres, store.DriverSQLite} {
+		t.Run(driver, func(t *testing.T) {
+			ctx := context.Background()
+			cfg := store.DefaultConfig()
+			cfg.Driver = driver
+			if driver == store.DriverPostgres {
+				pg.once.Do(func() { pg.server, pg.err = testenv.StartPostgres(ctx, testenv.DefaultPostgresConfig()) })
+				if pg.err != nil {
+					t.Fatal(pg.err)
+				}
+				dsn, err := pg.server.NewDatabase(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.DSN = dsn
+			} else {
+				cfg.DSN = filepath.Join(t.TempDir(), "gatehouse.db")
+			}
+			clk := &clock{}
+			cfg.Now = clk.Now
+			s, err := store.Open(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			applied, err := s.Migrate(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(applied) == 0 {
+				t.Fatal("no migration applied to an empty database")
+			}
+			fn(t, s, clk)
+		})
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func wantErr(t *testing.T, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("got error %v, want %v", err, want)
+	}
+}
+
+// fixture is an organization with a project and a cluster.
+type fixture struct {
+	org     *store.Org
+	project *store.Project
+	cluster *store.Cluster
+}
+
+func newFixture(t *testing.T, s *store.Store) fixture {
+	t.Helper()
+	ctx := context.Background()
+	f := fixture{org: &store.Org{Name: "acme"}}
+	must(t, s.CreateOrg(ctx, f.org))
+	f.project = &store.Project{OrgID: f.org.ID, Name: "payments"}
+	must(t, s.CreateProject(ctx, f.project))
+	f.cluster = &store.Cluster{ProjectID: f.project.ID, Name: "prod-eu"}
+	must(t, s.CreateCluster(ctx, f.cluster))
+	return f
+}
+
+func TestMigrateIsIdempotent(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, _ *clock) {
+		ctx := context.Background()
+		v, err := s.SchemaVersion(ctx)
+		must(t, err)
+		if v < 1 {
+			t.Fatalf("schema version %d", v)
+		}
+		again, err := s.Migrate(ctx)
+		must(t, err)
+		if len(again) != 0 {
+			t.Fatalf("second Migrate applied %v", again)
+		}
+	})
+}
+
+func TestOrgsProjectsClusters(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, _ *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		wantErr(t, s.CreateOrg(ctx, &store.Org{Name: "acme"}), store.ErrExists)
+		wantErr(t, s.CreateOrg(ctx, &store.Org{}), store.ErrInvalid)
+		got, err := s.GetOrg(ctx, "acme")
+		must(t, err)
+		if got.ID != f.org.ID || got.Version != 1 {
+			t.Fatalf("GetOrg by name: %+v", got)
+		}
+		_, err = s.GetOrg(ctx, "nope")
+		wantErr(t, err, store.ErrNotFound)
+
+		// Optimistic concurrency: a stale version is refused.
+		a, _ := s.GetOrg(ctx, f.org.ID)
+		b, _ := s.GetOrg(ctx, f.org.ID)
+		a.CertTTL = 4 * time.Hour
+		must(t, s.UpdateOrg(ctx, a))
+		b.CertTTL = 2 * time.Hour
+		wantErr(t, s.UpdateOrg(ctx, b), store.ErrConflict)
+		if got, _ := s.GetOrg(ctx, f.org.ID); got.CertTTL != 4*time.Hour || got.Version != 2 {
+			t.Fatalf("after update: %+v", got)
+		}
+		wantErr(t, s.UpdateOrg(ctx, &store.Org{ID: "missing", Version: 1}), store.ErrNotFound)
+
+		// Names are unique per org for projects, globally for clusters.
+		wantErr(t, s.CreateProject(ctx, &store.Project{OrgID: f.org.ID, Name: "payments"}), store.ErrExists)
+		wantErr(t, s.CreateProject(ctx, &store.Project{OrgID: "no-such-org", Name: "x"}), store.ErrInvalid)
+		other := &store.Project{OrgID: f.org.ID, Name: "search"}
+		must(t, s.CreateProject(ctx, other))
+		wantErr(t, s.CreateCluster(ctx, &store.Cluster{ProjectID: other.ID, Name: "prod-eu"}), store.ErrExists)
+
+		// Sharing makes a cluster appear in another project's list.
+		c, err := s.GetCluster(ctx, "prod-eu")
+		must(t, err)
+		c.SharedWith = []string{other.ID}
+		must(t, s.UpdateCluster(ctx, c))
+		shared, _, err := s.ListClusters(ctx, other.ID, store.Page{})
+		must(t, err)
+		if len(shared) != 1 || shared[0].Name != "prod-eu" || !slices.Equal(shared[0].SharedWith, []string{other.ID}) {
+			t.Fatalf("shared clusters: %+v", shared)
+		}
+
+		// Deleting a project deletes its clusters.
+		must(t, s.DeleteProject(ctx, f.project.ID))
+		_, err = s.GetCluster(ctx, "prod-eu")
+		wantErr(t, err, store.ErrNotFound)
+		wantErr(t, s.DeleteProject(ctx, f.project.ID), store.ErrNotFound)
+	})
+}
+
+func TestPagination(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, _ *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		for i := range 25 {
+			must(t, s.CreateProject(ctx, &store.Project{OrgID: f.org.ID, Name: fmt.Sprintf("p-%02d", i)}))
+		}
+		var names []string
+		page := store.Page{Limit: 10}
+		for pages := 0; ; pages++ {
+			if pages > 5 {
+				t.Fatal("pagination does not end")
+			}
+			ps, next, err := s.ListProjects(ctx, f.org.ID, page)
+			must(t, err)
+			for _, p := range ps {
+				names = append(names, p.Name)
+			}
+			if next == "" {
+				break
+			}
+			page.Continue = next
+		}
+		if len(names) != 26 || !slices.IsSorted(names) || slices.Contains(names[:25], "payments") {
+			t.Fatalf("paged through %d names: %v", len(names), names)
+		}
+		_, _, err := s.ListProjects(ctx, f.org.ID, store.Page{Continue: "garbage!"})
+		wantErr(t, err, store.ErrBadContinue)
+	})
+}
+
+func TestUsersGroupsAndIdPSync(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, _ *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		u := &store.User{OrgID: f.org.ID, Email: "Ada@Example.com"}
+		must(t, s.CreateUser(ctx, u))
+		wantErr(t, s.CreateUser(ctx, &store.User{OrgID: f.org.ID, Email: "ada@example.COM"}), store.ErrExists)
+		wantErr(t, s.CreateUser(ctx, &store.User{OrgID: f.org.ID, Email: "not-an-email"}), store.ErrInvalid)
+
+		ops := &store.Group{OrgID: f.org.ID, Name: "ops"}
+		devs := &store.Group{OrgID: f.org.ID, Name: "devs"}
+		local := &store.Group{OrgID: f.org.ID, Name: "oncall"}
+		for _, g := range []*store.Group{ops, devs, local} {
+			must(t, s.CreateGroup(ctx, g))
+		}
+		must(t, s.MapIdPGroup(ctx, f.org.ID, "github:acme/ops", ops.ID))
+		must(t, s.MapIdPGroup(ctx, f.org.ID, "github:acme/devs", devs.ID))
+		must(t, s.AddMember(ctx, local.ID, u.ID))
+
+		// First login links the identity and maps the IdP's groups.
+		got, err := s.RecordLogin(ctx, "ada@example.com", "kratos-1", []string{"github:acme/ops", "unmapped"})
+		must(t, err)
+		if got.ID != u.ID || got.KratosID != "kratos-1" || got.LastLogin.IsZero() {
+			t.Fatalf("login: %+v", got)
+		}
+		groups, _ := s.UserGroups(ctx, u.ID)
+		if want := sorted(ops.ID, local.ID); !slices.Equal(groups, want) {
+			t.Fatalf("groups after first login: %v, want %v", groups, want)
+		}
+		// A later login with other IdP groups replaces them (Paralus
+		// synced groups only at the first login); local membership stays.
+		_, err = s.RecordLogin(ctx, "ada@example.com", "kratos-1", []string{"github:acme/devs"})
+		must(t, err)
+		groups, _ = s.UserGroups(ctx, u.ID)
+		if want := sorted(devs.ID, local.ID); !slices.Equal(groups, want) {
+			t.Fatalf("groups after second login: %v, want %v", groups, want)
+		}
+		// Another identity cannot take over the account.
+		_, err = s.RecordLogin(ctx, "ada@example.com", "kratos-2", nil)
+		wantErr(t, err, store.ErrConflict)
+		_, err = s.RecordLogin(ctx, "nobody@example.com", "kratos-3", nil)
+		wantErr(t, err, store.ErrNotFound)
+		byKratos, err := s.GetUserByKratosID(ctx, "kratos-1")
+		must(t, err)
+		if byKratos.ID != u.ID {
+			t.Fatal("GetUserByKratosID found someone else")
+		}
+
+		must(t, s.RemoveMember(ctx, local.ID, u.ID))
+		wantErr(t, s.RemoveMember(ctx, local.ID, u.ID), store.ErrNotFound)
+		members, _ := s.GroupMembers(ctx, devs.ID)
+		if !slices.Equal(members, []string{u.ID}) {
+			t.Fatalf("members of devs: %v", members)
+		}
+		must(t, s.DeleteUser(ctx, u.ID))
+		if members, _ := s.GroupMembers(ctx, devs.ID); len(members) != 0 {
+			t.Fatalf("memberships outlive the person: %v", members)
+		}
+	})
+}
+
+func sorted(s ...string) []string { slices.Sort(s); return s }
+
+func TestRolesAndBindings(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, clk *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		u := &store.User{OrgID: f.org.ID, Email: "bob@example.com"}
+		must(t, s.CreateUser(ctx, u))
+		g := &store.Group{OrgID: f.org.ID, Name: "sre"}
+		must(t, s.CreateGroup(ctx, g))
+		must(t, s.AddMember(ctx, g.ID, u.ID))
+
+		role := &store.Role{OrgID: f.org.ID, Name: "restart-web", Scope: store.ScopeNamespace, Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{"apps"}, Resources: []string{"deployments"}, ResourceNames: []string{"web"}, Verbs: []string{"get", "patch"},
+		}}}
+		must(t, s.CreateRole(ctx, role))
+		wantErr(t, s.CreateRole(ctx, &store.Role{OrgID: f.org.ID, Name: "restart-web", Scope: store.ScopeOrg}), store.ErrExists)
+		got, err := s.GetRole(ctx, f.org.ID, "restart-web")
+		must(t, err)
+		if len(got.Rules) != 1 || got.Rules[0].ResourceNames[0] != "web" {
+			t.Fatalf("role rules round trip: %+v", got.Rules)
+		}
+
+		forever := &store.Binding{OrgID: f.org.ID, SubjectKind: store.SubjectGroup, SubjectID: g.ID, Role: "PROJECT_READ_ONLY", ProjectID: f.project.ID}
+		brief := &store.Binding{OrgID: f.org.ID, SubjectKind: store.SubjectUser, SubjectID: u.ID, Role: "restart-web", ProjectID: f.project.ID,
+			Namespace: "web", Expires: clk.Now().Add(time.Hour)}
+		must(t, s.CreateBinding(ctx, forever))
+		must(t, s.CreateBinding(ctx, brief))
+		if brief.Scope() != store.ScopeNamespace || forever.Scope() != store.ScopeProject {
+			t.Fatal("scopes")
+		}
+		// Bad bindings.
+		wantErr(t, s.CreateBinding(ctx, &store.Binding{OrgID: f.org.ID, SubjectKind: "robot", SubjectID: u.ID, Role: "ADMIN"}), store.ErrInvalid)
+		wantErr(t, s.CreateBinding(ctx, &store.Binding{OrgID: f.org.ID, SubjectKind: store.SubjectUser, SubjectID: "ghost", Role: "ADMIN"}), store.ErrInvalid)
+		wantErr(t, s.CreateBinding(ctx, &store.Binding{OrgID: f.org.ID, SubjectKind: store.SubjectUser, SubjectID: u.ID, Role: "ADMIN", Namespace: "x"}), store.ErrInvalid)
+		otherOrg := &store.Org{Name: "other"}
+		must(t, s.CreateOrg(ctx, otherOrg))
+		wantErr(t, s.CreateBinding(ctx, &store.Binding{OrgID: otherOrg.ID, SubjectKind: store.SubjectUser, SubjectID: u.ID, Role: "ADMIN"}), store.ErrInvalid)
+
+		groups, _ := s.UserGroups(ctx, u.ID)
+		active, err := s.ActiveBindings(ctx, u.ID, groups)
+		must(t, err)
+		if len(active) != 2 {
+			t.Fatalf("active bindings: %d", len(active))
+		}
+		list, _, err := s.ListBindings(ctx, store.BindingFilter{OrgID: f.org.ID, SubjectKind: store.SubjectUser, SubjectID: u.ID}, store.Page{})
+		must(t, err)
+		if len(list) != 1 || list[0].ID != brief.ID {
+			t.Fatalf("filtered list: %+v", list)
+		}
+
+		// Time-bound access: after expiry the binding is not in force, and
+		// the cleanup returns it for the clusters' RBAC.
+		clk.Advance(2 * time.Hour)
+		active, _ = s.ActiveBindings(ctx, u.ID, groups)
+		if len(active) != 1 || active[0].ID != forever.ID {
+			t.Fatalf("after expiry: %+v", active)
+		}
+		expired, err := s.DeleteExpiredBindings(ctx)
+		must(t, err)
+		if len(expired) != 1 || expired[0].ID != brief.ID || expired[0].SubjectID != u.ID {
+			t.Fatalf("expired: %+v", expired)
+		}
+		_, err = s.GetBinding(ctx, brief.ID)
+		wantErr(t, err, store.ErrNotFound)
+
+		// Deleting a role deletes its bindings.
+		again := &store.Binding{OrgID: f.org.ID, SubjectKind: store.SubjectUser, SubjectID: u.ID, Role: "restart-web", ProjectID: f.project.ID, Namespace: "web"}
+		must(t, s.CreateBinding(ctx, again))
+		must(t, s.DeleteRole(ctx, f.org.ID, role.ID))
+		_, err = s.GetBinding(ctx, again.ID)
+		wantErr(t, err, store.ErrNotFound)
+		// Deleting a group deletes its bindings.
+		must(t, s.DeleteGroup(ctx, g.ID))
+		_, err = s.GetBinding(ctx, forever.ID)
+		wantErr(t, err, store.ErrNotFound)
+	})
+}
+
+func TestBootstrapTokens(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, clk *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		token, err := s.CreateBootstrapToken(ctx, f.cluster.ID, time.Hour)
+		must(t, err)
+
+		// Wrong secret, wrong format, no fingerprint.
+		tampered := token[:len(token)-1] + map[bool]string{true: "b", false: "a"}[token[len(token)-1] == 'a']
+		for _, bad := range []string{tampered, "gh1.x.y", "", token + "x"} {
+			_, err := s.Redeem(ctx, bad, "uid-1")
+			wantErr(t, err, store.ErrTokenInvalid)
+		}
+		_, err = s.Redeem(ctx, token, "")
+		wantErr(t, err, store.ErrTokenInvalid)
+
+		// Concurrent redemptions: exactly one wins.
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if name, err := s.Redeem(ctx, token, fmt.Sprintf("uid-%d", i)); err == nil && name == "prod-eu" {
+					wins.Add(1)
+				} else if err != nil && !errors.Is(err, store.ErrTokenUsed) {
+					t.Errorf("redeem: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("%d redemptions of one token succeeded", wins.Load())
+		}
+		c, _ := s.GetCluster(ctx, f.cluster.ID)
+		if c.Fingerprint == "" {
+			t.Fatal("fingerprint not recorded")
+		}
+		_, err = s.Redeem(ctx, token, c.Fingerprint)
+		wantErr(t, err, store.ErrTokenUsed)
+
+		// Expiry; and a new token replaces an unused old one.
+		late, err := s.CreateBootstrapToken(ctx, f.cluster.ID, time.Minute)
+		must(t, err)
+		newer, err := s.CreateBootstrapToken(ctx, f.cluster.ID, time.Hour)
+		must(t, err)
+		_, err = s.Redeem(ctx, late, "uid")
+		wantErr(t, err, store.ErrTokenInvalid)
+		clk.Advance(2 * time.Hour)
+		_, err = s.Redeem(ctx, newer, "uid")
+		wantErr(t, err, store.ErrTokenExpired)
+	})
+}
+
+func TestAPITokens(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, clk *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		u := &store.User{OrgID: f.org.ID, Email: "ci@example.com"}
+		must(t, s.CreateUser(ctx, u))
+		tok := &store.APIToken{UserID: u.ID, Name: "ci", Roles: []string{"PROJECT_READ_ONLY"}, Expires: clk.Now().Add(24 * time.Hour)}
+		secret, err := s.CreateAPIToken(ctx, tok)
+		must(t, err)
+		_, err = s.CreateAPIToken(ctx, &store.APIToken{UserID: u.ID, Name: "ci", Expires: clk.Now().Add(time.Hour)})
+		wantErr(t, err, store.ErrExists)
+		_, err = s.CreateAPIToken(ctx, &store.APIToken{UserID: u.ID, Name: "old", Expires: clk.Now().Add(-time.Hour)})
+		wantErr(t, err, store.ErrInvalid)
+
+		got, err := s.VerifyAPIToken(ctx, secret)
+		must(t, err)
+		if got.UserID != u.ID || !slices.Equal(got.Roles, tok.Roles) || got.LastUsed.IsZero() {
+			t.Fatalf("verify: %+v", got)
+		}
+		_, err = s.VerifyAPIToken(ctx, secret[:len(secret)-2]+"zz")
+		wantErr(t, err, store.ErrTokenInvalid)
+		listed, _, err := s.ListAPITokens(ctx, u.ID, store.Page{})
+		must(t, err)
+		if len(listed) != 1 || listed[0].LastUsed.IsZero() {
+			t.Fatalf("list: %+v", listed)
+		}
+
+		must(t, s.RevokeAPIToken(ctx, u.ID, tok.ID))
+		_, err = s.VerifyAPIToken(ctx, secret)
+		wantErr(t, err, store.ErrTokenRevoked)
+
+		other := &store.APIToken{UserID: u.ID, Name: "short", Expires: clk.Now().Add(time.Hour)}
+		secret2, err := s.CreateAPIToken(ctx, other)
+		must(t, err)
+		clk.Advance(2 * time.Hour)
+		_, err = s.VerifyAPIToken(ctx, secret2)
+		wantErr(t, err, store.ErrTokenExpired)
+	})
+}
+
+func TestRevocations(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, clk *clock) {
+		ctx := context.Background()
+		issued := clk.Now()
+		clk.Advance(time.Minute)
+		must(t, s.Revoke(ctx, &store.Revocation{Serial: "ABC123", Until: clk.Now().Add(time.Hour)}))
+		must(t, s.Revoke(ctx, &store.Revocation{UserID: "u1", Until: clk.Now().Add(8 * time.Hour)}))
+		wantErr(t, s.Revoke(ctx, &store.Revocation{Until: clk.Now()}), store.ErrInvalid)
+
+		for _, tc := range []struct {
+			serial, user string
+			issued       time.Time
+			want         bool
+		}{
+			{"abc123", "u2", issued, true},                  // by serial, any case
+			{"def", "u1", issued, true},                     // issued before the person's revocation
+			{"def", "u1", clk.Now().Add(time.Second), false}, // issued after it
+			{"def", "u2", issued, false},
+		} {
+			got, err := s.Revoked(ctx, tc.serial, tc.user, tc.issued)
+			must(t, err)
+			if got != tc.want {
+				t.Errorf("Revoked(%s, %s) = %v", tc.serial, tc.user, got)
+			}
+		}
+		all, err := s.Revocations(ctx, time.Time{})
+		must(t, err)
+		if len(all) != 2 {
+			t.Fatalf("revocations: %d", len(all))
+		}
+		clk.Advance(2 * time.Hour)
+		n, err := s.PruneRevocations(ctx)
+		must(t, err)
+		if n != 1 {
+			t.Fatalf("pruned %d, want the serial's", n)
+		}
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, c := range []store.Config{
+		{Driver: "mysql", DSN: "x", MaxOpenConns: 1},
+		{Driver: store.DriverSQLite, MaxOpenConns: 1},
+		{Driver: store.DriverSQLite, DSN: "x"},
+	} {
+		if c.Validate() == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+	if err := store.DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
