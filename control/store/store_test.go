@@ -466,8 +466,8 @@ func TestRevocations(t *testing.T) {
 			issued       time.Time
 			want         bool
 		}{
-			{"abc123", "u2", issued, true},                  // by serial, any case
-			{"def", "u1", issued, true},                     // issued before the person's revocation
+			{"abc123", "u2", issued, true},                   // by serial, any case
+			{"def", "u1", issued, true},                      // issued before the person's revocation
 			{"def", "u1", clk.Now().Add(time.Second), false}, // issued after it
 			{"def", "u2", issued, false},
 		} {
