@@ -1,0 +1,236 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+// fixedBindings is a table of bindings: the engine's input, held in memory
+// for this unit test of pure decision logic (the store has its own suite).
+type fixedBindings []*store.Binding
+
+func (f fixedBindings) ActiveBindings(_ context.Context, user string, groups []string) ([]*store.Binding, error) {
+	var out []*store.Binding
+	for _, b := range f {
+		if (b.SubjectKind == store.SubjectUser && b.SubjectID == user) || (b.SubjectKind == store.SubjectGroup && contains(groups, b.SubjectID)) {
+			out = append(out, b)
+		}
+	}
+	return out, nil
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+const org, p1, p2 = "o1", "p1", "p2"
+
+// naturalScope is where the golden test binds each role.
+func naturalScope(r Role) Scope {
+	switch r.Scope {
+	case store.ScopeOrg:
+		return Scope{OrgID: org}
+	case store.ScopeProject:
+		return Scope{OrgID: org, ProjectID: p1}
+	}
+	return Scope{OrgID: org, ProjectID: p1, Namespace: "team"}
+}
+
+func (s Scope) String() string {
+	switch {
+	case s.Namespace != "":
+		return s.ProjectID + "/" + s.Namespace
+	case s.ProjectID != "":
+		return s.ProjectID
+	}
+	return "org"
+}
+
+func bind(user, role string, s Scope) *store.Binding {
+	return &store.Binding{OrgID: s.OrgID, SubjectKind: store.SubjectUser, SubjectID: user, Role: role, ProjectID: s.ProjectID, Namespace: s.Namespace}
+}
+
+func decider(t *testing.T, bs ...*store.Binding) *Decider {
+	t.Helper()
+	e, err := New(fixedBindings(bs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := e.For(context.Background(), Subject{UserID: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestAuthorizationGolden records, for every built-in role bound at its
+// scope, every API action at every kind of scope, the Kubernetes access it
+// gives on a cluster of its project and of another, and which roles its
+// holder may grant. Review testdata/authz.golden when it changes
+// (go test ./control/policy -run Golden -update).
+func TestAuthorizationGolden(t *testing.T) {
+	targets := []Scope{
+		{OrgID: org},
+		{OrgID: org, ProjectID: p1},
+		{OrgID: org, ProjectID: p2},
+		{OrgID: org, ProjectID: p1, Namespace: "team"},
+		{OrgID: org, ProjectID: p1, Namespace: "other"},
+		{OrgID: "o2"},
+		{OrgID: "o2", ProjectID: p1},
+	}
+	var b strings.Builder
+	for _, r := range Roles {
+		at := naturalScope(r)
+		d := decider(t, bind("u", r.Name, at))
+		fmt.Fprintf(&b, "## %s bound at %s\n", r.Name, at)
+		for _, a := range Actions {
+			var allowed []string
+			for _, tg := range targets {
+				if d.Allowed(tg, a) {
+					allowed = append(allowed, tg.String()+orgMark(tg))
+				}
+			}
+			fmt.Fprintf(&b, "%-15s %s\n", a, strings.Join(orDash(allowed), " "))
+		}
+		fmt.Fprintf(&b, "kube on a cluster of p1: %s\n", grants(d.ClusterAccess(org, p1, nil)))
+		fmt.Fprintf(&b, "kube on a cluster of p2: %s\n", grants(d.ClusterAccess(org, p2, nil)))
+		fmt.Fprintf(&b, "kube on a cluster of p2 shared with p1: %s\n", grants(d.ClusterAccess(org, p2, []string{p1})))
+		fmt.Fprintf(&b, "kube on a cluster of another org: %s\n", grants(d.ClusterAccess("o2", p1, nil)))
+		var can []string
+		for _, g := range Roles {
+			for _, s := range []Scope{naturalScope(g), {OrgID: org, ProjectID: p2, Namespace: "team"}, {OrgID: org, ProjectID: p2}} {
+				if scopeKind(s) != g.Scope {
+					continue
+				}
+				if d.CanGrant(g.Name, s) == nil {
+					can = append(can, g.Name+"@"+s.String())
+				}
+			}
+		}
+		fmt.Fprintf(&b, "may grant: %s\n\n", strings.Join(orDash(can), " "))
+	}
+	golden(t, "authz.golden", b.String())
+}
+
+func scopeKind(s Scope) string {
+	return (&store.Binding{ProjectID: s.ProjectID, Namespace: s.Namespace}).Scope()
+}
+
+func orgMark(s Scope) string {
+	if s.OrgID != org {
+		return "(" + s.OrgID + ")"
+	}
+	return ""
+}
+
+func orDash(s []string) []string {
+	if len(s) == 0 {
+		return []string{"-"}
+	}
+	return s
+}
+
+func grants(gs []tunnel.Grant) string {
+	var out []string
+	for _, g := range gs {
+		if g.Namespace == "" {
+			out = append(out, g.Role)
+		} else {
+			out = append(out, g.Role+"/"+g.Namespace)
+		}
+	}
+	return strings.Join(orDash(out), ",")
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if string(want) != got {
+		t.Fatalf("%s differs from the decisions made now; run with -update and review the diff.\n--- got:\n%s", path, got)
+	}
+}
+
+func TestEscalationIsRefused(t *testing.T) {
+	team := Scope{OrgID: org, ProjectID: p1, Namespace: "team"}
+	for _, tc := range []struct {
+		name   string
+		holder []*store.Binding
+		role   string
+		at     Scope
+		want   error
+	}{
+		{"project admin grants org admin", []*store.Binding{bind("u", "PROJECT_ADMIN", Scope{OrgID: org, ProjectID: p1})}, "ADMIN", Scope{OrgID: org}, ErrEscalation},
+		{"project admin grants in another project", []*store.Binding{bind("u", "PROJECT_ADMIN", Scope{OrgID: org, ProjectID: p1})}, "NAMESPACE_ADMIN", Scope{OrgID: org, ProjectID: p2, Namespace: "x"}, ErrEscalation},
+		{"project admin grants ADMIN at project scope", []*store.Binding{bind("u", "PROJECT_ADMIN", Scope{OrgID: org, ProjectID: p1})}, "ADMIN", Scope{OrgID: org, ProjectID: p1}, ErrScope},
+		{"read-only admin grants anything", []*store.Binding{bind("u", "ADMIN_READ_ONLY", Scope{OrgID: org})}, "NAMESPACE_READ_ONLY", team, ErrEscalation},
+		{"namespace admin grants in own namespace", []*store.Binding{bind("u", "NAMESPACE_ADMIN", team)}, "NAMESPACE_READ_ONLY", team, ErrEscalation},
+		{"cluster admin grants", []*store.Binding{bind("u", "CLUSTER_ADMIN", Scope{OrgID: org, ProjectID: p1})}, "NAMESPACE_ADMIN", team, ErrEscalation},
+		{"admin of another org", []*store.Binding{bind("u", "ADMIN", Scope{OrgID: "o2"})}, "PROJECT_ADMIN", Scope{OrgID: org, ProjectID: p1}, ErrEscalation},
+		{"unknown role", []*store.Binding{bind("u", "ADMIN", Scope{OrgID: org})}, "ROOT", Scope{OrgID: org}, ErrUnknownRole},
+		{"project admin grants namespace admin", []*store.Binding{bind("u", "PROJECT_ADMIN", Scope{OrgID: org, ProjectID: p1})}, "NAMESPACE_ADMIN", team, nil},
+		{"project admin grants project admin", []*store.Binding{bind("u", "PROJECT_ADMIN", Scope{OrgID: org, ProjectID: p1})}, "PROJECT_ADMIN", Scope{OrgID: org, ProjectID: p1}, nil},
+		{"admin grants admin", []*store.Binding{bind("u", "ADMIN", Scope{OrgID: org})}, "ADMIN", Scope{OrgID: org}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := decider(t, tc.holder...).CanGrant(tc.role, tc.at)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("CanGrant(%s at %s) = %v, want %v", tc.role, tc.at, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestGroupBindingsAndLimits(t *testing.T) {
+	e, err := New(fixedBindings{
+		{OrgID: org, SubjectKind: store.SubjectGroup, SubjectID: "g-sre", Role: "NAMESPACE_READ_ONLY", ProjectID: p1, Namespace: "web"},
+		bind("u", "PROJECT_READ_ONLY", Scope{OrgID: org, ProjectID: p2}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d, _ := e.For(ctx, Subject{UserID: "u", Groups: []string{"g-sre"}})
+	if got := grants(d.ClusterAccess(org, p1, nil)); got != "view/web" {
+		t.Fatalf("group grant: %s", got)
+	}
+	d, _ = e.For(ctx, Subject{UserID: "u"})
+	if got := grants(d.ClusterAccess(org, p1, nil)); got != "-" {
+		t.Fatalf("without the group: %s", got)
+	}
+	// A token limited to one role sees only that role's bindings.
+	d, _ = e.For(ctx, Subject{UserID: "u", Groups: []string{"g-sre"}, Limit: []string{"PROJECT_READ_ONLY"}})
+	if got := grants(d.ClusterAccess(org, p1, nil)); got != "-" {
+		t.Fatalf("limited token: %s", got)
+	}
+	if !d.Allowed(Scope{OrgID: org, ProjectID: p2}, ClusterRead) {
+		t.Fatal("limited token lost its own role")
+	}
+}
