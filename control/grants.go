@@ -4,8 +4,9 @@
 // namespaces and roles), identity (Ory Kratos sessions, SSO group mapping,
 // API tokens), the certificate authority (control/ca) and the REST API.
 //
-// Until the store and policy arrive, StaticGrants answers who may reach which
-// cluster, for the dev setup and tests.
+// Access answers the gateway from the store (control/store) and the policy
+// (control/policy); StaticGrants is a fixed table for tests that exercise
+// the gateway rather than the policy.
 package control
 
 import (

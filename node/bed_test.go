@@ -19,6 +19,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
@@ -71,7 +72,8 @@ type bed struct {
 	clock    *clock
 	auth     *ca.Authority
 	grants   *control.StaticGrants
-	tokens   *control.BootstrapTokens
+	store    *store.Store
+	project  string // the store project of the bed's clusters
 	registry *tunnel.Registry
 	audit    *audit.Memory
 	addr     string
@@ -105,7 +107,7 @@ func newBed(t testing.TB) *bed {
 	t.Helper()
 	k := sharedKube(t)
 	b := &bed{t: t, kube: k, dir: t.TempDir(), clock: &clock{}, grants: &control.StaticGrants{}, audit: &audit.Memory{}}
-	b.tokens = control.NewBootstrapTokens(b.clock.Now)
+	b.openStore()
 	var err error
 	if b.auth, err = ca.New(ca.Config{Name: "test", Now: b.clock.Now}); err != nil {
 		t.Fatal(err)
@@ -126,7 +128,7 @@ func (b *bed) startNode(addr string) {
 	cfg := node.DefaultConfig()
 	cfg.Addr, cfg.Certificate, cfg.Verifier, cfg.Grants, cfg.Registry, cfg.Audit, cfg.Now = addr, cert, b.auth, b.grants, b.registry, b.audit, b.clock.Now
 	cfg.ShutdownTimeout = 5 * time.Second
-	cfg.Registrar, cfg.AgentIssuer = b.tokens, b.auth
+	cfg.Registrar, cfg.AgentIssuer = b.store, b.auth
 	if testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -273,4 +275,45 @@ func writeFile(t testing.TB, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// openStore gives the bed an embedded store (the one `gatehouse dev` uses)
+// with an organization and a project for its clusters.
+func (b *bed) openStore() {
+	t := b.t
+	ctx := context.Background()
+	cfg := store.DefaultConfig()
+	cfg.DSN, cfg.Now = filepath.Join(b.dir, "gatehouse.db"), b.clock.Now
+	s, err := store.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if _, err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	org := &store.Org{Name: "test"}
+	if err := s.CreateOrg(ctx, org); err != nil {
+		t.Fatal(err)
+	}
+	p := &store.Project{OrgID: org.ID, Name: "default"}
+	if err := s.CreateProject(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	b.store, b.project = s, p.ID
+}
+
+// bootstrapToken registers a cluster in the store and returns a token for
+// its agent.
+func (b *bed) bootstrapToken(cluster string, ttl time.Duration) string {
+	ctx := context.Background()
+	c := &store.Cluster{Name: cluster, ProjectID: b.project}
+	if err := b.store.CreateCluster(ctx, c); err != nil {
+		b.t.Fatal(err)
+	}
+	token, err := b.store.CreateBootstrapToken(ctx, c.ID, ttl)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return token
 }

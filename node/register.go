@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
 	"encoding/json"
@@ -13,12 +14,12 @@ import (
 	"time"
 )
 
-// Registrar redeems bootstrap tokens. *control.BootstrapTokens implements it.
+// Registrar redeems bootstrap tokens. *store.Store implements it.
 type Registrar interface {
 	// Redeem consumes token for the cluster with this fingerprint and
-	// returns the cluster id, or an error if the token is unknown, expired
-	// or used.
-	Redeem(token, fingerprint string) (cluster string, err error)
+	// returns the cluster's name, or an error if the token is unknown,
+	// expired or used.
+	Redeem(ctx context.Context, token, fingerprint string) (cluster string, err error)
 }
 
 // AgentIssuer signs agent certificates. *ca.Authority implements it.
@@ -86,7 +87,7 @@ func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, "fingerprint must be 1..128 bytes")
 		return
 	}
-	cluster, err := n.cfg.Registrar.Redeem(req.Token, req.Fingerprint)
+	cluster, err := n.cfg.Registrar.Redeem(r.Context(), req.Token, req.Fingerprint)
 	if err != nil {
 		// One answer for unknown, expired and used tokens: nothing for a
 		// guesser to learn. The log says which.

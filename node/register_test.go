@@ -34,10 +34,7 @@ var (
 func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
 	b := newBed(t)
 	const ns, cluster = "gh-agent", "prod"
-	token, err := b.tokens.Create(cluster, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := b.bootstrapToken(cluster, time.Hour)
 	manifest, err := agent.Manifest(agent.ManifestParams{
 		Cluster: cluster, Namespace: ns, GatewayURL: "https://" + b.addr, GatewayCA: string(b.auth.RootPEM()),
 		Token: token, Expires: time.Now().Add(time.Hour), Image: "gatehouse:dev", Replicas: 1,
@@ -117,7 +114,7 @@ func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
 		}
 	}
 	// An expired token fails too.
-	late, _ := b.tokens.Create("late", time.Minute)
+	late := b.bootstrapToken("late", time.Minute)
 	b.clock.Set(2 * time.Minute)
 	if code := register(t, b, late, "uid-late"); code != http.StatusUnauthorized {
 		t.Fatalf("expired token: %d", code)

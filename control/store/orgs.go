@@ -168,9 +168,11 @@ func (s *Store) DeleteProject(ctx context.Context, id string) error {
 // Cluster is a Kubernetes cluster whose agent connects to the gateway. Its
 // Name is its id in kubeconfig paths (/k8s/NAME) and agent certificates.
 type Cluster struct {
-	ID          string
-	Name        string
-	ProjectID   string
+	ID        string
+	Name      string
+	ProjectID string
+	// OrgID is the organization of the cluster's project (read only).
+	OrgID       string
 	Description string
 	// Fingerprint is the kube-system namespace UID the agent presented at
 	// registration; empty until then.
@@ -188,6 +190,9 @@ func (s *Store) CreateCluster(ctx context.Context, c *Cluster) error {
 	}
 	c.ID, c.Version, c.Created = newID(), 1, s.now().UTC()
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := tx.QueryRowContext(ctx, `SELECT org_id FROM projects WHERE id = $1`, c.ProjectID).Scan(&c.OrgID); err != nil {
+			return fmt.Errorf("%w: project %s does not exist", ErrInvalid, c.ProjectID)
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO clusters (id, name, project_id, description, created_us) VALUES ($1, $2, $3, $4, $5)`,
 			c.ID, c.Name, c.ProjectID, c.Description, micros(c.Created))
 		if err != nil {
@@ -212,12 +217,12 @@ func setShares(ctx context.Context, tx *sql.Tx, c *Cluster) error {
 	return nil
 }
 
-const clusterCols = `id, name, project_id, description, fingerprint, version, created_us`
+const clusterCols = `id, name, project_id, (SELECT org_id FROM projects WHERE projects.id = clusters.project_id), description, fingerprint, version, created_us`
 
 func scanCluster(r interface{ Scan(...any) error }) (*Cluster, error) {
 	var c Cluster
 	var created int64
-	if err := r.Scan(&c.ID, &c.Name, &c.ProjectID, &c.Description, &c.Fingerprint, &c.Version, &created); err != nil {
+	if err := r.Scan(&c.ID, &c.Name, &c.ProjectID, &c.OrgID, &c.Description, &c.Fingerprint, &c.Version, &created); err != nil {
 		return nil, err
 	}
 	c.Created = fromMicros(created)

@@ -65,6 +65,10 @@ func splitToken(prefix, token string) (id, hash string, ok bool) {
 
 func sameHash(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
 
+// DefaultBootstrapTTL is how long a cluster's bootstrap token lasts: a day
+// is enough to apply a manifest, short enough that a leaked one soon dies.
+const DefaultBootstrapTTL = 24 * time.Hour
+
 // CreateBootstrapToken issues a one-time registration token for a cluster,
 // valid for ttl. Earlier unused tokens of the cluster stop working.
 func (s *Store) CreateBootstrapToken(ctx context.Context, clusterID string, ttl time.Duration) (string, error) {

@@ -31,6 +31,8 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/control/policy"
+	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
@@ -50,7 +52,7 @@ type Config struct {
 	Addr string
 	// Cluster is the id the cluster gets in Gatehouse.
 	Cluster string
-	// Admin is the user id of the admin whose kubeconfig is written.
+	// Admin is the email of the admin whose kubeconfig is written.
 	Admin string
 	// Nodes is the number of kwok nodes in a local cluster.
 	Nodes int
@@ -62,7 +64,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults of `gatehouse dev`.
 func DefaultConfig() Config {
-	return Config{StateDir: ".gatehouse/dev", Addr: "127.0.0.1:8443", Cluster: "dev", Admin: "admin", Nodes: 3, Out: os.Stdout}
+	return Config{StateDir: ".gatehouse/dev", Addr: "127.0.0.1:8443", Cluster: "dev", Admin: "admin@gatehouse.local", Nodes: 3, Out: os.Stdout}
 }
 
 // Validate checks the configuration.
@@ -83,6 +85,9 @@ func (c Config) Validate() error {
 type Env struct {
 	// AdminKubeconfig works with stock kubectl through the gateway.
 	AdminKubeconfig string
+	// AdminID is the admin's id in the store: the user of their audit
+	// events.
+	AdminID string
 	// GatewayURL is the gateway's address.
 	GatewayURL string
 
@@ -163,10 +168,34 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	e.closers = append(e.closers, func() { sink.Close() })
 	registry := tunnel.NewRegistry(e.log)
 	e.closers = append(e.closers, func() { registry.Close() })
-	grants, tokens := &control.StaticGrants{}, control.NewBootstrapTokens(nil)
+	// The embedded store, fresh each start like the cluster and the CA.
+	dbPath := filepath.Join(cfg.StateDir, "gatehouse.db")
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		os.Remove(dbPath + suffix)
+	}
+	scfg := store.DefaultConfig()
+	scfg.DSN = dbPath
+	st, err := store.Open(ctx, scfg)
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, func() { st.Close() })
+	if _, err := st.Migrate(ctx); err != nil {
+		return nil, err
+	}
+	engine, err := policy.New(st)
+	if err != nil {
+		return nil, err
+	}
+	org, project, cluster, admin, err := seed(ctx, st, cfg)
+	if err != nil {
+		return nil, err
+	}
+	e.AdminID = admin.ID
+	say("store: %s (organization %q, project %q, admin %s with ADMIN)", dbPath, org.Name, project.Name, admin.Email)
 	ncfg := node.DefaultConfig()
-	ncfg.Name, ncfg.Addr, ncfg.Certificate, ncfg.Verifier, ncfg.Grants = "dev-node", cfg.Addr, serverCert, auth, grants
-	ncfg.Registry, ncfg.Audit, ncfg.Registrar, ncfg.AgentIssuer, ncfg.Logger = registry, sink, tokens, auth, cfg.Logger
+	ncfg.Name, ncfg.Addr, ncfg.Certificate, ncfg.Verifier, ncfg.Grants = "dev-node", cfg.Addr, serverCert, auth, &control.Access{Store: st, Policy: engine}
+	ncfg.Registry, ncfg.Audit, ncfg.Registrar, ncfg.AgentIssuer, ncfg.Logger = registry, sink, st, auth, cfg.Logger
 	ncfg.ShutdownTimeout = 5 * time.Second
 	n, err := node.New(ncfg)
 	if err != nil {
@@ -188,14 +217,14 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	say("gateway listening on %s", e.GatewayURL)
 
 	// 3. Register the cluster with the real bootstrap manifest.
-	token, err := tokens.Create(cfg.Cluster, control.DefaultBootstrapTTL)
+	token, err := st.CreateBootstrapToken(ctx, cluster.ID, store.DefaultBootstrapTTL)
 	if err != nil {
 		return nil, err
 	}
 	const ns = "gatehouse-system"
 	manifest, err := agent.Manifest(agent.ManifestParams{
 		Cluster: cfg.Cluster, Namespace: ns, GatewayURL: e.GatewayURL, GatewayCA: string(auth.RootPEM()),
-		Token: token, Expires: time.Now().Add(control.DefaultBootstrapTTL), Image: "gatehouse:dev",
+		Token: token, Expires: time.Now().Add(store.DefaultBootstrapTTL), Image: "gatehouse:dev",
 		Replicas: 0, // the agent runs inside this process
 	})
 	if err != nil {
@@ -229,13 +258,13 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	}
 	say("agent registered and connected; cluster %q is reachable through the gateway", cfg.Cluster)
 
-	// 4. The admin and their kubeconfig.
-	grants.Set(cfg.Admin, cfg.Cluster, tunnel.Grant{Role: "cluster-admin"})
+	// 4. The admin's kubeconfig. The certificate names the person by their
+	// store id; the store and policy decide their access.
 	key, keyPEM, err := ca.NewKey()
 	if err != nil {
 		return nil, err
 	}
-	chain, err := auth.IssueUser(cfg.Admin, nil, key.Public(), 24*time.Hour)
+	chain, err := auth.IssueUser(admin.ID, nil, key.Public(), 24*time.Hour)
 	if err != nil {
 		return nil, err
 	}
@@ -245,6 +274,31 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	}
 	say("ready. Try:\n\n    export KUBECONFIG=%s\n    kubectl get pods -A\n\naudit log: %s", e.AdminKubeconfig, filepath.Join(cfg.StateDir, "audit.jsonl"))
 	return e, nil
+}
+
+// seed creates what a first contact needs: an organization, a project, the
+// cluster, and an admin bound to ADMIN.
+func seed(ctx context.Context, st *store.Store, cfg Config) (*store.Org, *store.Project, *store.Cluster, *store.User, error) {
+	org := &store.Org{Name: "default"}
+	if err := st.CreateOrg(ctx, org); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	project := &store.Project{OrgID: org.ID, Name: "default"}
+	if err := st.CreateProject(ctx, project); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	cluster := &store.Cluster{ProjectID: project.ID, Name: cfg.Cluster}
+	if err := st.CreateCluster(ctx, cluster); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	admin := &store.User{OrgID: org.ID, Email: cfg.Admin, Display: "Admin"}
+	if err := st.CreateUser(ctx, admin); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	if err := st.CreateBinding(ctx, &store.Binding{OrgID: org.ID, SubjectKind: store.SubjectUser, SubjectID: admin.ID, Role: "ADMIN", CreatedBy: "gatehouse dev"}); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return org, project, cluster, admin, nil
 }
 
 // run starts fn in a goroutine owned by e; its failure is reported on errc.

@@ -58,7 +58,7 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	audit, err := os.ReadFile(cfg.StateDir + "/audit.jsonl")
-	if err != nil || !bytes.Contains(audit, []byte(`"user":"admin"`)) {
+	if err != nil || env.AdminID == "" || !bytes.Contains(audit, []byte(`"user":"`+env.AdminID+`"`)) {
 		t.Fatalf("audit log: %v %q", err, audit)
 	}
 }
