@@ -19,6 +19,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
@@ -66,19 +67,22 @@ const clusterID = "dev"
 
 // bed is a gateway node in front of the shared cluster, with one agent.
 type bed struct {
-	t        testing.TB
-	kube     *testenv.Kube
-	dir      string
-	clock    *clock
-	auth     *ca.Authority
-	grants   *control.StaticGrants
-	store    *store.Store
-	project  string // the store project of the bed's clusters
-	registry *tunnel.Registry
-	audit    *audit.Memory
-	addr     string
-	node     *node.Node
-	jit      *agent.JIT
+	t       testing.TB
+	kube    *testenv.Kube
+	dir     string
+	clock   *clock
+	auth    *ca.Authority
+	grants  *control.StaticGrants
+	store   *store.Store
+	org     string // the store organization of the bed
+	project string // the store project of the bed's clusters
+
+	nodeGrants node.Grants // b.grants, or the store and policy
+	registry   *tunnel.Registry
+	audit      *audit.Memory
+	addr       string
+	node       *node.Node
+	jit        *agent.JIT
 
 	stopNode, stopAgent func()
 	agentClient         *tunnel.Client
@@ -103,11 +107,27 @@ func (c *clock) Set(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func newBed(t testing.TB) *bed {
+// newBed returns a bed whose grants are a fixed table (b.grants), for
+// tests of the gateway itself.
+func newBed(t testing.TB) *bed { return startBed(t, false) }
+
+// newPolicyBed returns a bed whose grants come from the store and the
+// policy engine (b.access), as in production.
+func newPolicyBed(t testing.TB) *bed { return startBed(t, true) }
+
+func startBed(t testing.TB, policyBacked bool) *bed {
 	t.Helper()
 	k := sharedKube(t)
 	b := &bed{t: t, kube: k, dir: t.TempDir(), clock: &clock{}, grants: &control.StaticGrants{}, audit: &audit.Memory{}}
 	b.openStore()
+	b.nodeGrants = b.grants
+	if policyBacked {
+		engine, err := policy.New(b.store)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.nodeGrants = &control.Access{Store: b.store, Policy: engine}
+	}
 	var err error
 	if b.auth, err = ca.New(ca.Config{Name: "test", Now: b.clock.Now}); err != nil {
 		t.Fatal(err)
@@ -126,7 +146,7 @@ func (b *bed) startNode(addr string) {
 		t.Fatal(err)
 	}
 	cfg := node.DefaultConfig()
-	cfg.Addr, cfg.Certificate, cfg.Verifier, cfg.Grants, cfg.Registry, cfg.Audit, cfg.Now = addr, cert, b.auth, b.grants, b.registry, b.audit, b.clock.Now
+	cfg.Addr, cfg.Certificate, cfg.Verifier, cfg.Grants, cfg.Registry, cfg.Audit, cfg.Now = addr, cert, b.auth, b.nodeGrants, b.registry, b.audit, b.clock.Now
 	cfg.ShutdownTimeout = 5 * time.Second
 	cfg.Registrar, cfg.AgentIssuer = b.store, b.auth
 	if testing.Verbose() {
@@ -300,7 +320,11 @@ func (b *bed) openStore() {
 	if err := s.CreateProject(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	b.store, b.project = s, p.ID
+	b.store, b.org, b.project = s, org.ID, p.ID
+	// The bed's own cluster.
+	if err := s.CreateCluster(ctx, &store.Cluster{Name: clusterID, ProjectID: p.ID}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // bootstrapToken registers a cluster in the store and returns a token for

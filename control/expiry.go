@@ -1,0 +1,95 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/control/store"
+)
+
+// AccessNotifier is told when a person's access may have changed, so that
+// their live sessions and their clusters' RBAC follow at once.
+// *node.Node implements it (AccessChanged).
+type AccessNotifier interface {
+	AccessChanged(ctx context.Context, user string, groups []string) error
+}
+
+// Expirer removes time-bound role bindings when they expire and tells the
+// gateway whose access changed, so that expired bindings leave the
+// clusters' RBAC without waiting for the person's next request.
+type Expirer struct {
+	Store  *store.Store
+	Notify AccessNotifier
+	// Interval is how often expiry is checked. Ten seconds bounds how long
+	// an expired grant's bindings outlive it; the gateway already refuses
+	// the person's requests from the moment of expiry (bindings are read
+	// with their expiry on every request).
+	Interval time.Duration
+	Logger   *slog.Logger
+}
+
+// Run checks expiry every Interval until ctx ends.
+func (x *Expirer) Run(ctx context.Context) error {
+	log := x.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	interval := x.Interval
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if n, err := x.Once(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("expiring role bindings", "err", err)
+			} else if n > 0 {
+				log.Info("expired role bindings removed", "count", n)
+			}
+		}
+	}
+}
+
+// Once removes the bindings expired by now, notifies for each person they
+// reached (a group binding reaches every member), and returns how many
+// bindings it removed.
+func (x *Expirer) Once(ctx context.Context) (int, error) {
+	expired, err := x.Store.DeleteExpiredBindings(ctx)
+	if err != nil {
+		return 0, err
+	}
+	users := map[string]bool{}
+	var errs []error
+	for _, b := range expired {
+		if b.SubjectKind == store.SubjectUser {
+			users[b.SubjectID] = true
+			continue
+		}
+		members, err := x.Store.GroupMembers(ctx, b.SubjectID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, m := range members {
+			users[m] = true
+		}
+	}
+	for u := range users {
+		groups, err := x.Store.UserGroups(ctx, u)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := x.Notify.AccessChanged(ctx, u, groups); err != nil {
+			errs = append(errs, fmt.Errorf("control: access of %s: %w", u, err))
+		}
+	}
+	return len(expired), errors.Join(errs...)
+}
