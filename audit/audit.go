@@ -26,15 +26,31 @@ const (
 	PhaseClose    Phase = "close"
 )
 
-// Event is one audited Kubernetes API request through the gateway.
+// Kinds of event.
+const (
+	// KindKube is a Kubernetes API request through the gateway.
+	KindKube = "kube"
+	// KindSystem is a change to Gatehouse itself (through its API), a
+	// login, a credential issued or a revocation.
+	KindSystem = "system"
+)
+
+// Event is one audited Kubernetes API request through the gateway, or one
+// system event (Kind, Action, Object, Status and Error tell its outcome).
 type Event struct {
+	// Kind is KindKube when empty.
+	Kind string `json:"kind,omitempty"`
+	// Action and Object name a system event's change: "cluster.create",
+	// "cluster/prod-eu".
+	Action      string        `json:"action,omitempty"`
+	Object      string        `json:"object,omitempty"`
 	Time        time.Time     `json:"time"`
 	Phase       Phase         `json:"phase"`
 	RequestID   string        `json:"requestId"`
 	Node        string        `json:"node"`
 	User        string        `json:"user"`
 	Groups      []string      `json:"groups,omitempty"`
-	Cluster     string        `json:"cluster"`
+	Cluster     string        `json:"cluster,omitempty"`
 	Namespace   string        `json:"namespace,omitempty"`
 	Verb        string        `json:"verb"`
 	APIGroup    string        `json:"apiGroup,omitempty"`

@@ -1,0 +1,320 @@
+// Package api is Gatehouse's REST API under /api/v1: resource-oriented
+// JSON, errors as application/problem+json (RFC 9457) naming the offending
+// field, keyset pagination with a continue token, and an OpenAPI 3
+// document at /api/v1/openapi.json that a test holds to the handlers.
+//
+// Every request but the OpenAPI document is authenticated (an API token
+// for now; Kratos sessions next) and authorized by control/policy before
+// the store is touched, and every change is written to the audit stream.
+package api
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control/policy"
+	"github.com/gatehouse-dev/gatehouse/control/store"
+)
+
+// Config configures the API.
+type Config struct {
+	Store  *store.Store
+	Policy *policy.Engine
+	// Audit receives one event per change (and per refused change).
+	Audit audit.Sink
+	// GatewayURL and GatewayCA go into bootstrap manifests: where agents
+	// dial, and how they verify the gateway (PEM).
+	GatewayURL string
+	GatewayCA  []byte
+	// AgentImage is the agent container image manifests run.
+	AgentImage string
+	// BootstrapTTL is how long a new cluster's token lasts.
+	BootstrapTTL time.Duration
+	// Node names the node in audit events.
+	Node   string
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults; Store, Policy, Audit, GatewayURL and
+// GatewayCA must be set.
+func DefaultConfig() Config {
+	return Config{AgentImage: "ghcr.io/gatehouse-dev/gatehouse:latest", BootstrapTTL: store.DefaultBootstrapTTL}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	switch {
+	case c.Store == nil || c.Policy == nil || c.Audit == nil:
+		return errors.New("api: Store, Policy and Audit are required")
+	case !strings.HasPrefix(c.GatewayURL, "https://") || len(c.GatewayCA) == 0:
+		return errors.New("api: GatewayURL (https://) and GatewayCA are required")
+	case c.AgentImage == "" || c.BootstrapTTL <= 0:
+		return errors.New("api: AgentImage and a positive BootstrapTTL are required")
+	}
+	return nil
+}
+
+// maxBody bounds request bodies: every object of the API is far smaller.
+const maxBody = 1 << 20
+
+// API serves /api/v1.
+type API struct {
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New returns the API for cfg.
+func New(cfg Config) (*API, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &API{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	// Unauthenticated by design: the document describes the API and holds
+	// no data; clients and tooling fetch it before they have credentials.
+	a.mux.HandleFunc("GET /api/v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(openapiDoc)
+	})
+	for _, r := range a.routes() {
+		a.mux.Handle(r.pattern, a.authenticated(r.handler))
+	}
+	a.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		problem(w, http.StatusNotFound, "no such endpoint", r.Method+" "+r.URL.Path, "")
+	})
+	return a, nil
+}
+
+type route struct {
+	pattern string
+	handler handlerFunc
+}
+
+func (a *API) routes() []route {
+	return []route{
+		{"GET /api/v1/whoami", a.whoami},
+		{"GET /api/v1/projects", a.listProjects},
+		{"POST /api/v1/projects", a.createProject},
+		{"GET /api/v1/projects/{name}", a.getProject},
+		{"DELETE /api/v1/projects/{name}", a.deleteProject},
+		{"GET /api/v1/clusters", a.listClusters},
+		{"POST /api/v1/clusters", a.createCluster},
+		{"GET /api/v1/clusters/{name}", a.getCluster},
+		{"DELETE /api/v1/clusters/{name}", a.deleteCluster},
+		{"POST /api/v1/clusters/{name}/bootstrap", a.bootstrapCluster},
+	}
+}
+
+// Routes returns the patterns of the authenticated endpoints, "METHOD
+// PATH", for the test that holds them to the OpenAPI document.
+func Routes() []string {
+	var out []string
+	for _, r := range (&API{}).routes() {
+		out = append(out, r.pattern)
+	}
+	return out
+}
+
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// Caller is who an authenticated request comes from.
+type Caller struct {
+	User    *store.User
+	Subject policy.Subject
+	decider *policy.Decider
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, c *Caller) error
+
+// apiError is an error with its HTTP status and, for bad input, the field.
+type apiError struct {
+	status int
+	title  string
+	detail string
+	field  string
+}
+
+func (e *apiError) Error() string { return e.detail }
+
+func badField(field, format string, args ...any) error {
+	return &apiError{status: http.StatusBadRequest, title: "invalid request", detail: fmt.Sprintf(format, args...), field: field}
+}
+
+func forbidden(act policy.Action) error {
+	return &apiError{status: http.StatusForbidden, title: "forbidden", detail: fmt.Sprintf("you may not %s here", act)}
+}
+
+// authenticated checks the caller's credential, then runs h; errors from
+// h become problem documents.
+func (a *API) authenticated(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := a.authenticate(r)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="gatehouse"`)
+			problem(w, http.StatusUnauthorized, "unauthenticated", err.Error(), "")
+			return
+		}
+		if err := h(w, r, c); err != nil {
+			a.writeError(w, err)
+		}
+	})
+}
+
+func (a *API) writeError(w http.ResponseWriter, err error) {
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+		problem(w, ae.status, ae.title, ae.detail, ae.field)
+	case errors.Is(err, store.ErrNotFound):
+		problem(w, http.StatusNotFound, "not found", err.Error(), "")
+	case errors.Is(err, store.ErrExists):
+		problem(w, http.StatusConflict, "already exists", err.Error(), "name")
+	case errors.Is(err, store.ErrConflict):
+		problem(w, http.StatusConflict, "changed since read", err.Error(), "version")
+	case errors.Is(err, store.ErrInvalid):
+		problem(w, http.StatusBadRequest, "invalid request", err.Error(), "")
+	case errors.Is(err, store.ErrBadContinue):
+		problem(w, http.StatusBadRequest, "invalid request", err.Error(), "continue")
+	default:
+		a.log.Error("api: internal error", "err", err)
+		problem(w, http.StatusInternalServerError, "internal error", "the request could not be completed", "")
+	}
+}
+
+// authenticate reads "Authorization: Bearer TOKEN".
+func (a *API) authenticate(r *http.Request) (*Caller, error) {
+	h := r.Header.Get("Authorization")
+	token, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || token == "" {
+		return nil, errors.New("no credential: send Authorization: Bearer TOKEN")
+	}
+	t, err := a.cfg.Store.VerifyAPIToken(r.Context(), token)
+	if err != nil {
+		return nil, errors.New("the token is invalid, expired or revoked")
+	}
+	u, err := a.cfg.Store.GetUser(r.Context(), t.UserID)
+	if err != nil {
+		return nil, errors.New("the token's owner no longer exists")
+	}
+	groups, err := a.cfg.Store.UserGroups(r.Context(), u.ID)
+	if err != nil {
+		return nil, err
+	}
+	sub := policy.Subject{UserID: u.ID, Groups: groups}
+	if len(t.Roles) > 0 {
+		sub.Limit = t.Roles
+	}
+	d, err := a.cfg.Policy.For(r.Context(), sub)
+	if err != nil {
+		return nil, err
+	}
+	return &Caller{User: u, Subject: sub, decider: d}, nil
+}
+
+// problem writes an RFC 9457 problem document.
+func problem(w http.ResponseWriter, status int, title, detail, field string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(status)
+	body := map[string]any{"type": "about:blank", "title": title, "status": status, "detail": detail}
+	if field != "" {
+		body["field"] = field
+	}
+	json.NewEncoder(w).Encode(body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// decode reads a JSON body strictly: one object, known fields only, of the
+// right types, at most maxBody bytes. A mistake names the field.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		return &apiError{status: http.StatusUnsupportedMediaType, title: "unsupported media type", detail: "Content-Type must be application/json"}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return badField("", "request body larger than %d bytes", maxBody)
+		}
+		return badField("", "cannot read request body: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		var syntaxErr *json.SyntaxError
+		switch {
+		case errors.As(err, &typeErr):
+			return badField(typeErr.Field, "field %q must be a %s", typeErr.Field, typeErr.Type.Kind())
+		case errors.As(err, &syntaxErr):
+			return badField("", "malformed JSON at byte %d", syntaxErr.Offset)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			return badField(f, "unknown field %q", f)
+		}
+		return badField("", "malformed JSON: %v", err)
+	}
+	if dec.More() {
+		return badField("", "trailing data after the JSON object")
+	}
+	return nil
+}
+
+func validName(field, name string) error {
+	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
+		return badField(field, "%s %q: %s", field, name, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func page(r *http.Request) (store.Page, error) {
+	p := store.Page{Continue: r.URL.Query().Get("continue")}
+	if l := r.URL.Query().Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > store.MaxLimit {
+			return p, badField("limit", "limit must be 1..%d", store.MaxLimit)
+		}
+		p.Limit = n
+	}
+	return p, nil
+}
+
+// List is a page of a list response.
+type List[T any] struct {
+	Items    []T    `json:"items"`
+	Continue string `json:"continue,omitempty"`
+}
+
+// auditChange writes a system audit event for a change.
+func (a *API) auditChange(ctx context.Context, r *http.Request, c *Caller, action, object string, status int, errMsg string) {
+	ev := &audit.Event{
+		Kind: audit.KindSystem, Action: action, Object: object,
+		Time: time.Now(), Phase: audit.PhaseComplete, Node: a.cfg.Node, User: c.User.ID, Verb: r.Method,
+		Path: r.URL.Path, Status: status, Error: errMsg, ClientAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
+	}
+	if err := a.cfg.Audit.Write(context.WithoutCancel(ctx), ev); err != nil {
+		a.log.Error("api: audit write failed", "err", err)
+	}
+}
+
+//go:embed openapi.json
+var openapiDoc []byte

@@ -1,0 +1,318 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+	"go.uber.org/goleak"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/control/policy"
+	"github.com/gatehouse-dev/gatehouse/control/store"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"))
+}
+
+// env is the API over a real embedded store, served on loopback.
+type env struct {
+	t       *testing.T
+	store   *store.Store
+	audit   *audit.Memory
+	srv     *httptest.Server
+	doc     *openapi3.T
+	router  routers.Router
+	org     *store.Org
+	project *store.Project
+	admin   string // API tokens
+	viewer  string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	cfg := store.DefaultConfig()
+	cfg.DSN = filepath.Join(t.TempDir(), "gatehouse.db")
+	st, err := store.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, store: st, audit: &audit.Memory{}}
+	e.org = &store.Org{Name: "acme"}
+	must(t, st.CreateOrg(ctx, e.org))
+	e.project = &store.Project{OrgID: e.org.ID, Name: "web"}
+	must(t, st.CreateProject(ctx, e.project))
+	e.admin = e.person("admin@acme.test", "ADMIN", "")
+	e.viewer = e.person("viewer@acme.test", "PROJECT_READ_ONLY", e.project.ID)
+
+	engine, err := policy.New(st)
+	must(t, err)
+	acfg := api.DefaultConfig()
+	acfg.Store, acfg.Policy, acfg.Audit = st, engine, e.audit
+	acfg.GatewayURL, acfg.GatewayCA = "https://gateway.acme.test", []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+	a, err := api.New(acfg)
+	must(t, err)
+	e.srv = httptest.NewServer(a)
+	t.Cleanup(e.srv.Close)
+
+	e.doc, err = openapi3.NewLoader().LoadFromFile("openapi.json")
+	must(t, err)
+	must(t, e.doc.Validate(ctx))
+	e.doc.Servers = openapi3.Servers{{URL: e.srv.URL}}
+	e.router, err = legacy.NewRouter(e.doc)
+	must(t, err)
+	return e
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// person creates a person bound to role (at the project when projectID is
+// set) and returns an API token of theirs.
+func (e *env) person(email, role, projectID string) string {
+	ctx := context.Background()
+	u := &store.User{OrgID: e.org.ID, Email: email}
+	must(e.t, e.store.CreateUser(ctx, u))
+	must(e.t, e.store.CreateBinding(ctx, &store.Binding{OrgID: e.org.ID, SubjectKind: store.SubjectUser, SubjectID: u.ID, Role: role, ProjectID: projectID}))
+	tok, err := e.store.CreateAPIToken(ctx, &store.APIToken{UserID: u.ID, Name: "test", Expires: time.Now().Add(time.Hour)})
+	must(e.t, err)
+	return tok
+}
+
+type response struct {
+	code int
+	body []byte
+	ct   string
+}
+
+func (r response) problem(t *testing.T) map[string]any {
+	t.Helper()
+	if r.ct != "application/problem+json" {
+		t.Fatalf("error answered with %q, want application/problem+json: %s", r.ct, r.body)
+	}
+	var p map[string]any
+	must(t, json.Unmarshal(r.body, &p))
+	return p
+}
+
+// do sends a request and checks the response against the OpenAPI document:
+// its status is documented for the operation and its body matches the
+// schema.
+func (e *env) do(method, path, token, contentType string, body []byte) response {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.srv.URL+path, bytes.NewReader(body))
+	must(e.t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := e.srv.Client().Do(req)
+	must(e.t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	route, params, err := e.router.FindRoute(req)
+	if err != nil {
+		e.t.Fatalf("%s %s is not in the OpenAPI document: %v", method, path, err)
+	}
+	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
+		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, ExcludeRequestBody: true}}
+	out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: resp.StatusCode, Header: resp.Header,
+		Body: io.NopCloser(bytes.NewReader(b)), Options: &openapi3filter.Options{IncludeResponseStatus: true}}
+	if err := openapi3filter.ValidateResponse(context.Background(), out); err != nil {
+		e.t.Fatalf("%s %s: response %d does not match the OpenAPI document: %v\n%s", method, path, resp.StatusCode, err, b)
+	}
+	return response{code: resp.StatusCode, body: b, ct: resp.Header.Get("Content-Type")}
+}
+
+func (e *env) post(path, token string, v any) response {
+	b, _ := json.Marshal(v)
+	return e.do("POST", path, token, "application/json", b)
+}
+
+func (e *env) clusterCount() int {
+	cs, _, err := e.store.ListClusters(context.Background(), "", store.Page{Limit: store.MaxLimit})
+	must(e.t, err)
+	return len(cs)
+}
+
+func TestOpenAPIDocumentCoversEveryRoute(t *testing.T) {
+	e := newEnv(t)
+	var documented []string
+	for path, item := range e.doc.Paths.Map() {
+		for method := range item.Operations() {
+			documented = append(documented, method+" "+path)
+		}
+	}
+	served := append(api.Routes(), "GET /api/v1/openapi.json")
+	slices.Sort(documented)
+	slices.Sort(served)
+	if !slices.Equal(documented, served) {
+		t.Fatalf("document and handlers differ:\ndocumented %v\nserved     %v", documented, served)
+	}
+	r := e.do("GET", "/api/v1/openapi.json", "", "", nil)
+	if r.code != 200 || !json.Valid(r.body) {
+		t.Fatalf("openapi.json: %d", r.code)
+	}
+}
+
+func TestCreateClusterReturnsAWorkingBootstrap(t *testing.T) {
+	e := newEnv(t)
+	r := e.post("/api/v1/clusters", e.admin, map[string]string{"name": "prod-eu", "project": "web", "description": "EU"})
+	if r.code != http.StatusCreated {
+		t.Fatalf("create: %d %s", r.code, r.body)
+	}
+	var out api.ClusterCreated
+	must(t, json.Unmarshal(r.body, &out))
+	if out.Cluster.Name != "prod-eu" || out.Cluster.Registered || !strings.Contains(out.Bootstrap.Manifest, out.Bootstrap.Token) ||
+		!strings.Contains(out.Bootstrap.Manifest, "https://gateway.acme.test") {
+		t.Fatalf("created: %+v", out.Cluster)
+	}
+	if name, err := e.store.Redeem(context.Background(), out.Bootstrap.Token, "uid-1"); err != nil || name != "prod-eu" {
+		t.Fatalf("the returned token does not register: %q %v", name, err)
+	}
+	got := e.do("GET", "/api/v1/clusters/prod-eu", e.viewer, "", nil)
+	var c api.Cluster
+	must(t, json.Unmarshal(got.body, &c))
+	if got.code != 200 || !c.Registered || c.Project != "web" {
+		t.Fatalf("get: %d %s", got.code, got.body)
+	}
+	if r := e.post("/api/v1/clusters", e.admin, map[string]string{"name": "prod-eu", "project": "web"}); r.code != http.StatusConflict {
+		t.Fatalf("duplicate: %d", r.code)
+	}
+	// A new bootstrap for re-registration, then delete.
+	if r := e.do("POST", "/api/v1/clusters/prod-eu/bootstrap", e.admin, "", nil); r.code != 200 {
+		t.Fatalf("bootstrap: %d %s", r.code, r.body)
+	}
+	if r := e.do("DELETE", "/api/v1/clusters/prod-eu", e.viewer, "", nil); r.code != http.StatusForbidden {
+		t.Fatalf("viewer delete: %d", r.code)
+	}
+	if r := e.do("DELETE", "/api/v1/clusters/prod-eu", e.admin, "", nil); r.code != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", r.code, r.body)
+	}
+	if r := e.do("GET", "/api/v1/clusters/prod-eu", e.admin, "", nil); r.code != http.StatusNotFound {
+		t.Fatalf("after delete: %d", r.code)
+	}
+	// Every change and refusal is audited as a system event.
+	var actions []string
+	for _, ev := range e.audit.Events() {
+		if ev.Kind == audit.KindSystem {
+			actions = append(actions, fmt.Sprintf("%s %s %d", ev.Action, ev.Object, ev.Status))
+		}
+	}
+	want := []string{"cluster.create cluster/prod-eu 201", "cluster.bootstrap cluster/prod-eu 200", "cluster.delete cluster/prod-eu 403", "cluster.delete cluster/prod-eu 204"}
+	if !slices.Equal(actions, want) {
+		t.Fatalf("audit: %v\nwant %v", actions, want)
+	}
+}
+
+func TestRefusalsLeaveTheStoreUnchanged(t *testing.T) {
+	e := newEnv(t)
+	big := `{"name":"x","project":"web","description":"` + strings.Repeat("a", 1<<20) + `"}`
+	for _, tc := range []struct {
+		name, token, ct, body string
+		code                  int
+		field                 string
+	}{
+		{"no credential", "", "application/json", `{"name":"a","project":"web"}`, 401, ""},
+		{"bad token", "gha1.aaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "application/json", `{"name":"a","project":"web"}`, 401, ""},
+		{"no permission", e.viewer, "application/json", `{"name":"a","project":"web"}`, 403, ""},
+		{"unknown field", e.admin, "application/json", `{"name":"a","project":"web","admin":true}`, 400, "admin"},
+		{"bad name", e.admin, "application/json", `{"name":"Not_A_Name","project":"web"}`, 400, "name"},
+		{"wrong type", e.admin, "application/json", `{"name":7,"project":"web"}`, 400, "name"},
+		{"oversized", e.admin, "application/json", big, 400, ""},
+		{"no project", e.admin, "application/json", `{"name":"a"}`, 400, "project"},
+		{"unknown project", e.admin, "application/json", `{"name":"a","project":"nope"}`, 400, "project"},
+		{"server fields", e.admin, "application/json", `{"name":"a","project":"web","version":3}`, 400, "version"},
+		{"not json", e.admin, "application/json", `{"name":`, 400, ""},
+		{"trailing data", e.admin, "application/json", `{"name":"a","project":"web"}{}`, 400, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.do("POST", "/api/v1/clusters", tc.token, tc.ct, []byte(tc.body))
+			if r.code != tc.code {
+				t.Fatalf("got %d, want %d: %s", r.code, tc.code, r.body)
+			}
+			p := r.problem(t)
+			if tc.field != "" && p["field"] != tc.field {
+				t.Fatalf("field %v, want %q: %s", p["field"], tc.field, r.body)
+			}
+			if n := e.clusterCount(); n != 0 {
+				t.Fatalf("store changed: %d clusters", n)
+			}
+		})
+	}
+	// Wrong content type.
+	r := e.do("POST", "/api/v1/projects", e.admin, "text/plain", []byte(`{"name":"a"}`))
+	if r.code != http.StatusUnsupportedMediaType {
+		t.Fatalf("content type: %d", r.code)
+	}
+}
+
+func TestProjectsPaginationAndVisibility(t *testing.T) {
+	e := newEnv(t)
+	for _, n := range []string{"alpha", "beta", "gamma"} {
+		if r := e.post("/api/v1/projects", e.admin, map[string]string{"name": n}); r.code != http.StatusCreated {
+			t.Fatalf("create %s: %d %s", n, r.code, r.body)
+		}
+	}
+	var names []string
+	next := ""
+	for range 5 {
+		r := e.do("GET", "/api/v1/projects?limit=2&continue="+next, e.admin, "", nil)
+		var l api.List[api.Project]
+		must(t, json.Unmarshal(r.body, &l))
+		for _, p := range l.Items {
+			names = append(names, p.Name)
+		}
+		if next = l.Continue; next == "" {
+			break
+		}
+	}
+	if !slices.Equal(names, []string{"alpha", "beta", "gamma", "web"}) {
+		t.Fatalf("paged: %v", names)
+	}
+	// The viewer sees only their project; others answer 404, not 403.
+	r := e.do("GET", "/api/v1/projects", e.viewer, "", nil)
+	var l api.List[api.Project]
+	must(t, json.Unmarshal(r.body, &l))
+	if len(l.Items) != 1 || l.Items[0].Name != "web" {
+		t.Fatalf("viewer sees %+v", l.Items)
+	}
+	if r := e.do("GET", "/api/v1/projects/alpha", e.viewer, "", nil); r.code != http.StatusNotFound {
+		t.Fatalf("hidden project: %d", r.code)
+	}
+	if r := e.do("GET", "/api/v1/projects?limit=0", e.admin, "", nil); r.code != 400 || r.problem(t)["field"] != "limit" {
+		t.Fatalf("bad limit: %d %s", r.code, r.body)
+	}
+	if r := e.do("GET", "/api/v1/projects?continue=%25%25", e.admin, "", nil); r.code != 400 || r.problem(t)["field"] != "continue" {
+		t.Fatalf("bad continue: %d %s", r.code, r.body)
+	}
+	if r := e.do("GET", "/api/v1/whoami", e.viewer, "", nil); r.code != 200 || !strings.Contains(string(r.body), "viewer@acme.test") {
+		t.Fatalf("whoami: %d %s", r.code, r.body)
+	}
+}
