@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
@@ -162,7 +163,13 @@ type Node struct {
 	agents   sync.WaitGroup // agent connections being served
 	sessions sessions
 	metrics  *metrics
+	api      atomic.Pointer[http.Handler] // the control-plane API, if any
 }
+
+// SetAPI serves h under /api/ on the node's port (the REST API,
+// control/api). It may be called before or while the node runs; until then
+// /api/ answers 404.
+func (n *Node) SetAPI(h http.Handler) { n.api.Store(&h) }
 
 // New returns a node for cfg. It does not listen until Run.
 func New(cfg Config) (*Node, error) {
@@ -198,6 +205,14 @@ func (n *Node) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("POST /v1/agents/register", n.registerHandler)
+	// The API authenticates every request itself (control/api).
+	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		if h := n.api.Load(); h != nil {
+			(*h).ServeHTTP(w, r)
+			return
+		}
+		http.NotFound(w, r)
+	})
 	kube := &kubeHandler{n: n}
 	// /k8s/ bypasses ServeMux, which would answer a path with dot segments
 	// with a redirect to its cleaned form; the kube handler refuses those.

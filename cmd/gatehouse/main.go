@@ -42,6 +42,7 @@ func commands() []command {
 		{"node", "run a gateway node", runNode},
 		{"agent", "run the cluster agent (inside the cluster; configured by the bootstrap manifest)", runAgent},
 		{"dev", "run a whole Gatehouse on this machine: a local cluster behind a gateway, ready for kubectl", runDev},
+		{"cluster", "create, list, get, delete clusters, or print a new bootstrap manifest (through the API)", runCluster},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			_, err := fmt.Fprintln(stdout, "gatehouse", version)
 			return err

@@ -30,6 +30,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control"
+	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
@@ -88,6 +89,8 @@ type Env struct {
 	// AdminID is the admin's id in the store: the user of their audit
 	// events.
 	AdminID string
+	// AdminTokenFile holds an API token of the admin's, for the CLI.
+	AdminTokenFile string
 	// GatewayURL is the gateway's address.
 	GatewayURL string
 
@@ -216,6 +219,28 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	e.GatewayURL = "https://" + net.JoinHostPort(gwHost, port)
 	say("gateway listening on %s", e.GatewayURL)
 
+	// The REST API on the same port, and an API token for the admin.
+	apiCfg := api.DefaultConfig()
+	apiCfg.Store, apiCfg.Policy, apiCfg.Audit, apiCfg.Node, apiCfg.Logger = st, engine, sink, ncfg.Name, cfg.Logger
+	apiCfg.GatewayURL, apiCfg.GatewayCA = e.GatewayURL, auth.RootPEM()
+	restAPI, err := api.New(apiCfg)
+	if err != nil {
+		return nil, err
+	}
+	n.SetAPI(restAPI)
+	apiToken, err := st.CreateAPIToken(ctx, &store.APIToken{UserID: admin.ID, Name: "gatehouse-dev", Expires: time.Now().Add(7 * 24 * time.Hour)})
+	if err != nil {
+		return nil, err
+	}
+	e.AdminTokenFile, _ = filepath.Abs(filepath.Join(cfg.StateDir, "admin.token"))
+	if err := os.WriteFile(e.AdminTokenFile, []byte(apiToken+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	caFile, _ := filepath.Abs(filepath.Join(cfg.StateDir, "ca.crt"))
+	if err := os.WriteFile(caFile, auth.RootPEM(), 0o644); err != nil {
+		return nil, err
+	}
+
 	// 3. Register the cluster with the real bootstrap manifest.
 	token, err := st.CreateBootstrapToken(ctx, cluster.ID, store.DefaultBootstrapTTL)
 	if err != nil {
@@ -272,7 +297,8 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err := testenv.WriteKubeconfig(e.AdminKubeconfig, e.GatewayURL+"/k8s/"+cfg.Cluster, auth.RootPEM(), cfg.Admin, chain, keyPEM, ""); err != nil {
 		return nil, err
 	}
-	say("ready. Try:\n\n    export KUBECONFIG=%s\n    kubectl get pods -A\n\naudit log: %s", e.AdminKubeconfig, filepath.Join(cfg.StateDir, "audit.jsonl"))
+	say("ready. Try:\n\n    export KUBECONFIG=%s\n    kubectl get pods -A\n\nRegister another cluster (prints its bootstrap manifest):\n\n    export GATEHOUSE_SERVER=%s GATEHOUSE_TOKEN_FILE=%s GATEHOUSE_CA_FILE=%s\n    gatehouse cluster create NAME --project default | kubectl --context OTHER apply -f -\n\naudit log: %s",
+		e.AdminKubeconfig, e.GatewayURL, e.AdminTokenFile, caFile, filepath.Join(cfg.StateDir, "audit.jsonl"))
 	return e, nil
 }
 

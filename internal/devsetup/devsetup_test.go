@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/gatehouse-dev/gatehouse/control/apiclient"
 	"github.com/gatehouse-dev/gatehouse/internal/devsetup"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
@@ -56,6 +57,20 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 			t.Fatalf("kubectl get pods -A: %v\n%s", err, got)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// The admin's API token reaches the REST API on the gateway's port.
+	token, err := os.ReadFile(env.AdminTokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := os.ReadFile(cfg.StateDir + "/ca.crt")
+	c, err := apiclient.New(apiclient.Config{Server: env.GatewayURL, Token: strings.TrimSpace(string(token)), CAPEM: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if cl, err := c.GetCluster(ctx, "dev"); err != nil || !cl.Registered || cl.Project != "default" {
+		t.Fatalf("API: %+v %v", cl, err)
 	}
 	audit, err := os.ReadFile(cfg.StateDir + "/audit.jsonl")
 	if err != nil || env.AdminID == "" || !bytes.Contains(audit, []byte(`"user":"`+env.AdminID+`"`)) {

@@ -1,0 +1,170 @@
+// Package apiclient is the Go client of Gatehouse's REST API
+// (control/api), used by the CLI and by automation.
+package apiclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/control/api"
+)
+
+// Problem is an error answered by the API (application/problem+json).
+type Problem struct {
+	Status int    `json:"status"`
+	Title  string `json:"title"`
+	Detail string `json:"detail"`
+	// Field names the request field at fault, when there is one.
+	Field string `json:"field,omitempty"`
+}
+
+func (p *Problem) Error() string {
+	s := fmt.Sprintf("%s (%d)", p.Title, p.Status)
+	if p.Detail != "" {
+		s += ": " + p.Detail
+	}
+	if p.Field != "" {
+		s += " [field " + p.Field + "]"
+	}
+	return s
+}
+
+// Config configures a Client.
+type Config struct {
+	// Server is the gateway's URL, https://HOST[:PORT].
+	Server string
+	// Token is an API token (or, later, a session token).
+	Token string
+	// CAPEM verifies the server; nil uses the system roots.
+	CAPEM []byte
+	// Timeout bounds each call. Thirty seconds is long for any call of this
+	// API and short enough that a dead server is noticed.
+	Timeout time.Duration
+}
+
+// Client calls the API.
+type Client struct {
+	base  *url.URL
+	token string
+	hc    *http.Client
+}
+
+// New returns a client for cfg.
+func New(cfg Config) (*Client, error) {
+	u, err := url.Parse(cfg.Server)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("apiclient: server %q must be https://HOST[:PORT]", cfg.Server)
+	}
+	if cfg.Token == "" {
+		return nil, errors.New("apiclient: no token (set --token-file or GATEHOUSE_TOKEN)")
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if len(cfg.CAPEM) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(cfg.CAPEM) {
+			return nil, errors.New("apiclient: the CA file holds no certificate")
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}}, nil
+}
+
+// Close releases idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.base.String(), "/")+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("gatehouse API: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("gatehouse API: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		p := &Problem{Status: resp.StatusCode, Title: resp.Status}
+		json.Unmarshal(b, p)
+		return p
+	}
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("gatehouse API: bad answer: %w", err)
+		}
+	}
+	return nil
+}
+
+// CreateCluster creates a cluster and returns it with its bootstrap.
+func (c *Client) CreateCluster(ctx context.Context, cl api.Cluster) (*api.ClusterCreated, error) {
+	var out api.ClusterCreated
+	return &out, c.call(ctx, http.MethodPost, "/api/v1/clusters", cl, &out)
+}
+
+// GetCluster reads a cluster.
+func (c *Client) GetCluster(ctx context.Context, name string) (*api.Cluster, error) {
+	var out api.Cluster
+	return &out, c.call(ctx, http.MethodGet, "/api/v1/clusters/"+url.PathEscape(name), nil, &out)
+}
+
+// ListClusters lists all of a project's clusters, following continue
+// tokens.
+func (c *Client) ListClusters(ctx context.Context, project string) ([]api.Cluster, error) {
+	var all []api.Cluster
+	cont := ""
+	for {
+		var l api.List[api.Cluster]
+		q := url.Values{"project": {project}}
+		if cont != "" {
+			q.Set("continue", cont)
+		}
+		if err := c.call(ctx, http.MethodGet, "/api/v1/clusters?"+q.Encode(), nil, &l); err != nil {
+			return nil, err
+		}
+		all = append(all, l.Items...)
+		if cont = l.Continue; cont == "" {
+			return all, nil
+		}
+	}
+}
+
+// DeleteCluster deletes a cluster.
+func (c *Client) DeleteCluster(ctx context.Context, name string) error {
+	return c.call(ctx, http.MethodDelete, "/api/v1/clusters/"+url.PathEscape(name), nil, nil)
+}
+
+// Bootstrap issues a new bootstrap token and manifest for a cluster.
+func (c *Client) Bootstrap(ctx context.Context, name string) (*api.Bootstrap, error) {
+	var out api.Bootstrap
+	return &out, c.call(ctx, http.MethodPost, "/api/v1/clusters/"+url.PathEscape(name)+"/bootstrap", nil, &out)
+}
