@@ -136,3 +136,17 @@ func (n *Node) AccessChanged(ctx context.Context, user string, groups []string) 
 	}
 	return errors.Join(errs...)
 }
+
+// RevokeUser ends every request in flight of user on this node and tells
+// every connected agent to delete their service account and bindings. The
+// caller has already made the person's certificates fail verification.
+func (n *Node) RevokeUser(ctx context.Context, user string) error {
+	n.EndSessions(func(s Session) bool { return s.User == user })
+	var errs []error
+	for _, cluster := range n.cfg.Registry.Clusters() {
+		if err := n.cfg.Registry.Control(ctx, cluster, &tunnel.Control{RequestID: newRequestID(), Op: tunnel.OpRevoke, User: user}); err != nil {
+			errs = append(errs, fmt.Errorf("node: revoke %q on %q: %w", user, cluster, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -10,6 +10,7 @@ package api
 
 import (
 	"context"
+	"crypto"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control/identity"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 )
@@ -43,9 +45,40 @@ type Config struct {
 	// BootstrapTTL is how long a new cluster's token lasts.
 	BootstrapTTL time.Duration
 	// Node names the node in audit events.
-	Node   string
-	Logger *slog.Logger
+	Node string
+	// Identity validates Kratos session tokens; nil accepts API tokens only.
+	Identity *identity.Kratos
+	// Issuer signs people's client certificates; nil disables
+	// /api/v1/credentials.
+	Issuer CertIssuer
+	// Revoker makes revocations take effect on the gateway; nil records
+	// them in the store only.
+	Revoker Revoker
+	Logger  *slog.Logger
 }
+
+// CertIssuer signs a person's client certificate. *ca.Authority implements
+// it.
+type CertIssuer interface {
+	IssueUser(user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
+}
+
+// Revoker applies revocations on the gateway: refuses the certificates and
+// ends the live sessions they opened.
+type Revoker interface {
+	// RevokeUser refuses every certificate of the person issued before
+	// before, ends their sessions and removes their service accounts.
+	RevokeUser(ctx context.Context, userID string, before time.Time) error
+	// RevokeSerial refuses one certificate and ends its sessions.
+	RevokeSerial(ctx context.Context, serial string) error
+}
+
+// Certificate lifetimes when neither the person nor the organization sets
+// one: eight hours is a working day; a day is the longest anyone gets.
+const (
+	DefaultCertTTL = 8 * time.Hour
+	MaxCertTTL     = 24 * time.Hour
+)
 
 // DefaultConfig returns the defaults; Store, Policy, Audit, GatewayURL and
 // GatewayCA must be set.
@@ -117,6 +150,10 @@ func (a *API) routes() []route {
 		{"GET /api/v1/clusters/{name}", a.getCluster},
 		{"DELETE /api/v1/clusters/{name}", a.deleteCluster},
 		{"POST /api/v1/clusters/{name}/bootstrap", a.bootstrapCluster},
+		{"POST /api/v1/login", a.login},
+		{"POST /api/v1/logout", a.logout},
+		{"POST /api/v1/credentials", a.credentials},
+		{"POST /api/v1/revocations", a.revoke},
 	}
 }
 
@@ -136,7 +173,11 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTT
 type Caller struct {
 	User    *store.User
 	Subject policy.Subject
-	decider *policy.Decider
+	// Session is the Kratos session, when the caller used one (not an API
+	// token); SessionToken is its token.
+	Session      *identity.Session
+	SessionToken string
+	decider      *policy.Decider
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, c *Caller) error
@@ -203,27 +244,48 @@ func (a *API) authenticate(r *http.Request) (*Caller, error) {
 	if !ok || token == "" {
 		return nil, errors.New("no credential: send Authorization: Bearer TOKEN")
 	}
-	t, err := a.cfg.Store.VerifyAPIToken(r.Context(), token)
-	if err != nil {
-		return nil, errors.New("the token is invalid, expired or revoked")
-	}
-	u, err := a.cfg.Store.GetUser(r.Context(), t.UserID)
-	if err != nil {
-		return nil, errors.New("the token's owner no longer exists")
+	c := &Caller{}
+	var u *store.User
+	var limit []string
+	if store.IsAPIToken(token) || a.cfg.Identity == nil {
+		t, err := a.cfg.Store.VerifyAPIToken(r.Context(), token)
+		if err != nil {
+			return nil, errors.New("the token is invalid, expired or revoked")
+		}
+		if u, err = a.cfg.Store.GetUser(r.Context(), t.UserID); err != nil {
+			return nil, errors.New("the token's owner no longer exists")
+		}
+		limit = t.Roles
+	} else {
+		s, err := a.cfg.Identity.Session(r.Context(), token)
+		if err != nil {
+			return nil, errors.New("the session is invalid or has ended: run gatehouse login")
+		}
+		u, err = a.cfg.Store.GetUserByKratosID(r.Context(), s.IdentityID)
+		if errors.Is(err, store.ErrNotFound) && r.URL.Path == "/api/v1/login" {
+			// The first login of a person provisioned by email: the login
+			// handler links them.
+			u, err = a.cfg.Store.GetUser(r.Context(), s.Email)
+		}
+		if err != nil {
+			return nil, errors.New("no Gatehouse account for this identity: ask an admin to add " + s.Email)
+		}
+		c.Session, c.SessionToken = s, token
 	}
 	groups, err := a.cfg.Store.UserGroups(r.Context(), u.ID)
 	if err != nil {
 		return nil, err
 	}
 	sub := policy.Subject{UserID: u.ID, Groups: groups}
-	if len(t.Roles) > 0 {
-		sub.Limit = t.Roles
+	if len(limit) > 0 {
+		sub.Limit = limit
 	}
 	d, err := a.cfg.Policy.For(r.Context(), sub)
 	if err != nil {
 		return nil, err
 	}
-	return &Caller{User: u, Subject: sub, decider: d}, nil
+	c.User, c.Subject, c.decider = u, sub, d
+	return c, nil
 }
 
 // problem writes an RFC 9457 problem document.

@@ -58,8 +58,9 @@ type Authority struct {
 	now                 func() time.Time
 	root, users, agents *signer
 
-	mu      sync.RWMutex // guards revoked
-	revoked map[string]time.Time
+	mu          sync.RWMutex // guards revoked and usersBefore
+	revoked     map[string]time.Time
+	usersBefore map[string]time.Time // user -> certificates issued before are refused
 }
 
 // New creates an authority with fresh keys.
@@ -67,7 +68,7 @@ func New(cfg Config) (*Authority, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("ca: Name is required")
 	}
-	a := &Authority{now: cfg.Now, revoked: map[string]time.Time{}}
+	a := &Authority{now: cfg.Now, revoked: map[string]time.Time{}, usersBefore: map[string]time.Time{}}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -219,6 +220,13 @@ func (a *Authority) VerifyUser(chain []*x509.Certificate) (UserIdentity, error) 
 	if err != nil {
 		return UserIdentity{}, err
 	}
+	a.mu.RLock()
+	before, revoked := a.usersBefore[leaf.Subject.CommonName]
+	a.mu.RUnlock()
+	// Certificates are backdated a minute (issueClient); issued = NotBefore + 1 min.
+	if revoked && !leaf.NotBefore.Add(time.Minute).After(before) {
+		return UserIdentity{}, fmt.Errorf("%w: every certificate of %s issued before %s", ErrRevoked, leaf.Subject.CommonName, before.UTC().Format(time.RFC3339))
+	}
 	return UserIdentity{User: leaf.Subject.CommonName, Groups: leaf.Subject.Organization, Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter}, nil
 }
 
@@ -262,6 +270,15 @@ func (a *Authority) verify(s *signer, chain []*x509.Certificate) (*x509.Certific
 func (a *Authority) Revoke(serialHex string) {
 	a.mu.Lock()
 	a.revoked[strings.ToLower(serialHex)] = a.now()
+	a.mu.Unlock()
+}
+
+// RevokeUser refuses every certificate of user issued at or before before.
+func (a *Authority) RevokeUser(user string, before time.Time) {
+	a.mu.Lock()
+	if before.After(a.usersBefore[user]) {
+		a.usersBefore[user] = before
+	}
 	a.mu.Unlock()
 }
 

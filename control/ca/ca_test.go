@@ -91,3 +91,32 @@ func TestServerCertChainsToRoot(t *testing.T) {
 	}
 	var _ tls.Certificate = c
 }
+
+func TestRevokeUserRefusesOlderCertificates(t *testing.T) {
+	now := time.Now()
+	clock := func() time.Time { return now }
+	a, err := New(Config{Name: "t", Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func() []*x509.Certificate {
+		key, _, _ := NewKey()
+		chain, err := a.IssueUser("ada", nil, key.Public(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(chain)
+		c, _ := x509.ParseCertificate(block.Bytes)
+		return []*x509.Certificate{c}
+	}
+	old := issue()
+	now = now.Add(time.Second)
+	a.RevokeUser("ada", now)
+	if _, err := a.VerifyUser(old); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("old certificate: %v", err)
+	}
+	now = now.Add(time.Second)
+	if _, err := a.VerifyUser(issue()); err != nil {
+		t.Fatalf("certificate issued after the revocation: %v", err)
+	}
+}

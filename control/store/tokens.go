@@ -150,6 +150,10 @@ type APIToken struct {
 	Created  time.Time
 }
 
+// IsAPIToken reports whether a bearer token is shaped like an API token (and
+// not, say, a Kratos session token).
+func IsAPIToken(token string) bool { return strings.HasPrefix(token, prefixAPI+".") }
+
 // CreateAPIToken issues a token for t.UserID, expiring at t.Expires, and
 // returns its secret form, which is not stored.
 func (s *Store) CreateAPIToken(ctx context.Context, t *APIToken) (string, error) {
