@@ -42,6 +42,12 @@ func commands() []command {
 		{"node", "run a gateway node", runNode},
 		{"agent", "run the cluster agent (inside the cluster; configured by the bootstrap manifest)", runAgent},
 		{"dev", "run a whole Gatehouse on this machine: a local cluster behind a gateway, ready for kubectl", runDev},
+		{"login", "sign in (password through Kratos) and keep a session for the other commands", runLogin},
+		{"logout", "end the session", runLogout},
+		{"whoami", "show who you are signed in as", runWhoami},
+		{"kubeconfig", "write a kubeconfig for a cluster whose credentials come from `gatehouse credential`", runKubeconfig},
+		{"credential", "the kubectl exec credential plugin: prints a short-lived client certificate", runCredential},
+		{"revoke", "revoke a person (everything they hold) or one certificate, at once", runRevoke},
 		{"cluster", "create, list, get, delete clusters, or print a new bootstrap manifest (through the API)", runCluster},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			_, err := fmt.Fprintln(stdout, "gatehouse", version)

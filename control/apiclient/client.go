@@ -168,3 +168,32 @@ func (c *Client) Bootstrap(ctx context.Context, name string) (*api.Bootstrap, er
 	var out api.Bootstrap
 	return &out, c.call(ctx, http.MethodPost, "/api/v1/clusters/"+url.PathEscape(name)+"/bootstrap", nil, &out)
 }
+
+// Whoami returns the caller.
+func (c *Client) Whoami(ctx context.Context) (*api.Whoami, error) {
+	var out api.Whoami
+	return &out, c.call(ctx, http.MethodGet, "/api/v1/whoami", nil, &out)
+}
+
+// Login records a Kratos login with Gatehouse (links the identity, syncs
+// IdP groups). The client's token must be the session token.
+func (c *Client) Login(ctx context.Context) (*api.LoginResult, error) {
+	var out api.LoginResult
+	return &out, c.call(ctx, http.MethodPost, "/api/v1/login", nil, &out)
+}
+
+// Logout ends the client's session.
+func (c *Client) Logout(ctx context.Context) error {
+	return c.call(ctx, http.MethodPost, "/api/v1/logout", nil, nil)
+}
+
+// Credential asks for a client certificate for the key of csrPEM.
+func (c *Client) Credential(ctx context.Context, csrPEM []byte, ttl string) (*api.Credential, error) {
+	var out api.Credential
+	return &out, c.call(ctx, http.MethodPost, "/api/v1/credentials", api.CredentialRequest{CSR: string(csrPEM), TTL: ttl}, &out)
+}
+
+// Revoke revokes a certificate or a person.
+func (c *Client) Revoke(ctx context.Context, req api.RevocationRequest) error {
+	return c.call(ctx, http.MethodPost, "/api/v1/revocations", req, nil)
+}

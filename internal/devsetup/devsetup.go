@@ -8,6 +8,7 @@ package devsetup
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/control/identity"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
@@ -91,6 +93,13 @@ type Env struct {
 	AdminID string
 	// AdminTokenFile holds an API token of the admin's, for the CLI.
 	AdminTokenFile string
+	// AdminPassword is the admin's Kratos password (also in
+	// AdminPasswordFile, mode 0600), for `gatehouse login`.
+	AdminPassword, AdminPasswordFile string
+	// IdentityURL is Kratos's public URL.
+	IdentityURL string
+	// CAFile verifies the gateway.
+	CAFile string
 	// GatewayURL is the gateway's address.
 	GatewayURL string
 
@@ -190,8 +199,36 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Kratos, on SQLite in the state directory: people sign in through it.
+	say("starting Kratos (identity)...")
+	kr, err := testenv.StartKratos(ctx, testenv.DefaultKratosConfig())
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, func() { kr.Close() })
+	icfg := identity.DefaultConfig()
+	icfg.PublicURL, icfg.AdminURL = kr.PublicURL, kr.AdminURL
+	kratos, err := identity.New(icfg)
+	if err != nil {
+		return nil, err
+	}
+	e.IdentityURL = kr.PublicURL
 	org, project, cluster, admin, err := seed(ctx, st, cfg)
 	if err != nil {
+		return nil, err
+	}
+	// The admin is a Kratos identity with a generated password, linked to
+	// the store's person.
+	e.AdminPassword = rand.Text()
+	kratosID, err := kratos.CreatePerson(ctx, cfg.Admin, "Admin", e.AdminPassword)
+	if err != nil {
+		return nil, err
+	}
+	if admin, err = st.RecordLogin(ctx, cfg.Admin, kratosID, nil); err != nil {
+		return nil, err
+	}
+	e.AdminPasswordFile, _ = filepath.Abs(filepath.Join(cfg.StateDir, "admin.password"))
+	if err := os.WriteFile(e.AdminPasswordFile, []byte(e.AdminPassword+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	e.AdminID = admin.ID
@@ -223,6 +260,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	apiCfg := api.DefaultConfig()
 	apiCfg.Store, apiCfg.Policy, apiCfg.Audit, apiCfg.Node, apiCfg.Logger = st, engine, sink, ncfg.Name, cfg.Logger
 	apiCfg.GatewayURL, apiCfg.GatewayCA = e.GatewayURL, auth.RootPEM()
+	apiCfg.Identity, apiCfg.Issuer, apiCfg.Revoker = kratos, auth, &gatewayRevoker{auth: auth, node: n}
 	restAPI, err := api.New(apiCfg)
 	if err != nil {
 		return nil, err
@@ -237,6 +275,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		return nil, err
 	}
 	caFile, _ := filepath.Abs(filepath.Join(cfg.StateDir, "ca.crt"))
+	e.CAFile = caFile
 	if err := os.WriteFile(caFile, auth.RootPEM(), 0o644); err != nil {
 		return nil, err
 	}
@@ -297,9 +336,29 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err := testenv.WriteKubeconfig(e.AdminKubeconfig, e.GatewayURL+"/k8s/"+cfg.Cluster, auth.RootPEM(), cfg.Admin, chain, keyPEM, ""); err != nil {
 		return nil, err
 	}
-	say("ready. Try:\n\n    export KUBECONFIG=%s\n    kubectl get pods -A\n\nRegister another cluster (prints its bootstrap manifest):\n\n    export GATEHOUSE_SERVER=%s GATEHOUSE_TOKEN_FILE=%s GATEHOUSE_CA_FILE=%s\n    gatehouse cluster create NAME --project default | kubectl --context OTHER apply -f -\n\naudit log: %s",
-		e.AdminKubeconfig, e.GatewayURL, e.AdminTokenFile, caFile, filepath.Join(cfg.StateDir, "audit.jsonl"))
+	say("ready. Try:\n\n    export KUBECONFIG=%s\n    kubectl get pods -A\n\nRegister another cluster (prints its bootstrap manifest):\n\n    export GATEHOUSE_SERVER=%s GATEHOUSE_TOKEN_FILE=%s GATEHOUSE_CA_FILE=%s\n    gatehouse cluster create NAME --project default | kubectl --context OTHER apply -f -\n\nSign in as the admin and get short-lived credentials instead of the static kubeconfig:\n\n    gatehouse login --server %s --identity-url %s --ca-file %s --email %s --password-stdin < %s\n    gatehouse kubeconfig --cluster %s --file dev.kubeconfig\n\naudit log: %s",
+		e.AdminKubeconfig, e.GatewayURL, e.AdminTokenFile, caFile,
+		e.GatewayURL, e.IdentityURL, caFile, cfg.Admin, e.AdminPasswordFile, cfg.Cluster, filepath.Join(cfg.StateDir, "audit.jsonl"))
 	return e, nil
+}
+
+// gatewayRevoker applies revocations on this (single) gateway node: the CA
+// refuses the certificates, the node ends their sessions and the agents
+// remove the person's service accounts.
+type gatewayRevoker struct {
+	auth *ca.Authority
+	node *node.Node
+}
+
+func (g *gatewayRevoker) RevokeUser(ctx context.Context, user string, before time.Time) error {
+	g.auth.RevokeUser(user, before)
+	return g.node.RevokeUser(ctx, user)
+}
+
+func (g *gatewayRevoker) RevokeSerial(_ context.Context, serial string) error {
+	g.auth.Revoke(serial)
+	g.node.EndSessions(func(s node.Session) bool { return s.Serial == serial })
+	return nil
 }
 
 // seed creates what a first contact needs: an organization, a project, the

@@ -1,10 +1,14 @@
 package devsetup_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -76,4 +80,118 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	if err != nil || env.AdminID == "" || !bytes.Contains(audit, []byte(`"user":"`+env.AdminID+`"`)) {
 		t.Fatalf("audit log: %v %q", err, audit)
 	}
+}
+
+// TestLoginKubeconfigAndRevocation signs the dev admin in through Kratos
+// with the real CLI binary, uses kubectl with the credential plugin, and
+// revokes them: their open watch ends and their next request fails.
+func TestLoginKubeconfigAndRevocation(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "gatehouse")
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "./cmd/gatehouse")
+	build.Dir = "../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	cfg := devsetup.DefaultConfig()
+	cfg.StateDir = filepath.Join(dir, "state")
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Out = io.Discard
+	ctx := context.Background()
+	env, err := devsetup.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	kubectl, err := testenv.Tool("kubectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	environ := append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, "cli"), "HOME="+dir)
+	run := func(stdin string, name string, args ...string) (string, error) {
+		cmd := exec.Command(name, args...)
+		cmd.Env = environ
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("wrong\n", bin, "login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile, "--email", cfg.Admin, "--password-stdin"); err == nil || !strings.Contains(out, "wrong email or password") {
+		t.Fatalf("login with a wrong password: %v %s", err, out)
+	}
+	if out, err := run(env.AdminPassword+"\n", bin, "login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile, "--email", cfg.Admin, "--password-stdin"); err != nil {
+		t.Fatalf("login: %v %s", err, out)
+	}
+	if out, err := run("", bin, "whoami"); err != nil || !strings.Contains(out, cfg.Admin) {
+		t.Fatalf("whoami: %v %s", err, out)
+	}
+	kc := filepath.Join(dir, "dev.kubeconfig")
+	if out, err := run("", bin, "kubeconfig", "--cluster", "dev", "--file", kc); err != nil {
+		t.Fatalf("kubeconfig: %v %s", err, out)
+	}
+	if out, err := run("", kubectl, "--kubeconfig", kc, "get", "pods", "-n", "demo", "--no-headers"); err != nil || !strings.Contains(out, "Running") {
+		t.Fatalf("kubectl with the credential plugin: %v %s", err, out)
+	}
+	// A second kubectl reuses the cached certificate: one issued so far.
+	if out, err := run("", kubectl, "--kubeconfig", kc, "get", "ns"); err != nil {
+		t.Fatalf("second kubectl: %v %s", err, out)
+	}
+	auditLog, _ := os.ReadFile(filepath.Join(cfg.StateDir, "audit.jsonl"))
+	if n := strings.Count(string(auditLog), `"action":"credential.issue"`); n != 1 {
+		t.Fatalf("%d credentials issued, want 1 (cached)", n)
+	}
+	if !strings.Contains(string(auditLog), `"action":"login"`) {
+		t.Fatal("login not audited")
+	}
+
+	// Revocation: an open watch ends, and the next request fails.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watch := exec.CommandContext(wctx, kubectl, "--kubeconfig", kc, "get", "configmaps", "-n", "demo", "-w")
+	watch.Env = environ
+	wout, _ := watch.StdoutPipe()
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(wout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	if l, ok := <-lines; !ok || !strings.Contains(l, "NAME") {
+		t.Fatalf("watch did not start: %q", l)
+	}
+	// Wait until the watch request itself is open on the gateway.
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(string(mustReadFile(t, filepath.Join(cfg.StateDir, "audit.jsonl"))), `"phase":"open","requestId"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("watch not open on the gateway")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	start := time.Now()
+	if out, err := run("", bin, "revoke", "--user", cfg.Admin, "--reason", "test"); err != nil {
+		t.Fatalf("revoke: %v %s", err, out)
+	}
+	for range lines {
+	}
+	t.Logf("watch ended %s after the revocation began", time.Since(start))
+	watch.Wait()
+	if out, err := run("", kubectl, "--kubeconfig", kc, "get", "ns"); err == nil {
+		t.Fatalf("kubectl works after revocation: %s", out)
+	}
+	if out, err := run("", kubectl, "--kubeconfig", env.AdminKubeconfig, "get", "ns"); err == nil {
+		t.Fatalf("the static kubeconfig works after revocation: %s", out)
+	}
+}
+
+func mustReadFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clientauthv1 "k8s.io/client-go/pkg/apis/clientauthentication/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/gatehouse-dev/gatehouse/control/apiclient"
+	"github.com/gatehouse-dev/gatehouse/control/identity"
+)
+
+// newFlags returns a flag set that prints to stderr.
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("gatehouse login", stderr)
+	server := fs.String("server", os.Getenv("GATEHOUSE_SERVER"), "gateway URL, https://HOST:PORT (env GATEHOUSE_SERVER)")
+	identityURL := fs.String("identity-url", os.Getenv("GATEHOUSE_IDENTITY_URL"), "Kratos public URL (env GATEHOUSE_IDENTITY_URL)")
+	caFile := fs.String("ca-file", os.Getenv("GATEHOUSE_CA_FILE"), "CA certificate that verifies the gateway (env GATEHOUSE_CA_FILE)")
+	email := fs.String("email", "", "your email")
+	passwordStdin := fs.Bool("password-stdin", false, "read the password from standard input (for scripts)")
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	if *server == "" || *identityURL == "" || *email == "" {
+		fmt.Fprintln(stderr, "gatehouse login: --server, --identity-url and --email are required")
+		return errUsage
+	}
+	var password string
+	if *passwordStdin {
+		line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		password = strings.TrimRight(line, "\r\n")
+	} else {
+		if !term.IsTerminal(int(os.Stdin.Fd())) {
+			return errors.New("no terminal to ask for the password: use --password-stdin")
+		}
+		fmt.Fprint(stderr, "Password: ")
+		b, err := term.ReadPassword(int(os.Stdin.Fd()))
+		fmt.Fprintln(stderr)
+		if err != nil {
+			return err
+		}
+		password = string(b)
+	}
+	var ca []byte
+	if *caFile != "" {
+		var err error
+		if ca, err = os.ReadFile(*caFile); err != nil {
+			return fmt.Errorf("--ca-file: %w", err)
+		}
+	}
+	icfg := identity.DefaultConfig()
+	icfg.PublicURL = *identityURL
+	kr, err := identity.New(icfg)
+	if err != nil {
+		return err
+	}
+	token, err := kr.Login(ctx, *email, password)
+	if err != nil {
+		return err
+	}
+	p := &apiclient.Profile{Server: *server, IdentityURL: *identityURL, CA: string(ca), Email: *email, SessionToken: token}
+	c, err := p.Client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	who, err := c.Login(ctx)
+	if err != nil {
+		kr.Logout(ctx, token)
+		return err
+	}
+	dir, err := apiclient.Dir()
+	if err != nil {
+		return err
+	}
+	if err := apiclient.Remove(dir); err != nil { // a new login drops the old credential
+		return err
+	}
+	if err := p.Save(dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "logged in as %s (organization %s)\n", who.Email, who.Org)
+	return nil
+}
+
+func profile() (*apiclient.Profile, string, error) {
+	dir, err := apiclient.Dir()
+	if err != nil {
+		return nil, "", err
+	}
+	p, err := apiclient.LoadProfile(dir)
+	return p, dir, err
+}
+
+func runLogout(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("gatehouse logout", stderr)
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	p, dir, err := profile()
+	if err != nil {
+		return err
+	}
+	if c, err := p.Client(); err == nil {
+		if err := c.Logout(ctx); err != nil {
+			fmt.Fprintln(stderr, "gatehouse logout: the server did not end the session:", err)
+		}
+		c.Close()
+	}
+	if err := apiclient.Remove(dir); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "logged out")
+	return nil
+}
+
+func runWhoami(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("gatehouse whoami", stderr)
+	output := fs.String("o", "table", "output: table, json or yaml")
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	p, _, err := profile()
+	if err != nil {
+		return err
+	}
+	c, err := p.Client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	who, err := c.Whoami(ctx)
+	if err != nil {
+		return err
+	}
+	cf := clientFlags{output: *output}
+	return cf.print(stdout, who, "ID\tEMAIL\tORG", func(w io.Writer) { fmt.Fprintf(w, "%s\t%s\t%s\n", who.ID, who.Email, who.Org) })
+}
+
+// runKubeconfig writes a kubeconfig whose user is this binary's credential
+// plugin: kubectl asks it for a short-lived certificate when it needs one.
+func runKubeconfig(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("gatehouse kubeconfig", stderr)
+	cluster := fs.String("cluster", "", "cluster name")
+	file := fs.String("file", "-", "where to write the kubeconfig; - for standard output")
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	if *cluster == "" {
+		fmt.Fprintln(stderr, "gatehouse kubeconfig: --cluster is required")
+		return errUsage
+	}
+	p, _, err := profile()
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	name := "gatehouse-" + *cluster
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: strings.TrimSuffix(p.Server, "/") + "/k8s/" + *cluster, CertificateAuthorityData: []byte(p.CA)}
+	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Exec: &clientcmdapi.ExecConfig{
+		APIVersion: clientauthv1.SchemeGroupVersion.String(), Command: exe, Args: []string{"credential"},
+		InteractiveMode: clientcmdapi.NeverExecInteractiveMode,
+		InstallHint:     "gatehouse is the Gatehouse CLI; log in with `gatehouse login`",
+	}}
+	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name}
+	cfg.CurrentContext = name
+	if *file == "-" {
+		b, err := clientcmd.Write(*cfg)
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(b)
+		return err
+	}
+	if err := clientcmd.WriteToFile(*cfg, *file); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s (context %s)\n", *file, name)
+	return nil
+}
+
+// runCredential is the exec credential plugin kubectl runs: it prints an
+// ExecCredential with a client certificate (cached until near expiry).
+func runCredential(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("gatehouse credential", stderr)
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	p, dir, err := profile()
+	if err != nil {
+		return err
+	}
+	cred, err := p.Credential(ctx, dir, time.Now())
+	if err != nil {
+		return fmt.Errorf("credential: %w", err)
+	}
+	exp := metav1.NewTime(cred.Expires)
+	out := clientauthv1.ExecCredential{Status: &clientauthv1.ExecCredentialStatus{
+		ClientCertificateData: cred.Certificate, ClientKeyData: cred.Key, ExpirationTimestamp: &exp,
+	}}
+	out.APIVersion, out.Kind = clientauthv1.SchemeGroupVersion.String(), "ExecCredential"
+	return json.NewEncoder(stdout).Encode(out)
+}
