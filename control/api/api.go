@@ -54,6 +54,9 @@ type Config struct {
 	// Revoker makes revocations take effect on the gateway; nil records
 	// them in the store only.
 	Revoker Revoker
+	// Notify is told when a change of bindings or membership changes a
+	// person's access; nil leaves it to their next request.
+	Notify AccessNotifier
 	Logger  *slog.Logger
 }
 
@@ -150,6 +153,20 @@ func (a *API) routes() []route {
 		{"GET /api/v1/clusters/{name}", a.getCluster},
 		{"DELETE /api/v1/clusters/{name}", a.deleteCluster},
 		{"POST /api/v1/clusters/{name}/bootstrap", a.bootstrapCluster},
+		{"PUT /api/v1/projects/{name}", a.updateProject},
+		{"GET /api/v1/users", a.listUsers},
+		{"POST /api/v1/users", a.createUser},
+		{"DELETE /api/v1/users/{id}", a.deleteUser},
+		{"GET /api/v1/groups", a.listGroups},
+		{"POST /api/v1/groups", a.createGroup},
+		{"DELETE /api/v1/groups/{name}", a.deleteGroup},
+		{"GET /api/v1/rolebindings", a.listBindings},
+		{"POST /api/v1/rolebindings", a.createBinding},
+		{"DELETE /api/v1/rolebindings/{id}", a.deleteBinding},
+		{"GET /api/v1/roles", a.listRoles},
+		{"GET /api/v1/tokens", a.listTokens},
+		{"POST /api/v1/tokens", a.createToken},
+		{"DELETE /api/v1/tokens/{id}", a.deleteToken},
 		{"POST /api/v1/login", a.login},
 		{"POST /api/v1/logout", a.logout},
 		{"POST /api/v1/credentials", a.credentials},

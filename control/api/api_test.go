@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,6 +43,28 @@ type env struct {
 	project *store.Project
 	admin   string // API tokens
 	viewer  string
+	notify  *recorder
+}
+
+// recorder remembers whose access the API said changed.
+type recorder struct {
+	mu    sync.Mutex
+	users []string
+}
+
+func (r *recorder) AccessChanged(_ context.Context, user string, _ []string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.users = append(r.users, user)
+	return nil
+}
+
+func (r *recorder) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u := r.users
+	r.users = nil
+	return u
 }
 
 func newEnv(t *testing.T) *env {
@@ -68,7 +91,8 @@ func newEnv(t *testing.T) *env {
 	engine, err := policy.New(st)
 	must(t, err)
 	acfg := api.DefaultConfig()
-	acfg.Store, acfg.Policy, acfg.Audit = st, engine, e.audit
+	e.notify = &recorder{}
+	acfg.Store, acfg.Policy, acfg.Audit, acfg.Notify = st, engine, e.audit, e.notify
 	acfg.GatewayURL, acfg.GatewayCA = "https://gateway.acme.test", []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
 	a, err := api.New(acfg)
 	must(t, err)
@@ -314,5 +338,157 @@ func TestProjectsPaginationAndVisibility(t *testing.T) {
 	}
 	if r := e.do("GET", "/api/v1/whoami", e.viewer, "", nil); r.code != 200 || !strings.Contains(string(r.body), "viewer@acme.test") {
 		t.Fatalf("whoami: %d %s", r.code, r.body)
+	}
+}
+
+func (e *env) bindingCount() int {
+	bs, _, err := e.store.ListBindings(context.Background(), store.BindingFilter{}, store.Page{Limit: store.MaxLimit})
+	must(e.t, err)
+	return len(bs)
+}
+
+func TestRoleBindingsThroughTheAPI(t *testing.T) {
+	e := newEnv(t)
+	other := &store.Project{OrgID: e.org.ID, Name: "search"}
+	must(t, e.store.CreateProject(context.Background(), other))
+	padmin := e.person("padmin@acme.test", "PROJECT_ADMIN", e.project.ID)
+	if r := e.post("/api/v1/users", e.admin, map[string]string{"email": "nina@acme.test"}); r.code != http.StatusCreated {
+		t.Fatalf("create user: %d %s", r.code, r.body)
+	}
+	var nina api.User
+	json.Unmarshal(e.post("/api/v1/users", e.admin, map[string]string{"email": "nina2@acme.test"}).body, &nina)
+	e.notify.take()
+
+	before := e.bindingCount()
+	grant := func(token string, b map[string]any) response { return e.post("/api/v1/rolebindings", token, b) }
+	user := map[string]string{"kind": "user", "name": "nina@acme.test"}
+	// A project admin grants NAMESPACE_ADMIN in their project...
+	r := grant(padmin, map[string]any{"subject": user, "role": "NAMESPACE_ADMIN", "project": "web", "namespace": "team"})
+	if r.code != http.StatusCreated {
+		t.Fatalf("project admin grants NAMESPACE_ADMIN: %d %s", r.code, r.body)
+	}
+	var b api.RoleBinding
+	must(t, json.Unmarshal(r.body, &b))
+	if b.Subject.Name != "nina@acme.test" || b.Project != "web" {
+		t.Fatalf("binding: %+v", b)
+	}
+	if got := e.notify.take(); len(got) != 1 {
+		t.Fatalf("gateway told about %v, want nina", got)
+	}
+	// ...but not ADMIN, nor anything in another project.
+	for _, tc := range []map[string]any{
+		{"subject": user, "role": "ADMIN"},
+		{"subject": user, "role": "NAMESPACE_ADMIN", "project": "search", "namespace": "team"},
+		{"subject": user, "role": "PROJECT_ADMIN", "project": "search"},
+	} {
+		if r := grant(padmin, tc); r.code != http.StatusForbidden {
+			t.Fatalf("escalation %v: %d %s", tc, r.code, r.body)
+		}
+	}
+	// A viewer grants nothing.
+	if r := grant(e.viewer, map[string]any{"subject": user, "role": "NAMESPACE_READ_ONLY", "project": "web", "namespace": "team"}); r.code != http.StatusForbidden {
+		t.Fatalf("viewer grants: %d", r.code)
+	}
+	// Bad input names the field.
+	for _, tc := range []struct {
+		body  map[string]any
+		field string
+	}{
+		{map[string]any{"subject": user, "role": "ROOT"}, "role"},
+		{map[string]any{"subject": map[string]string{"kind": "robot", "name": "x"}, "role": "ADMIN"}, "subject.kind"},
+		{map[string]any{"subject": map[string]string{"kind": "user", "name": "ghost@acme.test"}, "role": "ADMIN"}, "subject.name"},
+		{map[string]any{"subject": user, "role": "NAMESPACE_ADMIN", "namespace": "team"}, "namespace"},
+		{map[string]any{"subject": user, "role": "ADMIN", "project": "web"}, "role"},
+		{map[string]any{"subject": user, "role": "NAMESPACE_ADMIN", "project": "web", "namespace": "Team_X"}, "namespace"},
+		{map[string]any{"subject": user, "role": "ADMIN", "expires": "2001-01-01T00:00:00Z"}, "expires"},
+	} {
+		r := grant(e.admin, tc.body)
+		if r.code != http.StatusBadRequest || r.problem(t)["field"] != tc.field {
+			t.Fatalf("%v: %d %s, want 400 naming %s", tc.body, r.code, r.body, tc.field)
+		}
+	}
+	if n := e.bindingCount(); n != before+1 {
+		t.Fatalf("refusals changed the store: %d bindings, want %d", n, before+1)
+	}
+	// The viewer sees bindings of their project; delete tells the gateway.
+	var l api.List[api.RoleBinding]
+	json.Unmarshal(e.do("GET", "/api/v1/rolebindings", e.viewer, "", nil).body, &l)
+	if !slices.ContainsFunc(l.Items, func(x api.RoleBinding) bool { return x.ID == b.ID }) {
+		t.Fatalf("viewer does not see the binding: %+v", l.Items)
+	}
+	if r := e.do("DELETE", "/api/v1/rolebindings/"+b.ID, e.viewer, "", nil); r.code != http.StatusForbidden {
+		t.Fatalf("viewer deletes: %d", r.code)
+	}
+	if r := e.do("DELETE", "/api/v1/rolebindings/"+b.ID, padmin, "", nil); r.code != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", r.code, r.body)
+	}
+	if got := e.notify.take(); len(got) != 1 {
+		t.Fatalf("delete told the gateway about %v", got)
+	}
+	if r := e.do("GET", "/api/v1/roles", e.viewer, "", nil); r.code != 200 || !strings.Contains(string(r.body), "NAMESPACE_READ_ONLY") {
+		t.Fatalf("roles: %d", r.code)
+	}
+}
+
+func TestUsersGroupsTokensAndConcurrency(t *testing.T) {
+	e := newEnv(t)
+	if r := e.post("/api/v1/users", e.admin, map[string]string{"email": "not-an-email"}); r.code != 400 || r.problem(t)["field"] != "email" {
+		t.Fatalf("bad email: %d %s", r.code, r.body)
+	}
+	if r := e.post("/api/v1/users", e.admin, map[string]string{"email": "viewer@acme.test"}); r.code != http.StatusConflict {
+		t.Fatalf("duplicate: %d", r.code)
+	}
+	if r := e.post("/api/v1/users", e.viewer, map[string]string{"email": "x@acme.test"}); r.code != http.StatusForbidden {
+		t.Fatalf("viewer creates a user: %d", r.code)
+	}
+	r := e.post("/api/v1/groups", e.admin, map[string]any{"name": "sre", "idpGroups": []string{"github:acme/sre"}, "members": []string{"viewer@acme.test"}})
+	if r.code != http.StatusCreated {
+		t.Fatalf("group: %d %s", r.code, r.body)
+	}
+	if r := e.post("/api/v1/groups", e.admin, map[string]any{"name": "x", "members": []string{"ghost@acme.test"}}); r.code != 400 || r.problem(t)["field"] != "members" {
+		t.Fatalf("bad member: %d %s", r.code, r.body)
+	}
+	var gl api.List[api.Group]
+	json.Unmarshal(e.do("GET", "/api/v1/groups", e.admin, "", nil).body, &gl)
+	if len(gl.Items) != 1 || len(gl.Items[0].Members) != 1 {
+		t.Fatalf("groups: %+v", gl.Items)
+	}
+	// API tokens are minted from sessions only.
+	if r := e.post("/api/v1/tokens", e.admin, map[string]any{"name": "ci", "ttl": "24h"}); r.code != http.StatusForbidden {
+		t.Fatalf("token from a token: %d %s", r.code, r.body)
+	}
+	if r := e.post("/api/v1/tokens", e.admin, map[string]any{"name": "ci", "ttl": "forever"}); r.code != 400 || r.problem(t)["field"] != "ttl" {
+		t.Fatalf("bad ttl: %d %s", r.code, r.body)
+	}
+	var tl api.List[api.Token]
+	json.Unmarshal(e.do("GET", "/api/v1/tokens", e.admin, "", nil).body, &tl)
+	if len(tl.Items) != 1 || tl.Items[0].Secret != "" || tl.Items[0].LastUsed.IsZero() {
+		t.Fatalf("tokens: %+v", tl.Items)
+	}
+	// Optimistic concurrency: a stale version is refused with 409.
+	var p api.Project
+	json.Unmarshal(e.do("GET", "/api/v1/projects/web", e.admin, "", nil).body, &p)
+	put := func(version int64, desc string) response {
+		b, _ := json.Marshal(api.Project{Name: "web", Description: desc, Version: version})
+		return e.do("PUT", "/api/v1/projects/web", e.admin, "application/json", b)
+	}
+	if r := put(p.Version, "first"); r.code != 200 {
+		t.Fatalf("update: %d %s", r.code, r.body)
+	}
+	if r := put(p.Version, "second"); r.code != http.StatusConflict || r.problem(t)["field"] != "version" {
+		t.Fatalf("stale update: %d %s", r.code, r.body)
+	}
+	json.Unmarshal(e.do("GET", "/api/v1/projects/web", e.admin, "", nil).body, &p)
+	if p.Description != "first" {
+		t.Fatalf("stale update changed the project: %+v", p)
+	}
+	// Deleting a person tells the gateway.
+	e.notify.take()
+	viewer, _ := e.store.GetUser(context.Background(), "viewer@acme.test")
+	if r := e.do("DELETE", "/api/v1/users/"+viewer.ID, e.admin, "", nil); r.code != http.StatusNoContent {
+		t.Fatalf("delete user: %d %s", r.code, r.body)
+	}
+	if got := e.notify.take(); !slices.Equal(got, []string{viewer.ID}) {
+		t.Fatalf("notified %v", got)
 	}
 }

@@ -260,7 +260,9 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	apiCfg := api.DefaultConfig()
 	apiCfg.Store, apiCfg.Policy, apiCfg.Audit, apiCfg.Node, apiCfg.Logger = st, engine, sink, ncfg.Name, cfg.Logger
 	apiCfg.GatewayURL, apiCfg.GatewayCA = e.GatewayURL, auth.RootPEM()
-	apiCfg.Identity, apiCfg.Issuer, apiCfg.Revoker = kratos, auth, &gatewayRevoker{auth: auth, node: n}
+	apiCfg.Identity, apiCfg.Issuer, apiCfg.Revoker, apiCfg.Notify = kratos, auth, &gatewayRevoker{auth: auth, node: n}, n
+	// Time-bound grants leave the cluster when they expire.
+	e.run(ctx, "expirer", (&control.Expirer{Store: st, Notify: n, Logger: e.log}).Run)
 	restAPI, err := api.New(apiCfg)
 	if err != nil {
 		return nil, err
