@@ -57,7 +57,7 @@ type Config struct {
 	// Notify is told when a change of bindings or membership changes a
 	// person's access; nil leaves it to their next request.
 	Notify AccessNotifier
-	Logger  *slog.Logger
+	Logger *slog.Logger
 }
 
 // CertIssuer signs a person's client certificate. *ca.Authority implements
