@@ -30,8 +30,15 @@ func (c *clientFlags) register(fs *flag.FlagSet, defaultOutput string) {
 	fs.StringVar(&c.output, "o", defaultOutput, "output: table, json or yaml")
 }
 
+// client returns an API client from the flags, or from the login profile
+// when no server and token are given.
 func (c *clientFlags) client() (*apiclient.Client, error) {
 	token := os.Getenv("GATEHOUSE_TOKEN")
+	if c.server == "" && c.tokenFile == "" && token == "" {
+		if p, _, err := profile(); err == nil {
+			return p.Client()
+		}
+	}
 	if c.tokenFile != "" {
 		b, err := os.ReadFile(c.tokenFile)
 		if err != nil {
@@ -47,7 +54,7 @@ func (c *clientFlags) client() (*apiclient.Client, error) {
 		}
 	}
 	if c.server == "" {
-		return nil, errors.New("no server: set --server or GATEHOUSE_SERVER")
+		return nil, errors.New("no server: run gatehouse login, or set --server or GATEHOUSE_SERVER")
 	}
 	return apiclient.New(apiclient.Config{Server: c.server, Token: token, CAPEM: ca})
 }

@@ -18,9 +18,10 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/store"
 )
 
-// TestClusterCommands runs `gatehouse cluster ...` against the real API
-// over TLS on an embedded store.
-func TestClusterCommands(t *testing.T) {
+// apiServer is the real API over TLS on an embedded store, with an admin's
+// API token; conn are the CLI flags that reach it.
+func apiServer(t *testing.T) (*store.Store, []string, string, string) {
+	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
 	cfg := store.DefaultConfig()
@@ -29,7 +30,7 @@ func TestClusterCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
 	if _, err := st.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -54,17 +55,27 @@ func TestClusterCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := httptest.NewTLSServer(a)
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	caFile, tokenFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "token")
 	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
 	os.WriteFile(tokenFile, []byte(token+"\n"), 0o600)
 	conn := []string{"--server", srv.URL, "--token-file", tokenFile, "--ca-file", caFile}
 
-	cli := func(args ...string) (string, string, error) {
-		var out, errb bytes.Buffer
-		err := run(ctx, args, &out, &errb)
-		return out.String(), errb.String(), err
-	}
+	return st, conn, tokenFile, token
+}
+
+func runCLI(ctx context.Context, args ...string) (string, string, error) {
+	var out, errb bytes.Buffer
+	err := run(ctx, args, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+// TestClusterCommands runs `gatehouse cluster ...` against the real API
+// over TLS on an embedded store.
+func TestClusterCommands(t *testing.T) {
+	ctx := context.Background()
+	st, conn, tokenFile, token := apiServer(t)
+	cli := func(args ...string) (string, string, error) { return runCLI(ctx, args...) }
 
 	manifest, notes, err := cli(append([]string{"cluster", "create", "prod-eu", "--project", "default"}, conn...)...)
 	if err != nil {

@@ -47,6 +47,7 @@ func commands() []command {
 		{"whoami", "show who you are signed in as", runWhoami},
 		{"kubeconfig", "write a kubeconfig for a cluster whose credentials come from `gatehouse credential`", runKubeconfig},
 		{"credential", "the kubectl exec credential plugin: prints a short-lived client certificate", runCredential},
+		{"apply", "create or update projects, clusters, people, groups and role bindings from YAML, idempotently", runApply},
 		{"revoke", "revoke a person (everything they hold) or one certificate, at once", runRevoke},
 		{"cluster", "create, list, get, delete clusters, or print a new bootstrap manifest (through the API)", runCluster},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
