@@ -213,18 +213,19 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		return nil, err
 	}
 	e.IdentityURL = kr.PublicURL
-	org, project, cluster, admin, err := seed(ctx, st, cfg)
+	org, project, cluster, seeded, err := seed(ctx, st, cfg)
 	if err != nil {
 		return nil, err
 	}
 	// The admin is a Kratos identity with a generated password, linked to
 	// the store's person.
 	e.AdminPassword = rand.Text()
-	kratosID, err := kratos.CreatePerson(ctx, cfg.Admin, "Admin", e.AdminPassword)
+	kratosID, err := kratos.CreatePerson(ctx, seeded.Email, "Admin", e.AdminPassword)
 	if err != nil {
 		return nil, err
 	}
-	if admin, err = st.RecordLogin(ctx, cfg.Admin, kratosID, nil); err != nil {
+	admin, err := st.RecordLogin(ctx, seeded.Email, kratosID, nil)
+	if err != nil {
 		return nil, err
 	}
 	e.AdminPasswordFile, _ = filepath.Abs(filepath.Join(cfg.StateDir, "admin.password"))

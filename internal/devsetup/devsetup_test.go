@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -88,7 +87,11 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 func TestLoginKubeconfigAndRevocation(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "gatehouse")
-	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "./cmd/gatehouse")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command(goBin, "build", "-o", bin, "./cmd/gatehouse")
 	build.Dir = "../.."
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
