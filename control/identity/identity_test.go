@@ -1,0 +1,80 @@
+package identity_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/gatehouse-dev/gatehouse/control/identity"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+	)
+}
+
+// TestSessionsAgainstKratos runs against a real Kratos: create a person,
+// log in, validate the session (then from the cache), log out, and end all
+// sessions of an identity.
+func TestSessionsAgainstKratos(t *testing.T) {
+	kr := testenv.KratosT(t)
+	ctx := context.Background()
+	now := time.Now()
+	cfg := identity.DefaultConfig()
+	cfg.PublicURL, cfg.AdminURL = kr.PublicURL, kr.AdminURL
+	cfg.Now = func() time.Time { return now }
+	k, err := identity.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	password := "pw-" + rand.Text()
+	id, err := k.CreatePerson(ctx, "ada@example.com", "Ada", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Login(ctx, "ada@example.com", "wrong"); !errors.Is(err, identity.ErrBadCredentials) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	token, err := k.Login(ctx, "ada@example.com", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := k.Session(ctx, token)
+	if err != nil || s.IdentityID != id || s.Email != "ada@example.com" || s.Name != "Ada" || !s.Expires.After(now) {
+		t.Fatalf("session: %+v %v", s, err)
+	}
+	if _, err := k.Session(ctx, "not-a-token"); !errors.Is(err, identity.ErrNoSession) {
+		t.Fatalf("bad token: %v", err)
+	}
+	// Logout ends it at once (the cache forgets it too).
+	if err := k.Logout(ctx, token); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Session(ctx, token); !errors.Is(err, identity.ErrNoSession) {
+		t.Fatalf("after logout: %v", err)
+	}
+	// Revoking an identity's sessions ends every one of them, cached or not.
+	t1, _ := k.Login(ctx, "ada@example.com", password)
+	t2, _ := k.Login(ctx, "ada@example.com", password)
+	if _, err := k.Session(ctx, t1); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.RevokeSessions(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{t1, t2} {
+		if _, err := k.Session(ctx, tok); !errors.Is(err, identity.ErrNoSession) {
+			t.Fatalf("after revoking sessions: %v", err)
+		}
+	}
+	if err := (identity.Config{}).Validate(); err == nil {
+		t.Fatal("empty config accepted")
+	}
+}
