@@ -113,6 +113,15 @@ func profile() (*apiclient.Profile, string, error) {
 	return p, dir, err
 }
 
+// sessionClient returns an API client with the login profile's session.
+func sessionClient() (*apiclient.Client, error) {
+	p, _, err := profile()
+	if err != nil {
+		return nil, err
+	}
+	return p.Client()
+}
+
 func runLogout(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("gatehouse logout", stderr)
 	if ok, err := parseFlags(fs, args, stderr); !ok {
@@ -141,11 +150,7 @@ func runWhoami(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
 	}
-	p, _, err := profile()
-	if err != nil {
-		return err
-	}
-	c, err := p.Client()
+	c, err := sessionClient()
 	if err != nil {
 		return err
 	}

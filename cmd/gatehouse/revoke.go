@@ -20,11 +20,7 @@ func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stderr, "gatehouse revoke: give one of --user or --serial")
 		return errUsage
 	}
-	p, _, err := profile()
-	if err != nil {
-		return err
-	}
-	c, err := p.Client()
+	c, err := sessionClient()
 	if err != nil {
 		return err
 	}

@@ -197,3 +197,25 @@ func (c *Client) Credential(ctx context.Context, csrPEM []byte, ttl string) (*ap
 func (c *Client) Revoke(ctx context.Context, req api.RevocationRequest) error {
 	return c.call(ctx, http.MethodPost, "/api/v1/revocations", req, nil)
 }
+
+// Do calls any endpoint: in is sent as JSON (nil for none) and the answer
+// decoded into out (nil to discard).
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	return c.call(ctx, method, path, in, out)
+}
+
+// List reads every page of a list endpoint into items (a pointer to a
+// slice of the item type).
+func (c *Client) List(ctx context.Context, path string, items any) error {
+	var all struct {
+		Items []json.RawMessage `json:"items"`
+	}
+	if err := c.listAll(ctx, path, &all); err != nil {
+		return err
+	}
+	b, err := json.Marshal(all.Items)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, items)
+}
