@@ -48,7 +48,9 @@ var kinds = []kind{
 			return str(v, "id") + "\t" + str(v, "email") + "\t" + str(v, "linked") + "\t" + str(v, "lastLogin")
 		}},
 	{names: []string{"group", "groups"}, path: "/api/v1/groups", header: "NAME\tMEMBERS\tDESCRIPTION", key: "name",
-		row: func(v map[string]any) string { return str(v, "name") + "\t" + str(v, "members") + "\t" + str(v, "description") }},
+		row: func(v map[string]any) string {
+			return str(v, "name") + "\t" + str(v, "members") + "\t" + str(v, "description")
+		}},
 	{names: []string{"rolebinding", "rolebindings"}, path: "/api/v1/rolebindings", header: "ID\tSUBJECT\tROLE\tPROJECT\tNAMESPACE\tEXPIRES", key: "id",
 		row: func(v map[string]any) string {
 			return str(v, "id") + "\t" + str(v, "subject") + "\t" + str(v, "role") + "\t" + str(v, "project") + "\t" + str(v, "namespace") + "\t" + str(v, "expires")
