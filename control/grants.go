@@ -53,7 +53,7 @@ func (s *StaticGrants) Grants(_ context.Context, user string, groups []string, c
 	var out []tunnel.Grant
 	add := func(subject string) {
 		for _, g := range s.m[subject][cluster] {
-			if !slices.Contains(out, g) {
+			if !slices.ContainsFunc(out, func(o tunnel.Grant) bool { return o.Key() == g.Key() }) {
 				out = append(out, g)
 			}
 		}

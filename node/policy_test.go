@@ -7,13 +7,16 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 )
 
 // person creates a person in the bed's organization and returns their id.
@@ -140,6 +143,57 @@ func TestPolicyThroughGateway(t *testing.T) {
 		}
 		if b.serviceAccountExists(t, tim) {
 			t.Fatal("service account outlives the last grant")
+		}
+	})
+
+	t.Run("custom role limited to one workload", func(t *testing.T) {
+		b.namespaces("cr-team")
+		for _, name := range []string{"web", "db"} {
+			dep := &appsv1.Deployment{
+				ObjectMeta: metav1.ObjectMeta{Name: name},
+				Spec: appsv1.DeploymentSpec{
+					Replicas: new(int32),
+					Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}},
+					Template: corev1.PodTemplateSpec{
+						ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": name}},
+						Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}},
+					},
+				},
+			}
+			if _, err := cs.AppsV1().Deployments("cr-team").Create(ctx, dep, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				t.Fatal(err)
+			}
+		}
+		role := &store.Role{OrgID: b.org, Name: "restart-web", Scope: store.ScopeNamespace, Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{"apps"}, Resources: []string{"deployments"}, ResourceNames: []string{"web"}, Verbs: []string{"get", "patch"},
+		}}}
+		if err := b.store.CreateRole(ctx, role); err != nil {
+			t.Fatal(err)
+		}
+		cleo := b.person("cleo@example.com")
+		b.bindRole(store.SubjectUser, cleo, "restart-web", "cr-team", true, time.Time{})
+		kc := b.kubeconfig(cleo, time.Hour)
+		if out := b.ok(kc, "-n", "cr-team", "get", "deployment", "web", "-o", "name"); strings.TrimSpace(out) != "deployment.apps/web" {
+			t.Fatalf("get web: %q", out)
+		}
+		b.ok(kc, "-n", "cr-team", "annotate", "deployment", "web", "restarted-by=cleo", "--overwrite")
+		b.refused(kc, "forbidden", "-n", "cr-team", "get", "deployment", "db")
+		b.refused(kc, "forbidden", "-n", "cr-team", "get", "deployments")
+		b.refused(kc, "forbidden", "-n", "cr-team", "delete", "deployment", "web")
+		b.refused(kc, "forbidden", "-n", "cr-team", "get", "pods")
+		// Deleting the role takes it out of the cluster.
+		if err := b.store.DeleteRole(ctx, b.org, role.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.node.AccessChanged(ctx, cleo, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.bindingNames(t, cleo); len(got) != 0 {
+			t.Fatalf("bindings after the role went: %v", got)
+		}
+		roles, err := cs.RbacV1().Roles("cr-team").List(ctx, metav1.ListOptions{LabelSelector: agent.LabelUser})
+		if err != nil || len(roles.Items) != 0 {
+			t.Fatalf("custom Role left in the cluster: %v %d", err, len(roles.Items))
 		}
 	})
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/control/ca"
@@ -106,6 +107,13 @@ func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
 	}
 	b.ok(bob, "-n", "default", "get", "pods")
 	b.refused(bob, "forbidden", "-n", "default", "create", "configmap", "x")
+	// A custom role: the least-privilege agent may write and bind it.
+	b.grants.Set("cara", cluster, tunnel.Grant{Role: "read-root-ca", Namespace: "default", Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"kube-root-ca.crt"}, Verbs: []string{"get"},
+	}}})
+	cara := b.kubeconfigFor("cara", cluster)
+	b.ok(cara, "-n", "default", "get", "configmap", "kube-root-ca.crt")
+	b.refused(cara, "forbidden", "-n", "default", "get", "configmaps")
 
 	// The token is spent: a second registration fails, from any cluster.
 	for _, fp := range []string{"another-cluster-uid", "same"} {

@@ -15,12 +15,18 @@ package tunnel
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
+	"slices"
 	"time"
+
+	rbacv1 "k8s.io/api/rbac/v1"
 )
 
 // ALPN is the TLS application protocol of the tunnel. The version is part
@@ -122,11 +128,56 @@ var (
 // Grant is Kubernetes access a person holds on the cluster. The agent turns
 // grants into RBAC bindings of the person's service account.
 type Grant struct {
-	// Role names a ClusterRole: "cluster-admin", "admin", "edit" or "view".
+	// Role names a ClusterRole: "cluster-admin", "admin", "edit" or "view";
+	// or, with Rules, a custom role of the organization.
 	Role string `json:"role"`
 	// Namespace limits the grant to one namespace; empty means the whole
 	// cluster.
 	Namespace string `json:"namespace,omitempty"`
+	// Rules make the grant a custom role: the agent creates a Role (in
+	// Namespace) or ClusterRole with exactly these rules for the person and
+	// binds it. Rules name resources explicitly: no wildcards, no
+	// non-resource URLs.
+	Rules []rbacv1.PolicyRule `json:"rules,omitempty"`
+}
+
+// Key identifies the grant: its role, namespace and rules.
+func (g Grant) Key() string {
+	if len(g.Rules) == 0 {
+		return g.Role + "/" + g.Namespace
+	}
+	b, _ := json.Marshal(g.Rules)
+	sum := sha256.Sum256(b)
+	return g.Role + "/" + g.Namespace + "/" + hex.EncodeToString(sum[:8])
+}
+
+// ValidateCustomRole checks a custom role as the agent will: a DNS-label
+// name of at most 40 characters and at most 64 rules, each with verbs and
+// resources, none with a wildcard or a non-resource URL.
+func ValidateCustomRole(name string, rules []rbacv1.PolicyRule) error {
+	return validRules(Grant{Role: name, Rules: rules})
+}
+
+var customRoleName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$`)
+
+func validRules(g Grant) error {
+	if !customRoleName.MatchString(g.Role) {
+		return fmt.Errorf("%w: custom role name %q must be a DNS label of at most 40 characters", ErrBadHeader, g.Role)
+	}
+	if len(g.Rules) == 0 || len(g.Rules) > 64 {
+		return fmt.Errorf("%w: custom role %q needs 1 to 64 rules", ErrBadHeader, g.Role)
+	}
+	for _, r := range g.Rules {
+		if len(r.Verbs) == 0 || len(r.Resources) == 0 || len(r.NonResourceURLs) > 0 {
+			return fmt.Errorf("%w: custom role %q: each rule needs verbs and resources, and no non-resource URLs", ErrBadHeader, g.Role)
+		}
+		for _, list := range [][]string{r.Verbs, r.Resources, r.APIGroups, r.ResourceNames} {
+			if slices.Contains(list, "*") {
+				return fmt.Errorf("%w: custom role %q: wildcards are not allowed", ErrBadHeader, g.Role)
+			}
+		}
+	}
+	return nil
 }
 
 // Header is the first frame of every stream.
@@ -164,7 +215,11 @@ func validGrants(grants []Grant) error {
 		return fmt.Errorf("%w: more than 1024 grants", ErrBadHeader)
 	}
 	for _, g := range grants {
-		if !ValidRole(g.Role) {
+		if len(g.Rules) > 0 {
+			if err := validRules(g); err != nil {
+				return err
+			}
+		} else if !ValidRole(g.Role) {
 			return fmt.Errorf("%w: unknown role %q", ErrBadHeader, g.Role)
 		}
 		if g.Role == "cluster-admin" && g.Namespace != "" {

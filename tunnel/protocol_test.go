@@ -18,7 +18,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.User != in.User || out.RequestID != in.RequestID || len(out.Grants) != 1 || out.Grants[0] != in.Grants[0] {
+	if out.User != in.User || out.RequestID != in.RequestID || len(out.Grants) != 1 || out.Grants[0].Key() != in.Grants[0].Key() {
 		t.Fatalf("got %+v", out)
 	}
 	if rest, _ := io.ReadAll(&buf); string(rest) != "GET / HTTP/1.1\r\n" {

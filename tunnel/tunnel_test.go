@@ -216,7 +216,7 @@ func TestStreamsCarryTheHeaderAndControlMessagesAreAnswered(t *testing.T) {
 		t.Fatalf("agent error not carried back: %v", err)
 	}
 	mu.Lock()
-	if len(got) != 3 || got[0].Op != OpRevoke || got[0].User != "ada" || got[1].Op != OpSync || got[1].Grants[0] != sync.Grants[0] {
+	if len(got) != 3 || got[0].Op != OpRevoke || got[0].User != "ada" || got[1].Op != OpSync || got[1].Grants[0].Key() != sync.Grants[0].Key() {
 		t.Fatalf("agent saw %+v", got)
 	}
 	mu.Unlock()

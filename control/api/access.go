@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
+
+	rbacv1 "k8s.io/api/rbac/v1"
 
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
 // AccessNotifier is told that a person's access changed, so that their
@@ -329,8 +333,15 @@ func (a *API) createBinding(w http.ResponseWriter, r *http.Request, c *Caller) e
 	default:
 		return badField("subject.kind", "subject kind must be user or group")
 	}
-	if _, err := policy.LookupRole(in.Role); err != nil {
-		return badField("role", "unknown role %q", in.Role)
+	_, err := policy.LookupRole(in.Role)
+	var custom *store.Role
+	if err != nil {
+		custom, err = a.cfg.Store.GetRole(r.Context(), c.User.OrgID, in.Role)
+		if errors.Is(err, store.ErrNotFound) {
+			return badField("role", "unknown role %q", in.Role)
+		} else if err != nil {
+			return err
+		}
 	}
 	if in.Project != "" {
 		p, err := a.cfg.Store.GetProject(r.Context(), c.User.OrgID, in.Project)
@@ -353,7 +364,12 @@ func (a *API) createBinding(w http.ResponseWriter, r *http.Request, c *Caller) e
 		return badField("expires", "expires is in the past")
 	}
 	object := "rolebinding/" + in.Role + "@" + in.Project + "/" + in.Namespace
-	if err := c.decider.CanGrant(in.Role, policy.Scope{OrgID: b.OrgID, ProjectID: b.ProjectID, Namespace: b.Namespace}); err != nil {
+	scope := policy.Scope{OrgID: b.OrgID, ProjectID: b.ProjectID, Namespace: b.Namespace}
+	check := func() error { return c.decider.CanGrant(in.Role, scope) }
+	if custom != nil {
+		check = func() error { return c.decider.CanGrantCustom(custom, scope) }
+	}
+	if err := check(); err != nil {
 		if errors.Is(err, policy.ErrScope) {
 			return badField("role", "%v", err)
 		}
@@ -390,18 +406,89 @@ func (a *API) deleteBinding(w http.ResponseWriter, r *http.Request, c *Caller) e
 	return nil
 }
 
-// RoleInfo describes a built-in role.
+// RoleInfo describes a role: built-in (actions, kube) or custom (rules).
 type RoleInfo struct {
-	Name    string   `json:"name"`
-	Scope   string   `json:"scope"`
-	Actions []string `json:"actions"`
-	Kube    string   `json:"kube,omitempty"`
+	Name        string              `json:"name"`
+	Scope       string              `json:"scope"`
+	Actions     []string            `json:"actions,omitempty"`
+	Kube        string              `json:"kube,omitempty"`
+	Builtin     bool                `json:"builtin"`
+	Rules       []rbacv1.PolicyRule `json:"rules,omitempty"`
+	Description string              `json:"description,omitempty"`
 }
 
-func (a *API) listRoles(w http.ResponseWriter, _ *http.Request, _ *Caller) error {
+// createRole creates a custom role: Kubernetes rules that may name
+// particular objects (resourceNames), bound at project or namespace scope.
+func (a *API) createRole(w http.ResponseWriter, r *http.Request, c *Caller) error {
+	var in RoleInfo
+	if err := decode(w, r, &in); err != nil {
+		return err
+	}
+	if in.Builtin || len(in.Actions) > 0 || in.Kube != "" {
+		return badField("builtin", "custom roles carry rules only")
+	}
+	if _, err := policy.LookupRole(in.Name); err == nil {
+		return badField("name", "%s is a built-in role", in.Name)
+	}
+	if in.Scope != store.ScopeProject && in.Scope != store.ScopeNamespace {
+		return badField("scope", "scope must be project or namespace")
+	}
+	if err := tunnel.ValidateCustomRole(in.Name, in.Rules); err != nil {
+		field := "rules"
+		if strings.Contains(err.Error(), "name") {
+			field = "name"
+		}
+		return badField(field, "%v", err)
+	}
+	if !c.decider.Allowed(c.scope(""), policy.RoleCreate) {
+		a.auditChange(r.Context(), r, c, string(policy.RoleCreate), "role/"+in.Name, http.StatusForbidden, "forbidden")
+		return forbidden(policy.RoleCreate)
+	}
+	role := &store.Role{OrgID: c.User.OrgID, Name: in.Name, Scope: in.Scope, Rules: in.Rules, Description: in.Description}
+	if err := a.cfg.Store.CreateRole(r.Context(), role); err != nil {
+		return err
+	}
+	a.auditChange(r.Context(), r, c, string(policy.RoleCreate), "role/"+role.Name, http.StatusCreated, "")
+	in.Builtin = false
+	return writeJSON(w, http.StatusCreated, in)
+}
+
+func (a *API) deleteRole(w http.ResponseWriter, r *http.Request, c *Caller) error {
+	if !c.decider.Allowed(c.scope(""), policy.RoleDelete) {
+		return forbidden(policy.RoleDelete)
+	}
+	role, err := a.cfg.Store.GetRole(r.Context(), c.User.OrgID, r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	bs, _, err := a.cfg.Store.ListBindings(r.Context(), store.BindingFilter{OrgID: c.User.OrgID}, store.Page{Limit: store.MaxLimit})
+	if err != nil {
+		return err
+	}
+	if err := a.cfg.Store.DeleteRole(r.Context(), c.User.OrgID, role.ID); err != nil {
+		return err
+	}
+	for _, b := range bs {
+		if b.Role == role.Name {
+			a.notify(r.Context(), b.SubjectKind, b.SubjectID)
+		}
+	}
+	a.auditChange(r.Context(), r, c, string(policy.RoleDelete), "role/"+role.Name, http.StatusNoContent, "")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) listRoles(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	out := List[RoleInfo]{Items: []RoleInfo{}}
+	custom, _, err := a.cfg.Store.ListRoles(r.Context(), c.User.OrgID, store.Page{Limit: store.MaxLimit})
+	if err != nil {
+		return err
+	}
+	for _, cr := range custom {
+		out.Items = append(out.Items, RoleInfo{Name: cr.Name, Scope: cr.Scope, Rules: cr.Rules, Description: cr.Description})
+	}
 	for _, r := range policy.Roles {
-		ri := RoleInfo{Name: r.Name, Scope: r.Scope, Kube: r.Kube, Actions: []string{}}
+		ri := RoleInfo{Name: r.Name, Scope: r.Scope, Kube: r.Kube, Actions: []string{}, Builtin: true}
 		for _, act := range r.Actions {
 			ri.Actions = append(ri.Actions, string(act))
 		}

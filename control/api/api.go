@@ -164,6 +164,8 @@ func (a *API) routes() []route {
 		{"POST /api/v1/rolebindings", a.createBinding},
 		{"DELETE /api/v1/rolebindings/{id}", a.deleteBinding},
 		{"GET /api/v1/roles", a.listRoles},
+		{"POST /api/v1/roles", a.createRole},
+		{"DELETE /api/v1/roles/{name}", a.deleteRole},
 		{"GET /api/v1/tokens", a.listTokens},
 		{"POST /api/v1/tokens", a.createToken},
 		{"DELETE /api/v1/tokens/{id}", a.deleteToken},

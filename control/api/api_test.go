@@ -492,3 +492,49 @@ func TestUsersGroupsTokensAndConcurrency(t *testing.T) {
 		t.Fatalf("notified %v", got)
 	}
 }
+
+func TestCustomRolesThroughTheAPI(t *testing.T) {
+	e := newEnv(t)
+	padmin := e.person("padmin@acme.test", "PROJECT_ADMIN", e.project.ID)
+	role := map[string]any{"name": "restart-web", "scope": "namespace", "rules": []map[string]any{
+		{"apiGroups": []string{"apps"}, "resources": []string{"deployments"}, "resourceNames": []string{"web"}, "verbs": []string{"get", "patch"}}}}
+	if r := e.post("/api/v1/roles", padmin, role); r.code != http.StatusForbidden {
+		t.Fatalf("project admin creates a role: %d", r.code)
+	}
+	if r := e.post("/api/v1/roles", e.admin, role); r.code != http.StatusCreated {
+		t.Fatalf("create role: %d %s", r.code, r.body)
+	}
+	for _, tc := range []struct {
+		body  map[string]any
+		field string
+	}{
+		{map[string]any{"name": "wild", "scope": "namespace", "rules": []map[string]any{{"resources": []string{"*"}, "verbs": []string{"get"}}}}, "rules"},
+		{map[string]any{"name": "ADMIN", "scope": "namespace", "rules": role["rules"]}, "name"},
+		{map[string]any{"name": "org-wide", "scope": "org", "rules": role["rules"]}, "scope"},
+		{map[string]any{"name": "Bad_Name", "scope": "namespace", "rules": role["rules"]}, "name"},
+		{map[string]any{"name": "empty", "scope": "namespace"}, "rules"},
+	} {
+		if r := e.post("/api/v1/roles", e.admin, tc.body); r.code != 400 || r.problem(t)["field"] != tc.field {
+			t.Fatalf("%v: %d %s, want 400 naming %s", tc.body, r.code, r.body, tc.field)
+		}
+	}
+	var l api.List[api.RoleInfo]
+	json.Unmarshal(e.do("GET", "/api/v1/roles", e.viewer, "", nil).body, &l)
+	if !slices.ContainsFunc(l.Items, func(r api.RoleInfo) bool { return r.Name == "restart-web" && !r.Builtin && len(r.Rules) == 1 }) {
+		t.Fatalf("roles: %+v", l.Items)
+	}
+	user := map[string]string{"kind": "user", "name": "viewer@acme.test"}
+	if r := e.post("/api/v1/rolebindings", padmin, map[string]any{"subject": user, "role": "restart-web", "project": "web", "namespace": "team"}); r.code != http.StatusCreated {
+		t.Fatalf("project admin binds the custom role: %d %s", r.code, r.body)
+	}
+	if r := e.post("/api/v1/rolebindings", e.admin, map[string]any{"subject": user, "role": "restart-web", "project": "web"}); r.code != 400 || r.problem(t)["field"] != "role" {
+		t.Fatalf("custom role at the wrong scope: %d %s", r.code, r.body)
+	}
+	e.notify.take()
+	if r := e.do("DELETE", "/api/v1/roles/restart-web", e.admin, "", nil); r.code != http.StatusNoContent {
+		t.Fatalf("delete role: %d %s", r.code, r.body)
+	}
+	if got := e.notify.take(); len(got) != 1 {
+		t.Fatalf("deleting the role told the gateway about %v", got)
+	}
+}

@@ -215,6 +215,9 @@ type Bindings interface {
 	// ActiveBindings returns the bindings in force now for a person and
 	// their groups.
 	ActiveBindings(ctx context.Context, userID string, groupIDs []string) ([]*store.Binding, error)
+	// GetRole returns an organization's custom role by name, or an error
+	// wrapping store.ErrNotFound.
+	GetRole(ctx context.Context, orgID, idOrName string) (*store.Role, error)
 }
 
 // Engine makes decisions. It is safe for concurrent use.
@@ -247,6 +250,7 @@ type Subject struct {
 type Decider struct {
 	enf      *casbin.Enforcer
 	bindings []*store.Binding
+	custom   map[string]*store.Role // binding id -> its custom role
 }
 
 // For reads the subject's bindings in force now and returns a decider.
@@ -273,10 +277,25 @@ func (e *Engine) For(ctx context.Context, sub Subject) (*Decider, error) {
 			policies = append(policies, []string{r.Name, kubeAction(r.Kube)})
 		}
 	}
+	custom := map[string]*store.Role{}
 	for _, b := range bs {
 		r, err := LookupRole(b.Role)
-		if err != nil || r.Scope != b.Scope() {
-			continue // custom roles and misplaced bindings give no API rights
+		if err != nil {
+			// A custom role: Kubernetes rules only, no API rights.
+			cr, err := e.st.GetRole(ctx, b.OrgID, b.Role)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("policy: %w", err)
+			}
+			if cr.Scope == b.Scope() && cr.Scope != store.ScopeOrg {
+				custom[b.ID] = cr
+			}
+			continue
+		}
+		if r.Scope != b.Scope() {
+			continue // a misplaced binding gives nothing
 		}
 		groupings = append(groupings, []string{"me", b.Role, bindingScope(b).path() + "*"})
 	}
@@ -288,7 +307,7 @@ func (e *Engine) For(ctx context.Context, sub Subject) (*Decider, error) {
 			return nil, fmt.Errorf("policy: %w", err)
 		}
 	}
-	return &Decider{enf: enf, bindings: bs}, nil
+	return &Decider{enf: enf, bindings: bs, custom: custom}, nil
 }
 
 func (d *Decider) enforce(scope Scope, act string) bool {
@@ -338,6 +357,17 @@ func (d *Decider) ClusterAccess(orgID, projectID string, sharedWith []string) []
 	if wide == KubeClusterAdmin {
 		return out
 	}
+	// Custom roles bound in the cluster's projects.
+	for _, b := range d.bindings {
+		cr := d.custom[b.ID]
+		if cr == nil || b.OrgID != orgID || !slices.Contains(projects, b.ProjectID) {
+			continue
+		}
+		g := tunnel.Grant{Role: cr.Name, Namespace: b.Namespace, Rules: cr.Rules}
+		if !slices.ContainsFunc(out, func(o tunnel.Grant) bool { return o.Key() == g.Key() }) {
+			out = append(out, g)
+		}
+	}
 	seen := map[string]bool{}
 	for _, b := range d.bindings {
 		if b.Namespace == "" || seen[b.Namespace] || !slices.Contains(projects, b.ProjectID) || b.OrgID != orgID {
@@ -351,6 +381,25 @@ func (d *Decider) ClusterAccess(orgID, projectID string, sharedWith []string) []
 	}
 	slices.SortFunc(out, func(a, b tunnel.Grant) int { return strings.Compare(a.Namespace, b.Namespace) })
 	return out
+}
+
+// CanGrantCustom checks that the subject may bind a custom role at scope:
+// the role is bound at its own scope, the subject may create bindings
+// there, and has cluster-admin Kubernetes access there (a custom role's
+// rules can name anything, so only someone who holds everything may hand
+// them out).
+func (d *Decider) CanGrantCustom(role *store.Role, scope Scope) error {
+	b := store.Binding{ProjectID: scope.ProjectID, Namespace: scope.Namespace}
+	if role.Scope != b.Scope() {
+		return fmt.Errorf("%w: %s is bound at %s scope", ErrScope, role.Name, role.Scope)
+	}
+	if !d.Allowed(scope, BindingCreate) {
+		return fmt.Errorf("%w: you may not create bindings here", ErrEscalation)
+	}
+	if d.kubeAt(scope) != KubeClusterAdmin {
+		return fmt.Errorf("%w: granting a custom role needs cluster-admin access here", ErrEscalation)
+	}
+	return nil
 }
 
 // CanGrant checks that the subject may bind role at scope: the role exists

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	rbacv1 "k8s.io/api/rbac/v1"
+
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
@@ -28,6 +30,10 @@ func (f fixedBindings) ActiveBindings(_ context.Context, user string, groups []s
 		}
 	}
 	return out, nil
+}
+
+func (f fixedBindings) GetRole(_ context.Context, _, name string) (*store.Role, error) {
+	return nil, fmt.Errorf("%w: role %s", store.ErrNotFound, name)
 }
 
 func contains(s []string, v string) bool {
@@ -232,5 +238,60 @@ func TestGroupBindingsAndLimits(t *testing.T) {
 	}
 	if !d.Allowed(Scope{OrgID: org, ProjectID: p2}, ClusterRead) {
 		t.Fatal("limited token lost its own role")
+	}
+}
+
+type withRoles struct {
+	fixedBindings
+	roles map[string]*store.Role
+}
+
+func (w withRoles) GetRole(_ context.Context, _, name string) (*store.Role, error) {
+	if r := w.roles[name]; r != nil {
+		return r, nil
+	}
+	return nil, fmt.Errorf("%w: role %s", store.ErrNotFound, name)
+}
+
+func TestCustomRoles(t *testing.T) {
+	restart := &store.Role{Name: "restart-web", Scope: store.ScopeNamespace, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{"apps"}, Resources: []string{"deployments"}, ResourceNames: []string{"web"}, Verbs: []string{"get", "patch"},
+	}}}
+	misplaced := &store.Role{Name: "misplaced", Scope: store.ScopeProject, Rules: restart.Rules}
+	team := Scope{OrgID: org, ProjectID: p1, Namespace: "team"}
+	e, err := New(withRoles{
+		fixedBindings: fixedBindings{
+			{ID: "b1", OrgID: org, SubjectKind: store.SubjectUser, SubjectID: "u", Role: "restart-web", ProjectID: p1, Namespace: "team"},
+			{ID: "b2", OrgID: org, SubjectKind: store.SubjectUser, SubjectID: "u", Role: "misplaced", ProjectID: p1, Namespace: "x"},
+			{ID: "b3", OrgID: org, SubjectKind: store.SubjectUser, SubjectID: "pa", Role: "PROJECT_ADMIN", ProjectID: p1},
+			{ID: "b4", OrgID: org, SubjectKind: store.SubjectUser, SubjectID: "na", Role: "NAMESPACE_ADMIN", ProjectID: p1, Namespace: "team"},
+		},
+		roles: map[string]*store.Role{"restart-web": restart, "misplaced": misplaced},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d, _ := e.For(ctx, Subject{UserID: "u"})
+	got := d.ClusterAccess(org, p1, nil)
+	if len(got) != 1 || got[0].Role != "restart-web" || got[0].Namespace != "team" || len(got[0].Rules) != 1 {
+		t.Fatalf("custom grant: %+v", got)
+	}
+	if len(d.ClusterAccess(org, p2, nil)) != 0 {
+		t.Fatal("custom grant reaches another project")
+	}
+	if d.Allowed(team, ProjectRead) {
+		t.Fatal("a custom role gave API rights")
+	}
+	pa, _ := e.For(ctx, Subject{UserID: "pa"})
+	if err := pa.CanGrantCustom(restart, team); err != nil {
+		t.Fatalf("project admin grants a custom role: %v", err)
+	}
+	if err := pa.CanGrantCustom(restart, Scope{OrgID: org, ProjectID: p1}); !errors.Is(err, ErrScope) {
+		t.Fatalf("custom role at the wrong scope: %v", err)
+	}
+	na, _ := e.For(ctx, Subject{UserID: "na"})
+	if err := na.CanGrantCustom(restart, team); !errors.Is(err, ErrEscalation) {
+		t.Fatalf("namespace admin grants a custom role: %v", err)
 	}
 }

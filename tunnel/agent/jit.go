@@ -96,7 +96,7 @@ func (j *JIT) user(user string) *jitUser {
 func grantsKey(gs []tunnel.Grant) string {
 	keys := make([]string, 0, len(gs))
 	for _, g := range gs {
-		keys = append(keys, g.Role+"/"+g.Namespace)
+		keys = append(keys, g.Key())
 	}
 	slices.Sort(keys)
 	return strings.Join(slices.Compact(keys), ",")
@@ -161,10 +161,21 @@ func (j *JIT) WaitEffective(base *rest.Config) {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		for _, g := range grants {
-			// Every role the agent binds may get pods where it applies.
-			review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
-				ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Namespace: g.Namespace},
-			}}
+			// Every built-in role the agent binds may get pods where it
+			// applies.
+			attrs := &authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Namespace: g.Namespace}
+			if len(g.Rules) > 0 {
+				// A custom role: what its first rule allows first.
+				r := g.Rules[0]
+				attrs = &authorizationv1.ResourceAttributes{Verb: r.Verbs[0], Resource: r.Resources[0], Namespace: g.Namespace}
+				if len(r.APIGroups) > 0 {
+					attrs.Group = r.APIGroups[0]
+				}
+				if len(r.ResourceNames) > 0 {
+					attrs.Name = r.ResourceNames[0]
+				}
+			}
+			review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: attrs}}
 			for {
 				res, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
 				if err == nil && res.Status.Allowed {
@@ -187,15 +198,61 @@ type binding struct {
 	namespace string // "" for a ClusterRoleBinding
 	name      string
 	role      string
+	rules     []rbacv1.PolicyRule // a custom role: made as a Role (or ClusterRole) named name
 }
 
 func (j *JIT) desired(user string, grants []tunnel.Grant) []binding {
 	h := userHash(user)
 	var out []binding
 	for _, g := range grants {
+		if len(g.Rules) > 0 {
+			// Named by the grant's key: changed rules make a new role, and
+			// the old one goes with its binding.
+			sum := sha256.Sum256([]byte(g.Key()))
+			name := "gatehouse-" + h + "-x" + hex.EncodeToString(sum[:8])
+			out = append(out, binding{namespace: g.Namespace, name: name, role: name, rules: g.Rules})
+			continue
+		}
 		out = append(out, binding{namespace: g.Namespace, name: "gatehouse-" + h + "-" + g.Role, role: g.Role})
 	}
 	return out
+}
+
+// ensureRole creates or updates the Role (ClusterRole when cluster-wide) of
+// a custom grant.
+func (j *JIT) ensureRole(ctx context.Context, b binding, meta metav1.ObjectMeta) error {
+	meta.Name = b.name
+	if b.namespace == "" {
+		roles := j.cs.RbacV1().ClusterRoles()
+		cr := &rbacv1.ClusterRole{ObjectMeta: meta, Rules: b.rules}
+		if _, err := roles.Create(ctx, cr, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+			cur, err := roles.Get(ctx, b.name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			cur.Rules = b.rules
+			_, err = roles.Update(ctx, cur, metav1.UpdateOptions{})
+			return err
+		} else if err != nil {
+			return err
+		}
+		return nil
+	}
+	roles := j.cs.RbacV1().Roles(b.namespace)
+	meta.Namespace = b.namespace
+	r := &rbacv1.Role{ObjectMeta: meta, Rules: b.rules}
+	if _, err := roles.Create(ctx, r, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		cur, err := roles.Get(ctx, b.name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Rules = b.rules
+		_, err = roles.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 // ensure creates the person's service account and exactly the bindings
@@ -222,6 +279,14 @@ func (j *JIT) ensure(ctx context.Context, user string, grants []tunnel.Grant) er
 	want := map[string]bool{}
 	for _, b := range j.desired(user, grants) {
 		ref := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: b.role}
+		if len(b.rules) > 0 {
+			if err := j.ensureRole(ctx, b, *meta.DeepCopy()); err != nil {
+				return fmt.Errorf("agent: custom role in %q: %w", b.namespace, err)
+			}
+			if b.namespace != "" {
+				ref.Kind = "Role"
+			}
+		}
 		om := *meta.DeepCopy()
 		om.Name = b.name
 		var err error
@@ -289,6 +354,29 @@ func (j *JIT) deleteBindings(ctx context.Context, user string, keep map[string]b
 	for _, b := range rbs.Items {
 		if !keep[b.Namespace+"/"+b.Name] {
 			if err := j.cs.RbacV1().RoleBindings(b.Namespace).Delete(ctx, b.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return err
+			}
+		}
+	}
+	// Custom roles share their binding's name.
+	crs, err := j.cs.RbacV1().ClusterRoles().List(ctx, sel)
+	if err != nil {
+		return fmt.Errorf("agent: list cluster roles: %w", err)
+	}
+	for _, r := range crs.Items {
+		if !keep["/"+r.Name] {
+			if err := j.cs.RbacV1().ClusterRoles().Delete(ctx, r.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return err
+			}
+		}
+	}
+	roles, err := j.cs.RbacV1().Roles("").List(ctx, sel)
+	if err != nil {
+		return fmt.Errorf("agent: list roles: %w", err)
+	}
+	for _, r := range roles.Items {
+		if !keep[r.Namespace+"/"+r.Name] {
+			if err := j.cs.RbacV1().Roles(r.Namespace).Delete(ctx, r.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 				return err
 			}
 		}
