@@ -10,19 +10,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
 // BenchmarkGet compares a small GET through the gateway (TLS, tunnel, agent,
 // JIT token) with the same GET straight to the API server, in the same run,
 // at concurrency 1 and 32. It reports requests per second and p50/p99
-// latency; compare the gateway rows with the direct rows.
+// latency; compare the gateway rows with the direct rows. "gateway" decides
+// access from a fixed table; "gateway-store" from the embedded store and
+// the Casbin policy on every request, as `gatehouse dev` does.
 //
 //	go test -run '^$' -bench BenchmarkGet -benchtime 2000x ./node/
 func BenchmarkGet(b *testing.B) {
 	bd := newBed(b)
 	bd.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
 	userCert, _, _ := bd.clientCert("user", "ada", time.Hour)
+	pb := newPolicyBed(b)
+	ada := pb.person("ada@example.com")
+	pb.bindRole(store.SubjectUser, ada, "ADMIN", "", false, time.Time{})
+	storeCert, _, _ := pb.clientCert("user", ada, time.Hour)
 	const path = "/api/v1/namespaces/default/configmaps/kube-root-ca.crt"
 	targets := []struct {
 		name string
@@ -31,6 +38,7 @@ func BenchmarkGet(b *testing.B) {
 	}{
 		{"direct", bd.kube.URL + path, &tls.Config{RootCAs: certPool(bd.kube.CAPEM()), Certificates: []tls.Certificate{bd.kube.AdminCertificate()}}},
 		{"gateway", "https://" + bd.addr + "/k8s/" + clusterID + path, &tls.Config{RootCAs: bd.auth.RootPool(), ServerName: "127.0.0.1", Certificates: []tls.Certificate{userCert}}},
+		{"gateway-store", "https://" + pb.addr + "/k8s/" + clusterID + path, &tls.Config{RootCAs: pb.auth.RootPool(), ServerName: "127.0.0.1", Certificates: []tls.Certificate{storeCert}}},
 	}
 	for _, conc := range []int{1, 32} {
 		for _, tg := range targets {

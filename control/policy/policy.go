@@ -232,6 +232,20 @@ func New(st Bindings) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: model: %w", err)
 	}
+	// The roles' permissions are the same for everyone: load them once;
+	// each decision copies the model and adds only the person's bindings.
+	var policies [][]string
+	for _, r := range Roles {
+		for _, a := range r.Actions {
+			policies = append(policies, []string{r.Name, string(a)})
+		}
+		if r.Kube != "" {
+			policies = append(policies, []string{r.Name, kubeAction(r.Kube)})
+		}
+	}
+	if err := m.AddPolicies("p", "p", policies); err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
 	return &Engine{st: st, model: m}, nil
 }
 
@@ -268,15 +282,7 @@ func (e *Engine) For(ctx context.Context, sub Subject) (*Decider, error) {
 	}
 	enf.EnableLog(false)
 	enf.AddNamedDomainMatchingFunc("g", "keyMatch", util.KeyMatch)
-	var policies, groupings [][]string
-	for _, r := range Roles {
-		for _, a := range r.Actions {
-			policies = append(policies, []string{r.Name, string(a)})
-		}
-		if r.Kube != "" {
-			policies = append(policies, []string{r.Name, kubeAction(r.Kube)})
-		}
-	}
+	var groupings [][]string
 	custom := map[string]*store.Role{}
 	for _, b := range bs {
 		r, err := LookupRole(b.Role)
@@ -298,9 +304,6 @@ func (e *Engine) For(ctx context.Context, sub Subject) (*Decider, error) {
 			continue // a misplaced binding gives nothing
 		}
 		groupings = append(groupings, []string{"me", b.Role, bindingScope(b).path() + "*"})
-	}
-	if _, err := enf.AddPolicies(policies); err != nil {
-		return nil, fmt.Errorf("policy: %w", err)
 	}
 	if len(groupings) > 0 {
 		if _, err := enf.AddGroupingPolicies(groupings); err != nil {

@@ -295,3 +295,50 @@ func TestCustomRoles(t *testing.T) {
 		t.Fatalf("namespace admin grants a custom role: %v", err)
 	}
 }
+
+// BenchmarkDecision is one request's worth of policy work: read a person's
+// bindings (from memory here) and answer their cluster access.
+func BenchmarkDecision(b *testing.B) {
+	e, _ := New(fixedBindings{bind("u", "PROJECT_ADMIN", Scope{OrgID: org, ProjectID: p1}), bind("u", "NAMESPACE_READ_ONLY", Scope{OrgID: org, ProjectID: p2, Namespace: "x"})})
+	ctx := context.Background()
+	for b.Loop() {
+		d, err := e.For(ctx, Subject{UserID: "u"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(d.ClusterAccess(org, p1, nil)) == 0 {
+			b.Fatal("no access")
+		}
+	}
+}
+
+// Decisions for different people run at once without sharing state.
+func TestConcurrentDecisions(t *testing.T) {
+	var bs fixedBindings
+	for i := range 8 {
+		bs = append(bs, bind(fmt.Sprint("u", i), "PROJECT_ADMIN", Scope{OrgID: org, ProjectID: fmt.Sprint("p", i)}))
+	}
+	e, _ := New(bs)
+	errc := make(chan error, 8)
+	for i := range 8 {
+		go func() {
+			for range 50 {
+				d, err := e.For(context.Background(), Subject{UserID: fmt.Sprint("u", i)})
+				if err != nil {
+					errc <- err
+					return
+				}
+				if len(d.ClusterAccess(org, fmt.Sprint("p", i), nil)) != 1 || len(d.ClusterAccess(org, fmt.Sprint("p", (i+1)%8), nil)) != 0 {
+					errc <- fmt.Errorf("u%d sees another's access", i)
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
