@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
@@ -149,4 +151,33 @@ func (n *Node) RevokeUser(ctx context.Context, user string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CertRevoker is the part of the CA that refuses revoked certificates.
+// *ca.Authority implements it.
+type CertRevoker interface {
+	RevokeUser(user string, before time.Time)
+	Revoke(serialHex string)
+}
+
+// Revoker applies revocations on this node: the CA refuses the
+// certificates, the node ends the sessions they opened, and the agents
+// remove the person's service accounts. It implements api.Revoker.
+type Revoker struct {
+	CA   CertRevoker
+	Node *Node
+}
+
+// RevokeUser refuses the person's certificates issued before before and
+// ends everything they hold.
+func (r *Revoker) RevokeUser(ctx context.Context, user string, before time.Time) error {
+	r.CA.RevokeUser(user, before)
+	return r.Node.RevokeUser(ctx, user)
+}
+
+// RevokeSerial refuses one certificate and ends its sessions.
+func (r *Revoker) RevokeSerial(_ context.Context, serial string) error {
+	r.CA.Revoke(serial)
+	r.Node.EndSessions(func(s Session) bool { return strings.EqualFold(s.Serial, serial) })
+	return nil
 }

@@ -20,7 +20,11 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control"
+	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/control/identity"
+	"github.com/gatehouse-dev/gatehouse/control/policy"
+	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/devsetup"
 	"github.com/gatehouse-dev/gatehouse/node"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
@@ -40,6 +44,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"node", "run a gateway node", runNode},
+		{"migrate", "apply the store's schema migrations", runMigrate},
 		{"agent", "run the cluster agent (inside the cluster; configured by the bootstrap manifest)", runAgent},
 		{"dev", "run a whole Gatehouse on this machine: a local cluster behind a gateway, ready for kubectl", runDev},
 		{"login", "sign in (password through Kratos) and keep a session for the other commands", runLogin},
@@ -104,19 +109,75 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nRun 'gatehouse COMMAND -h' for a command's flags.")
 }
 
+// storeFlags registers the store's flags; stateDir is where the embedded
+// store lives by default.
+func storeFlags(fs *flag.FlagSet, stateDir *string) func() store.Config {
+	cfg := store.DefaultConfig()
+	driver := fs.String("store-driver", cfg.Driver, "store: sqlite (embedded) or postgres (CockroachDB or PostgreSQL)")
+	dsn := fs.String("store-dsn", "", "postgres:// URL, or the SQLite file (default STATE_DIR/gatehouse.db)")
+	return func() store.Config {
+		cfg.Driver, cfg.DSN = *driver, *dsn
+		if cfg.DSN == "" && cfg.Driver == store.DriverSQLite {
+			cfg.DSN = filepath.Join(*stateDir, "gatehouse.db")
+		}
+		return cfg
+	}
+}
+
+func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gatehouse migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state-dir", ".gatehouse/node", "directory of the embedded store")
+	storeCfg := storeFlags(fs, stateDir)
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	cfg := storeCfg()
+	if cfg.Driver == store.DriverSQLite {
+		if err := os.MkdirAll(filepath.Dir(cfg.DSN), 0o700); err != nil {
+			return err
+		}
+	}
+	st, err := store.Open(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	applied, err := st.Migrate(ctx)
+	if err != nil {
+		return err
+	}
+	v, err := st.SchemaVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if len(applied) == 0 {
+		fmt.Fprintf(stdout, "schema up to date at version %d\n", v)
+		return nil
+	}
+	fmt.Fprintf(stdout, "applied migrations %v; schema at version %d\n", applied, v)
+	return nil
+}
+
 func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	cfg := node.DefaultConfig()
 	fs := flag.NewFlagSet("gatehouse node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "listen address, host:port")
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "node name, in audit events and logs")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (an internal address); empty: off")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long to wait for in-flight requests on shutdown")
-	stateDir := fs.String("state-dir", ".gatehouse/node", "directory for the CA certificate and the audit log")
+	stateDir := fs.String("state-dir", ".gatehouse/node", "directory for the CA certificate, the audit log and the embedded store")
+	storeCfg := storeFlags(fs, stateDir)
+	migrate := fs.Bool("migrate", false, "apply store migrations at start (else run gatehouse migrate first)")
+	publicURL := fs.String("public-url", "", "URL agents and people reach this gateway at, https://HOST:PORT (default from -addr)")
+	kratosPublic := fs.String("kratos-public-url", "", "Kratos public URL; empty: API tokens only, no sign-in")
+	kratosAdmin := fs.String("kratos-admin-url", "", "Kratos admin URL (ending a revoked person's sessions)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
 	}
-	host, _, err := net.SplitHostPort(cfg.Addr)
+	host, port, err := net.SplitHostPort(cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("-addr %q: %w", cfg.Addr, err)
 	}
@@ -128,9 +189,25 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := os.MkdirAll(*stateDir, 0o700); err != nil {
 		return err
 	}
-	// Until the Raft-run CA and the store arrive, a node started alone has
-	// an ephemeral CA and grants nobody anything: it serves health checks
-	// and accepts agents whose certificates this CA signed.
+	st, err := store.Open(ctx, storeCfg())
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if *migrate {
+		if _, err := st.Migrate(ctx); err != nil {
+			return err
+		}
+	}
+	if v, err := st.SchemaVersion(ctx); err != nil || v == 0 {
+		return errors.New("the store has no schema: run gatehouse migrate (or pass --migrate)")
+	}
+	engine, err := policy.New(st)
+	if err != nil {
+		return err
+	}
+	// Until the Raft-run CA arrives, a node has its own CA, made at start:
+	// agents and people need certificates from this run.
 	auth, err := ca.New(ca.DefaultConfig())
 	if err != nil {
 		return err
@@ -140,7 +217,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	hosts := []string{"localhost", "127.0.0.1"}
-	if host != "" && host != "localhost" && host != "127.0.0.1" {
+	if host != "" && host != "localhost" && host != "127.0.0.1" && host != "0.0.0.0" {
 		hosts = append([]string{host}, hosts...)
 	}
 	if cfg.Certificate, err = auth.IssueServer(hosts, 365*24*time.Hour); err != nil {
@@ -153,13 +230,44 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer sink.Close()
 	registry := tunnel.NewRegistry(log)
 	defer registry.Close()
-	cfg.Verifier, cfg.Grants, cfg.Registry, cfg.Audit = auth, &control.StaticGrants{}, registry, sink
+	cfg.Verifier, cfg.Registry, cfg.Audit = auth, registry, sink
+	cfg.Grants = &control.Access{Store: st, Policy: engine}
+	cfg.Registrar, cfg.AgentIssuer = st, auth
 	n, err := node.New(cfg)
 	if err != nil {
 		return err
 	}
-	log.Info("gateway CA written", "path", caPath)
-	return n.Run(ctx)
+	apiCfg := api.DefaultConfig()
+	apiCfg.Store, apiCfg.Policy, apiCfg.Audit, apiCfg.Node, apiCfg.Logger = st, engine, sink, cfg.Name, log
+	apiCfg.GatewayURL, apiCfg.GatewayCA = *publicURL, auth.RootPEM()
+	if apiCfg.GatewayURL == "" {
+		apiCfg.GatewayURL = "https://" + net.JoinHostPort(hosts[0], port)
+	}
+	apiCfg.Issuer, apiCfg.Revoker, apiCfg.Notify = auth, &node.Revoker{CA: auth, Node: n}, n
+	if *kratosPublic != "" {
+		icfg := identity.DefaultConfig()
+		icfg.PublicURL, icfg.AdminURL = *kratosPublic, *kratosAdmin
+		if apiCfg.Identity, err = identity.New(icfg); err != nil {
+			return err
+		}
+	}
+	restAPI, err := api.New(apiCfg)
+	if err != nil {
+		return err
+	}
+	n.SetAPI(restAPI)
+	log.Info("gateway CA written", "path", caPath, "publicURL", apiCfg.GatewayURL)
+	expirer := &control.Expirer{Store: st, Notify: n, Logger: log}
+	ectx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		expirer.Run(ectx)
+	}()
+	err = n.Run(ctx)
+	cancel()
+	<-done
+	return err
 }
 
 // parseFlags parses args into fs, printing problems; it reports whether the

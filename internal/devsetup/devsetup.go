@@ -261,7 +261,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	apiCfg := api.DefaultConfig()
 	apiCfg.Store, apiCfg.Policy, apiCfg.Audit, apiCfg.Node, apiCfg.Logger = st, engine, sink, ncfg.Name, cfg.Logger
 	apiCfg.GatewayURL, apiCfg.GatewayCA = e.GatewayURL, auth.RootPEM()
-	apiCfg.Identity, apiCfg.Issuer, apiCfg.Revoker, apiCfg.Notify = kratos, auth, &gatewayRevoker{auth: auth, node: n}, n
+	apiCfg.Identity, apiCfg.Issuer, apiCfg.Revoker, apiCfg.Notify = kratos, auth, &node.Revoker{CA: auth, Node: n}, n
 	// Time-bound grants leave the cluster when they expire.
 	e.run(ctx, "expirer", (&control.Expirer{Store: st, Notify: n, Logger: e.log}).Run)
 	restAPI, err := api.New(apiCfg)
@@ -343,25 +343,6 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		e.AdminKubeconfig, e.GatewayURL, e.AdminTokenFile, caFile,
 		e.GatewayURL, e.IdentityURL, caFile, cfg.Admin, e.AdminPasswordFile, cfg.Cluster, filepath.Join(cfg.StateDir, "audit.jsonl"))
 	return e, nil
-}
-
-// gatewayRevoker applies revocations on this (single) gateway node: the CA
-// refuses the certificates, the node ends their sessions and the agents
-// remove the person's service accounts.
-type gatewayRevoker struct {
-	auth *ca.Authority
-	node *node.Node
-}
-
-func (g *gatewayRevoker) RevokeUser(ctx context.Context, user string, before time.Time) error {
-	g.auth.RevokeUser(user, before)
-	return g.node.RevokeUser(ctx, user)
-}
-
-func (g *gatewayRevoker) RevokeSerial(_ context.Context, serial string) error {
-	g.auth.Revoke(serial)
-	g.node.EndSessions(func(s node.Session) bool { return s.Serial == serial })
-	return nil
 }
 
 // seed creates what a first contact needs: an organization, a project, the
