@@ -49,7 +49,7 @@ func (a *API) project(r *http.Request, c *Caller, name string) (*store.Project, 
 	if err != nil {
 		return nil, err
 	}
-	if !c.decider.Allowed(c.scope(p.ID), policy.ProjectRead) {
+	if !c.decider.AllowedWithin(c.scope(p.ID), policy.ProjectRead) {
 		return nil, store.ErrNotFound
 	}
 	return p, nil
@@ -66,7 +66,7 @@ func (a *API) listProjects(w http.ResponseWriter, r *http.Request, c *Caller) er
 	}
 	out := List[Project]{Items: []Project{}, Continue: next}
 	for _, p := range ps {
-		if c.decider.Allowed(c.scope(p.ID), policy.ProjectRead) {
+		if c.decider.AllowedWithin(c.scope(p.ID), policy.ProjectRead) {
 			out.Items = append(out.Items, projectOut(p))
 		}
 	}
@@ -158,7 +158,7 @@ func (a *API) cluster(r *http.Request, c *Caller, name string) (*store.Cluster, 
 	if err != nil {
 		return nil, nil, err
 	}
-	if cl.OrgID != c.User.OrgID || !c.decider.Allowed(c.scope(cl.ProjectID), policy.ClusterRead) {
+	if cl.OrgID != c.User.OrgID || !c.decider.AllowedWithin(c.scope(cl.ProjectID), policy.ClusterRead) {
 		return nil, nil, store.ErrNotFound
 	}
 	p, err := a.cfg.Store.GetProject(r.Context(), c.User.OrgID, cl.ProjectID)
@@ -180,7 +180,7 @@ func (a *API) listClusters(w http.ResponseWriter, r *http.Request, c *Caller) er
 	if err != nil {
 		return err
 	}
-	if !c.decider.Allowed(c.scope(p.ID), policy.ClusterRead) {
+	if !c.decider.AllowedWithin(c.scope(p.ID), policy.ClusterRead) {
 		return forbidden(policy.ClusterRead)
 	}
 	pg, err := page(r)

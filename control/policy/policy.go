@@ -322,6 +322,23 @@ func (d *Decider) enforce(scope Scope, act string) bool {
 // scope.
 func (d *Decider) Allowed(scope Scope, act Action) bool { return d.enforce(scope, string(act)) }
 
+// AllowedWithin reports whether act is allowed at scope or somewhere under
+// it: a person whose only role is in a namespace of a project may read that
+// project and its clusters (project.read, cluster.read), though not at the
+// project's own scope.
+func (d *Decider) AllowedWithin(scope Scope, act Action) bool {
+	if d.Allowed(scope, act) {
+		return true
+	}
+	for _, b := range d.bindings {
+		bs := bindingScope(b)
+		if bs.OrgID == scope.OrgID && (scope.ProjectID == "" || bs.ProjectID == scope.ProjectID) && d.Allowed(bs, act) {
+			return true
+		}
+	}
+	return false
+}
+
 // Allowed is For followed by Decider.Allowed.
 func (e *Engine) Allowed(ctx context.Context, sub Subject, scope Scope, act Action) (bool, error) {
 	d, err := e.For(ctx, sub)

@@ -342,3 +342,16 @@ func TestConcurrentDecisions(t *testing.T) {
 		}
 	}
 }
+
+func TestNamespaceRolesSeeTheirProject(t *testing.T) {
+	d := decider(t, bind("u", "NAMESPACE_READ_ONLY", Scope{OrgID: org, ProjectID: p1, Namespace: "team"}))
+	if d.Allowed(Scope{OrgID: org, ProjectID: p1}, ProjectRead) {
+		t.Fatal("namespace role reads at project scope")
+	}
+	if !d.AllowedWithin(Scope{OrgID: org, ProjectID: p1}, ProjectRead) || !d.AllowedWithin(Scope{OrgID: org, ProjectID: p1}, ClusterRead) {
+		t.Fatal("namespace role cannot see its own project")
+	}
+	if d.AllowedWithin(Scope{OrgID: org, ProjectID: p2}, ProjectRead) || d.AllowedWithin(Scope{OrgID: org, ProjectID: p1}, ClusterDelete) {
+		t.Fatal("AllowedWithin reaches too far")
+	}
+}

@@ -197,9 +197,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.client.Store(client)
 	a.log.Info("agent starting", "cluster", a.Cluster(), "gateway", a.cfg.GatewayURL)
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		cancel() // the loops end with the tunnel, whatever ended it
+		wg.Wait()
+	}()
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
