@@ -131,11 +131,54 @@ func TestStreamingThroughGateway(t *testing.T) {
 		})
 	}
 
+	t.Run("cp into the pod", func(t *testing.T) {
+		// kwok runs exec (and so cp's tar) on this machine: the pod's file
+		// system is the host's. kwok's exec never closes the command's
+		// stdin, so the pod-side tar never exits and kubectl waits for it
+		// (without the gateway too). tar writes what it has read in whole
+		// 10 KiB records, so the file is sized to make the archive (header,
+		// data, end blocks) a whole number of records: then it is written
+		// out in full, the test checks it and stops kubectl.
+		const size = 300*10240 - 3*512
+		src := filepath.Join(t.TempDir(), "upload.bin")
+		data := make([]byte, size)
+		rand.Read(data)
+		if err := os.WriteFile(src, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		dest := filepath.Join(t.TempDir(), "upload.bin")
+		cctx, cancel := context.WithCancel(ctx)
+		cmd, err := b.kube.Kubectl(cctx, kc, "-n", "streams", "cp", src, pod+":"+dest)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		var stderr syncBuffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		defer func() {
+			cancel()
+			cmd.Wait()
+		}()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			got, err := os.ReadFile(dest)
+			if err == nil && bytes.Equal(got, data) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("upload did not arrive whole (%d of %d bytes): %v %s", len(got), len(data), err, stderr.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
 	t.Run("cp out of the pod", func(t *testing.T) {
 		// kwok runs exec (and so cp's tar) on this machine: the pod's file
-		// system is the host's. Copying into a pod cannot be tested on
-		// kwok: its exec never closes the command's stdin, so the pod-side
-		// tar never finishes (the same happens without the gateway).
+		// system is the host's.
 		src := filepath.Join(t.TempDir(), "payload.bin")
 		data := make([]byte, 3<<20)
 		rand.Read(data)
