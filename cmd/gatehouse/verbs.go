@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"net/url"
 	"slices"
 	"strings"
@@ -117,6 +120,7 @@ func runCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	description := fs.String("description", "", "description (project, group)")
 	ttl := fs.String("ttl", "720h", "lifetime (token)")
 	roles := fs.String("roles", "", "comma-separated roles the token is limited to (token)")
+	passwordStdin := fs.Bool("password-stdin", false, "read a first password from standard input: the person becomes a local account (user)")
 	var cf clientFlags
 	cf.register(fs, "table")
 	if ok, err := parseFlags(fs, rest, stderr); !ok {
@@ -135,7 +139,15 @@ func runCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case "project":
 		body = api.Project{Name: pos[1], Description: *description}
 	case "user":
-		body = api.User{Email: pos[1]}
+		u := api.User{Email: pos[1]}
+		if *passwordStdin {
+			line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+			if err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
+			u.Password = strings.TrimRight(line, "\r\n")
+		}
+		body = u
 	case "group":
 		body = api.Group{Name: pos[1], Description: *description}
 	case "token":

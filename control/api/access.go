@@ -53,6 +53,10 @@ type User struct {
 	// CertTTL overrides the organization's certificate lifetime ("4h").
 	CertTTL   string    `json:"certTTL,omitempty"`
 	Linked    bool      `json:"linked"`
+	// Password, on creation only, makes the person a local account in
+	// Kratos with this first password; without it the person is linked
+	// at their first (SSO) login.
+	Password  string    `json:"password,omitempty"`
 	Version   int64     `json:"version,omitempty"`
 	Created   time.Time `json:"created,omitzero"`
 	LastLogin time.Time `json:"lastLogin,omitzero"`
@@ -107,6 +111,14 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request, c *Caller) erro
 		a.auditChange(r.Context(), r, c, string(policy.UserCreate), "user/"+in.Email, http.StatusForbidden, "forbidden")
 		return forbidden(policy.UserCreate)
 	}
+	if in.Password != "" {
+		if a.cfg.Identity == nil {
+			return badField("password", "this gateway has no identity service for local accounts")
+		}
+		if len(in.Password) < 8 {
+			return badField("password", "password must be at least 8 characters")
+		}
+	}
 	if err := a.cfg.Store.CreateUser(r.Context(), u); err != nil {
 		if errors.Is(err, store.ErrInvalid) {
 			return badField("email", "email %q is not an address", in.Email)
@@ -115,6 +127,19 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request, c *Caller) erro
 			return &apiError{status: http.StatusConflict, title: "already exists", detail: "a person with this email exists", field: "email"}
 		}
 		return err
+	}
+	if in.Password != "" {
+		// The password goes to Kratos only; Gatehouse never stores it.
+		kid, err := a.cfg.Identity.CreatePerson(r.Context(), u.Email, in.Name, in.Password)
+		if err == nil {
+			err = a.cfg.Store.LinkIdentity(r.Context(), u.ID, kid)
+		}
+		if err != nil {
+			a.cfg.Store.DeleteUser(r.Context(), u.ID) // nothing half-made is left
+			a.log.Warn("api: cannot create the Kratos identity", "email", u.Email, "err", err)
+			return &apiError{status: http.StatusBadRequest, title: "invalid request", detail: "the identity service refused the account (password too weak, or the email is taken there)", field: "password"}
+		}
+		u.KratosID = kid
 	}
 	a.auditChange(r.Context(), r, c, string(policy.UserCreate), "user/"+u.ID, http.StatusCreated, "")
 	return writeJSON(w, http.StatusCreated, userOut(u))

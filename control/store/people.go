@@ -99,6 +99,24 @@ func (s *Store) UpdateUser(ctx context.Context, u *User) error {
 	})
 }
 
+// LinkIdentity links a person who has no Kratos identity yet to one (an
+// admin created both).
+func (s *Store) LinkIdentity(ctx context.Context, userID, kratosID string) error {
+	if kratosID == "" {
+		return fmt.Errorf("%w: empty kratos id", ErrInvalid)
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE users SET kratos_id = $1, version = version + 1 WHERE id = $2 AND kratos_id = ''`, kratosID, userID)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("%w: user %s is missing or already linked", ErrConflict, userID)
+		}
+		return nil
+	})
+}
+
 // RecordLogin links the person with email to their Kratos identity (on
 // their first login) and replaces their IdP-sourced group memberships with
 // the groups that idpGroups map to - on every login, not only the first. It

@@ -146,6 +146,47 @@ func TestLoginKubeconfigAndRevocation(t *testing.T) {
 		t.Fatal("login not audited")
 	}
 
+	// A person the admin creates as a local account with a namespace
+	// read-only grant: she lists pods in her namespace and nothing more.
+	if out, err := run("Nora-pw-"+env.AdminPassword+"\n", bin, "create", "user", "nora@example.com", "--password-stdin"); err != nil {
+		t.Fatalf("create user: %v %s", err, out)
+	}
+	grant := filepath.Join(dir, "grant.yaml")
+	os.WriteFile(grant, []byte("kind: RoleBinding\nsubject: {kind: user, name: nora@example.com}\nrole: NAMESPACE_READ_ONLY\nproject: default\nnamespace: demo\n"), 0o600)
+	if out, err := run("", bin, "apply", "-f", grant); err != nil || !strings.Contains(out, "created") {
+		t.Fatalf("apply: %v %s", err, out)
+	}
+	noraEnv := append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, "nora"), "HOME="+dir)
+	nora := func(stdin string, name string, args ...string) (string, error) {
+		cmd := exec.Command(name, args...)
+		cmd.Env = noraEnv
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := nora("Nora-pw-"+env.AdminPassword+"\n", bin, "login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile, "--email", "nora@example.com", "--password-stdin"); err != nil {
+		t.Fatalf("nora login: %v %s", err, out)
+	}
+	noraKC := filepath.Join(dir, "nora.kubeconfig")
+	if out, err := nora("", bin, "kubeconfig", "--cluster", "dev", "--file", noraKC); err != nil {
+		t.Fatalf("nora kubeconfig: %v %s", err, out)
+	}
+	out, err := nora("", kubectl, "--kubeconfig", noraKC, "get", "pods", "-n", "demo", "-o", "name")
+	if err != nil || !strings.Contains(out, "pod/web-") {
+		t.Fatalf("nora lists pods in demo: %v %s", err, out)
+	}
+	pod := strings.TrimPrefix(strings.Fields(out)[0], "pod/")
+	for _, args := range [][]string{
+		{"delete", "pod", "-n", "demo", pod, "--wait=false"},
+		{"exec", "-n", "demo", pod, "--", "echo", "hi"},
+		{"get", "secrets", "-n", "demo"},
+		{"get", "pods", "-n", "default"},
+	} {
+		if out, err := nora("", kubectl, append([]string{"--kubeconfig", noraKC}, args...)...); err == nil || !strings.Contains(out, "forbidden") {
+			t.Fatalf("nora %v: %v %s", args, err, out)
+		}
+	}
+
 	// Revocation: an open watch ends, and the next request fails.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
