@@ -51,8 +51,8 @@ type User struct {
 	Email string `json:"email"`
 	Name  string `json:"name,omitempty"`
 	// CertTTL overrides the organization's certificate lifetime ("4h").
-	CertTTL   string    `json:"certTTL,omitempty"`
-	Linked    bool      `json:"linked"`
+	CertTTL string `json:"certTTL,omitempty"`
+	Linked  bool   `json:"linked"`
 	// Password, on creation only, makes the person a local account in
 	// Kratos with this first password; without it the person is linked
 	// at their first (SSO) login.
