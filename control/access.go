@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
@@ -16,6 +18,43 @@ import (
 type Access struct {
 	Store  *store.Store
 	Policy *policy.Engine
+	// CacheTTL, when positive, keeps each answer that long. A second bounds
+	// how long another node's grant change or an expiry takes to reach
+	// this node's decisions (a change through this node's API, and every
+	// revocation, act at once: see Invalidate); it saves the store four
+	// queries per request.
+	CacheTTL time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	mu    sync.Mutex // guards cache
+	cache map[accessKey]accessEntry
+}
+
+type accessKey struct{ user, cluster string }
+
+type accessEntry struct {
+	grants []tunnel.Grant
+	at     time.Time
+}
+
+// Invalidate forgets cached answers for user. *node.Node calls it when it
+// is told the person's access changed.
+func (a *Access) Invalidate(user string) {
+	a.mu.Lock()
+	for k := range a.cache {
+		if k.user == user {
+			delete(a.cache, k)
+		}
+	}
+	a.mu.Unlock()
+}
+
+func (a *Access) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
 }
 
 // Grants returns the person's grants on the cluster named cluster. user is
@@ -24,6 +63,31 @@ type Access struct {
 // a change of membership counts before the certificate expires. An unknown
 // person or cluster has no access.
 func (a *Access) Grants(ctx context.Context, user string, _ []string, cluster string) ([]tunnel.Grant, error) {
+	if a.CacheTTL <= 0 {
+		return a.grants(ctx, user, cluster)
+	}
+	key := accessKey{user, cluster}
+	now := a.now()
+	a.mu.Lock()
+	e, ok := a.cache[key]
+	a.mu.Unlock()
+	if ok && now.Sub(e.at) < a.CacheTTL {
+		return e.grants, nil
+	}
+	gs, err := a.grants(ctx, user, cluster)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	if a.cache == nil || len(a.cache) > 100000 {
+		a.cache = map[accessKey]accessEntry{}
+	}
+	a.cache[key] = accessEntry{grants: gs, at: now}
+	a.mu.Unlock()
+	return gs, nil
+}
+
+func (a *Access) grants(ctx context.Context, user, cluster string) ([]tunnel.Grant, error) {
 	c, err := a.Store.GetCluster(ctx, cluster)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil

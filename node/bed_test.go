@@ -109,13 +109,13 @@ func (c *clock) Set(d time.Duration) {
 
 // newBed returns a bed whose grants are a fixed table (b.grants), for
 // tests of the gateway itself.
-func newBed(t testing.TB) *bed { return startBed(t, false) }
+func newBed(t testing.TB) *bed { return startBed(t, false, 0) }
 
 // newPolicyBed returns a bed whose grants come from the store and the
 // policy engine (b.access), as in production.
-func newPolicyBed(t testing.TB) *bed { return startBed(t, true) }
+func newPolicyBed(t testing.TB) *bed { return startBed(t, true, 0) }
 
-func startBed(t testing.TB, policyBacked bool) *bed {
+func startBed(t testing.TB, policyBacked bool, cacheTTL time.Duration) *bed {
 	t.Helper()
 	k := sharedKube(t)
 	b := &bed{t: t, kube: k, dir: t.TempDir(), clock: &clock{}, grants: &control.StaticGrants{}, audit: &audit.Memory{}}
@@ -126,7 +126,7 @@ func startBed(t testing.TB, policyBacked bool) *bed {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.nodeGrants = &control.Access{Store: b.store, Policy: engine}
+		b.nodeGrants = &control.Access{Store: b.store, Policy: engine, CacheTTL: cacheTTL}
 	}
 	var err error
 	if b.auth, err = ca.New(ca.Config{Name: "test", Now: b.clock.Now}); err != nil {

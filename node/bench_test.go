@@ -19,7 +19,8 @@ import (
 // at concurrency 1 and 32. It reports requests per second and p50/p99
 // latency; compare the gateway rows with the direct rows. "gateway" decides
 // access from a fixed table; "gateway-store" from the embedded store and
-// the Casbin policy on every request, as `gatehouse dev` does.
+// the Casbin policy on every request; "gateway-cached" the same with the
+// one-second decision cache that `gatehouse node` and `gatehouse dev` use.
 //
 //	go test -run '^$' -bench BenchmarkGet -benchtime 2000x ./node/
 func BenchmarkGet(b *testing.B) {
@@ -30,6 +31,10 @@ func BenchmarkGet(b *testing.B) {
 	ada := pb.person("ada@example.com")
 	pb.bindRole(store.SubjectUser, ada, "ADMIN", "", false, time.Time{})
 	storeCert, _, _ := pb.clientCert("user", ada, time.Hour)
+	cb := startBed(b, true, time.Second)
+	cada := cb.person("ada@example.com")
+	cb.bindRole(store.SubjectUser, cada, "ADMIN", "", false, time.Time{})
+	cachedCert, _, _ := cb.clientCert("user", cada, time.Hour)
 	const path = "/api/v1/namespaces/default/configmaps/kube-root-ca.crt"
 	targets := []struct {
 		name string
@@ -39,6 +44,7 @@ func BenchmarkGet(b *testing.B) {
 		{"direct", bd.kube.URL + path, &tls.Config{RootCAs: certPool(bd.kube.CAPEM()), Certificates: []tls.Certificate{bd.kube.AdminCertificate()}}},
 		{"gateway", "https://" + bd.addr + "/k8s/" + clusterID + path, &tls.Config{RootCAs: bd.auth.RootPool(), ServerName: "127.0.0.1", Certificates: []tls.Certificate{userCert}}},
 		{"gateway-store", "https://" + pb.addr + "/k8s/" + clusterID + path, &tls.Config{RootCAs: pb.auth.RootPool(), ServerName: "127.0.0.1", Certificates: []tls.Certificate{storeCert}}},
+		{"gateway-cached", "https://" + cb.addr + "/k8s/" + clusterID + path, &tls.Config{RootCAs: cb.auth.RootPool(), ServerName: "127.0.0.1", Certificates: []tls.Certificate{cachedCert}}},
 	}
 	for _, conc := range []int{1, 32} {
 		for _, tg := range targets {

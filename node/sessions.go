@@ -12,6 +12,12 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
+// Invalidator is an optional side interface of Grants: one that caches
+// answers forgets a person's when their access changes.
+type Invalidator interface {
+	Invalidate(user string)
+}
+
 // Session describes a request in flight on this node: every request, and
 // so every long-running watch, exec, attach and port-forward.
 type Session struct {
@@ -104,6 +110,9 @@ func (n *Node) EndSessions(match func(Session) bool) int {
 // every request); AccessChanged is what makes the change reach live streams
 // and the clusters' RBAC at once.
 func (n *Node) AccessChanged(ctx context.Context, user string, groups []string) error {
+	if inv, ok := n.cfg.Grants.(Invalidator); ok {
+		inv.Invalidate(user)
+	}
 	clusters := n.cfg.Registry.Clusters()
 	for _, ls := range n.sessions.snapshot() {
 		if ls.User == user && !slices.Contains(clusters, ls.Cluster) {

@@ -231,7 +231,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	registry := tunnel.NewRegistry(log)
 	defer registry.Close()
 	cfg.Verifier, cfg.Registry, cfg.Audit = auth, registry, sink
-	cfg.Grants = &control.Access{Store: st, Policy: engine}
+	cfg.Grants = &control.Access{Store: st, Policy: engine, CacheTTL: time.Second}
 	cfg.Registrar, cfg.AgentIssuer = st, auth
 	n, err := node.New(cfg)
 	if err != nil {

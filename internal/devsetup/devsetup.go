@@ -235,7 +235,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	e.AdminID = admin.ID
 	say("store: %s (organization %q, project %q, admin %s with ADMIN)", dbPath, org.Name, project.Name, admin.Email)
 	ncfg := node.DefaultConfig()
-	ncfg.Name, ncfg.Addr, ncfg.Certificate, ncfg.Verifier, ncfg.Grants = "dev-node", cfg.Addr, serverCert, auth, &control.Access{Store: st, Policy: engine}
+	ncfg.Name, ncfg.Addr, ncfg.Certificate, ncfg.Verifier, ncfg.Grants = "dev-node", cfg.Addr, serverCert, auth, &control.Access{Store: st, Policy: engine, CacheTTL: time.Second}
 	ncfg.Registry, ncfg.Audit, ncfg.Registrar, ncfg.AgentIssuer, ncfg.Logger = registry, sink, st, auth, cfg.Logger
 	ncfg.ShutdownTimeout = 5 * time.Second
 	n, err := node.New(ncfg)
