@@ -231,3 +231,47 @@ func runCredential(ctx context.Context, args []string, stdout, stderr io.Writer)
 	out.APIVersion, out.Kind = clientauthv1.SchemeGroupVersion.String(), "ExecCredential"
 	return json.NewEncoder(stdout).Encode(out)
 }
+
+// runPasswd changes the signed-in person's password (a first password an
+// admin set, say).
+func runPasswd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("gatehouse passwd", stderr)
+	passwordStdin := fs.Bool("password-stdin", false, "read the new password from standard input (for scripts)")
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	p, _, err := profile()
+	if err != nil {
+		return err
+	}
+	var password string
+	if *passwordStdin {
+		line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		password = strings.TrimRight(line, "\r\n")
+	} else {
+		if !term.IsTerminal(int(os.Stdin.Fd())) {
+			return errors.New("no terminal to ask for the password: use --password-stdin")
+		}
+		fmt.Fprint(stderr, "New password: ")
+		b, err := term.ReadPassword(int(os.Stdin.Fd()))
+		fmt.Fprintln(stderr)
+		if err != nil {
+			return err
+		}
+		password = string(b)
+	}
+	icfg := identity.DefaultConfig()
+	icfg.PublicURL = p.IdentityURL
+	kr, err := identity.New(icfg)
+	if err != nil {
+		return err
+	}
+	if err := kr.ChangePassword(ctx, p.SessionToken, password); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "password changed")
+	return nil
+}

@@ -49,6 +49,7 @@ func commands() []command {
 		{"dev", "run a whole Gatehouse on this machine: a local cluster behind a gateway, ready for kubectl", runDev},
 		{"login", "sign in (password through Kratos) and keep a session for the other commands", runLogin},
 		{"logout", "end the session", runLogout},
+		{"passwd", "change your password", runPasswd},
 		{"whoami", "show who you are signed in as", runWhoami},
 		{"kubeconfig", "write a kubeconfig for a cluster whose credentials come from `gatehouse credential`", runKubeconfig},
 		{"credential", "the kubectl exec credential plugin: prints a short-lived client certificate", runCredential},

@@ -78,3 +78,37 @@ func TestSessionsAgainstKratos(t *testing.T) {
 		t.Fatal("empty config accepted")
 	}
 }
+
+func TestChangePassword(t *testing.T) {
+	kr := testenv.KratosT(t)
+	ctx := context.Background()
+	cfg := identity.DefaultConfig()
+	cfg.PublicURL, cfg.AdminURL = kr.PublicURL, kr.AdminURL
+	k, err := identity.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, next := "first-"+rand.Text(), "next-"+rand.Text()
+	if _, err := k.CreatePerson(ctx, "cy@example.com", "Cy", first); err != nil {
+		t.Fatal(err)
+	}
+	token, err := k.Login(ctx, "cy@example.com", first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.ChangePassword(ctx, token, "short"); err == nil {
+		t.Fatal("a too-short password was accepted")
+	}
+	if err := k.ChangePassword(ctx, token, next); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Login(ctx, "cy@example.com", first); !errors.Is(err, identity.ErrBadCredentials) {
+		t.Fatalf("old password: %v", err)
+	}
+	if _, err := k.Login(ctx, "cy@example.com", next); err != nil {
+		t.Fatalf("new password: %v", err)
+	}
+	if err := k.ChangePassword(ctx, "not-a-session", next); !errors.Is(err, identity.ErrNoSession) {
+		t.Fatalf("without a session: %v", err)
+	}
+}

@@ -167,6 +167,16 @@ func TestLoginKubeconfigAndRevocation(t *testing.T) {
 	if out, err := nora("Nora-pw-"+env.AdminPassword+"\n", bin, "login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile, "--email", "nora@example.com", "--password-stdin"); err != nil {
 		t.Fatalf("nora login: %v %s", err, out)
 	}
+	// Nora replaces the first password the admin gave her.
+	if out, err := nora("Nora-own-"+env.AdminPassword+"\n", bin, "passwd", "--password-stdin"); err != nil {
+		t.Fatalf("nora passwd: %v %s", err, out)
+	}
+	if out, err := nora("Nora-pw-"+env.AdminPassword+"\n", bin, "login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile, "--email", "nora@example.com", "--password-stdin"); err == nil {
+		t.Fatalf("the first password still works: %s", out)
+	}
+	if out, err := nora("Nora-own-"+env.AdminPassword+"\n", bin, "login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile, "--email", "nora@example.com", "--password-stdin"); err != nil {
+		t.Fatalf("nora login with her own password: %v %s", err, out)
+	}
 	noraKC := filepath.Join(dir, "nora.kubeconfig")
 	if out, err := nora("", bin, "kubeconfig", "--cluster", "dev", "--file", noraKC); err != nil {
 		t.Fatalf("nora kubeconfig: %v %s", err, out)
