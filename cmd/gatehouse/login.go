@@ -43,24 +43,9 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "gatehouse login: --server, --identity-url and --email are required")
 		return errUsage
 	}
-	var password string
-	if *passwordStdin {
-		line, err := bufio.NewReader(os.Stdin).ReadString('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		password = strings.TrimRight(line, "\r\n")
-	} else {
-		if !term.IsTerminal(int(os.Stdin.Fd())) {
-			return errors.New("no terminal to ask for the password: use --password-stdin")
-		}
-		fmt.Fprint(stderr, "Password: ")
-		b, err := term.ReadPassword(int(os.Stdin.Fd()))
-		fmt.Fprintln(stderr)
-		if err != nil {
-			return err
-		}
-		password = string(b)
+	password, err := readPassword("Password: ", *passwordStdin, stderr)
+	if err != nil {
+		return err
 	}
 	var ca []byte
 	if *caFile != "" {
@@ -244,24 +229,9 @@ func runPasswd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	var password string
-	if *passwordStdin {
-		line, err := bufio.NewReader(os.Stdin).ReadString('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		password = strings.TrimRight(line, "\r\n")
-	} else {
-		if !term.IsTerminal(int(os.Stdin.Fd())) {
-			return errors.New("no terminal to ask for the password: use --password-stdin")
-		}
-		fmt.Fprint(stderr, "New password: ")
-		b, err := term.ReadPassword(int(os.Stdin.Fd()))
-		fmt.Fprintln(stderr)
-		if err != nil {
-			return err
-		}
-		password = string(b)
+	password, err := readPassword("New password: ", *passwordStdin, stderr)
+	if err != nil {
+		return err
 	}
 	icfg := identity.DefaultConfig()
 	icfg.PublicURL = p.IdentityURL
@@ -274,4 +244,28 @@ func runPasswd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintln(stdout, "password changed")
 	return nil
+}
+
+// readPassword reads a password: the first line of standard input for
+// scripts, else from the terminal without echo.
+func readPassword(prompt string, fromStdin bool, stderr io.Writer) (string, error) {
+	if fromStdin {
+		return readLine()
+	}
+	if !term.IsTerminal(int(os.Stdin.Fd())) {
+		return "", errors.New("no terminal to ask for the password: use --password-stdin")
+	}
+	fmt.Fprint(stderr, prompt)
+	b, err := term.ReadPassword(int(os.Stdin.Fd()))
+	fmt.Fprintln(stderr)
+	return string(b), err
+}
+
+// readLine reads the first line of standard input.
+func readLine() (string, error) {
+	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	return strings.TrimRight(line, "\r\n"), nil
 }

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 
@@ -141,11 +138,11 @@ func runCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case "user":
 		u := api.User{Email: pos[1]}
 		if *passwordStdin {
-			line, err := bufio.NewReader(os.Stdin).ReadString('\n')
-			if err != nil && !errors.Is(err, io.EOF) {
+			pw, err := readLine()
+			if err != nil {
 				return err
 			}
-			u.Password = strings.TrimRight(line, "\r\n")
+			u.Password = pw
 		}
 		body = u
 	case "group":
