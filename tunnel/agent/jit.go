@@ -332,51 +332,83 @@ func (j *JIT) ensure(ctx context.Context, user string, grants []tunnel.Grant) er
 	return j.deleteBindings(ctx, user, want)
 }
 
-// deleteBindings removes the person's bindings not in keep ("ns/name",
-// "/name" for cluster-wide).
+// rbacObject is one of the (Cluster)Roles and (Cluster)RoleBindings the
+// agent makes for people. Namespace is empty for the cluster-wide kinds.
+type rbacObject struct {
+	kind, namespace, name, userHash string
+}
+
+// key is how ensure names what it keeps: "ns/name", "/name" cluster-wide.
+// A custom role shares its binding's name and key.
+func (o rbacObject) key() string { return o.namespace + "/" + o.name }
+
+// rbacObjects lists the people's RBAC objects the selector matches.
+func (j *JIT) rbacObjects(ctx context.Context, sel metav1.ListOptions) ([]rbacObject, error) {
+	var out []rbacObject
+	add := func(kind string, m metav1.ObjectMeta) {
+		out = append(out, rbacObject{kind: kind, namespace: m.Namespace, name: m.Name, userHash: m.Labels[LabelUser]})
+	}
+	rbac := j.cs.RbacV1()
+	crbs, err := rbac.ClusterRoleBindings().List(ctx, sel)
+	if err != nil {
+		return nil, fmt.Errorf("agent: list cluster role bindings: %w", err)
+	}
+	rbs, err := rbac.RoleBindings("").List(ctx, sel)
+	if err != nil {
+		return nil, fmt.Errorf("agent: list role bindings: %w", err)
+	}
+	crs, err := rbac.ClusterRoles().List(ctx, sel)
+	if err != nil {
+		return nil, fmt.Errorf("agent: list cluster roles: %w", err)
+	}
+	roles, err := rbac.Roles("").List(ctx, sel)
+	if err != nil {
+		return nil, fmt.Errorf("agent: list roles: %w", err)
+	}
+	for _, x := range crbs.Items {
+		add("ClusterRoleBinding", x.ObjectMeta)
+	}
+	for _, x := range rbs.Items {
+		add("RoleBinding", x.ObjectMeta)
+	}
+	for _, x := range crs.Items {
+		add("ClusterRole", x.ObjectMeta)
+	}
+	for _, x := range roles.Items {
+		add("Role", x.ObjectMeta)
+	}
+	return out, nil
+}
+
+func (j *JIT) deleteRBAC(ctx context.Context, o rbacObject) error {
+	rbac := j.cs.RbacV1()
+	var err error
+	switch o.kind {
+	case "ClusterRoleBinding":
+		err = rbac.ClusterRoleBindings().Delete(ctx, o.name, metav1.DeleteOptions{})
+	case "RoleBinding":
+		err = rbac.RoleBindings(o.namespace).Delete(ctx, o.name, metav1.DeleteOptions{})
+	case "ClusterRole":
+		err = rbac.ClusterRoles().Delete(ctx, o.name, metav1.DeleteOptions{})
+	case "Role":
+		err = rbac.Roles(o.namespace).Delete(ctx, o.name, metav1.DeleteOptions{})
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("agent: delete %s %s: %w", o.kind, o.key(), err)
+	}
+	return nil
+}
+
+// deleteBindings removes the person's bindings and custom roles not in
+// keep (keys as rbacObject.key).
 func (j *JIT) deleteBindings(ctx context.Context, user string, keep map[string]bool) error {
-	sel := metav1.ListOptions{LabelSelector: LabelUser + "=" + userHash(user)}
-	crbs, err := j.cs.RbacV1().ClusterRoleBindings().List(ctx, sel)
+	objs, err := j.rbacObjects(ctx, metav1.ListOptions{LabelSelector: LabelUser + "=" + userHash(user)})
 	if err != nil {
-		return fmt.Errorf("agent: list cluster role bindings: %w", err)
+		return err
 	}
-	for _, b := range crbs.Items {
-		if !keep["/"+b.Name] {
-			if err := j.cs.RbacV1().ClusterRoleBindings().Delete(ctx, b.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				return err
-			}
-		}
-	}
-	rbs, err := j.cs.RbacV1().RoleBindings("").List(ctx, sel)
-	if err != nil {
-		return fmt.Errorf("agent: list role bindings: %w", err)
-	}
-	for _, b := range rbs.Items {
-		if !keep[b.Namespace+"/"+b.Name] {
-			if err := j.cs.RbacV1().RoleBindings(b.Namespace).Delete(ctx, b.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				return err
-			}
-		}
-	}
-	// Custom roles share their binding's name.
-	crs, err := j.cs.RbacV1().ClusterRoles().List(ctx, sel)
-	if err != nil {
-		return fmt.Errorf("agent: list cluster roles: %w", err)
-	}
-	for _, r := range crs.Items {
-		if !keep["/"+r.Name] {
-			if err := j.cs.RbacV1().ClusterRoles().Delete(ctx, r.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				return err
-			}
-		}
-	}
-	roles, err := j.cs.RbacV1().Roles("").List(ctx, sel)
-	if err != nil {
-		return fmt.Errorf("agent: list roles: %w", err)
-	}
-	for _, r := range roles.Items {
-		if !keep[r.Namespace+"/"+r.Name] {
-			if err := j.cs.RbacV1().Roles(r.Namespace).Delete(ctx, r.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+	for _, o := range objs {
+		if !keep[o.key()] {
+			if err := j.deleteRBAC(ctx, o); err != nil {
 				return err
 			}
 		}
@@ -447,45 +479,14 @@ func (j *JIT) Sweep(ctx context.Context, idle time.Duration) (int, error) {
 		}
 		deleted++
 	}
-	// Bindings without an account.
-	for _, list := range []func() ([]metav1.ObjectMeta, error){
-		func() ([]metav1.ObjectMeta, error) {
-			l, err := j.cs.RbacV1().ClusterRoleBindings().List(ctx, sel)
-			if err != nil {
-				return nil, err
-			}
-			out := make([]metav1.ObjectMeta, len(l.Items))
-			for i := range l.Items {
-				out[i] = l.Items[i].ObjectMeta
-			}
-			return out, nil
-		},
-		func() ([]metav1.ObjectMeta, error) {
-			l, err := j.cs.RbacV1().RoleBindings("").List(ctx, sel)
-			if err != nil {
-				return nil, err
-			}
-			out := make([]metav1.ObjectMeta, len(l.Items))
-			for i := range l.Items {
-				out[i] = l.Items[i].ObjectMeta
-			}
-			return out, nil
-		},
-	} {
-		metas, err := list()
-		if err != nil {
-			return deleted, fmt.Errorf("agent: sweep: %w", err)
-		}
-		for _, m := range metas {
-			if live[m.Labels[LabelUser]] {
-				continue
-			}
-			if m.Namespace == "" {
-				err = j.cs.RbacV1().ClusterRoleBindings().Delete(ctx, m.Name, metav1.DeleteOptions{})
-			} else {
-				err = j.cs.RbacV1().RoleBindings(m.Namespace).Delete(ctx, m.Name, metav1.DeleteOptions{})
-			}
-			if err != nil && !apierrors.IsNotFound(err) {
+	// Bindings and roles without an account.
+	objs, err := j.rbacObjects(ctx, sel)
+	if err != nil {
+		return deleted, fmt.Errorf("agent: sweep: %w", err)
+	}
+	for _, o := range objs {
+		if !live[o.userHash] {
+			if err := j.deleteRBAC(ctx, o); err != nil {
 				return deleted, fmt.Errorf("agent: sweep: %w", err)
 			}
 		}
