@@ -171,6 +171,16 @@ func (e *env) do(method, path, token, contentType string, body []byte) response 
 	if err := openapi3filter.ValidateResponse(context.Background(), out); err != nil {
 		e.t.Fatalf("%s %s: response %d does not match the OpenAPI document: %v\n%s", method, path, resp.StatusCode, err, b)
 	}
+	// A request the server accepted must match the document too.
+	if resp.StatusCode < 400 && body != nil {
+		vreq := req.Clone(context.Background())
+		vreq.Body = io.NopCloser(bytes.NewReader(body))
+		vin := &openapi3filter.RequestValidationInput{Request: vreq, PathParams: params, Route: route,
+			Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+		if err := openapi3filter.ValidateRequest(context.Background(), vin); err != nil {
+			e.t.Fatalf("%s %s: accepted request does not match the OpenAPI document: %v\n%s", method, path, err, body)
+		}
+	}
 	return response{code: resp.StatusCode, body: b, ct: resp.Header.Get("Content-Type")}
 }
 
