@@ -135,7 +135,10 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request, c *Caller) erro
 			err = a.cfg.Store.LinkIdentity(r.Context(), u.ID, kid)
 		}
 		if err != nil {
-			a.cfg.Store.DeleteUser(r.Context(), u.ID) // nothing half-made is left
+			// Nothing half-made is left.
+			if derr := a.cfg.Store.DeleteUser(r.Context(), u.ID); derr != nil {
+				a.log.Error("api: cannot remove the person whose identity failed", "user", u.ID, "err", derr)
+			}
 			a.log.Warn("api: cannot create the Kratos identity", "email", u.Email, "err", err)
 			return &apiError{status: http.StatusBadRequest, title: "invalid request", detail: "the identity service refused the account (password too weak, or the email is taken there)", field: "password"}
 		}

@@ -72,7 +72,9 @@ func ParseDocuments(r io.Reader, source string) ([]Document, error) {
 		}
 		// kind is the document's own field, not the object's.
 		var m map[string]json.RawMessage
-		json.Unmarshal(js, &m)
+		if err := json.Unmarshal(js, &m); err != nil {
+			return nil, fmt.Errorf("%s: %w", src, err)
+		}
 		delete(m, "kind")
 		body, _ := json.Marshal(m)
 		dec := json.NewDecoder(bytes.NewReader(body))

@@ -223,36 +223,35 @@ func (j *JIT) desired(user string, grants []tunnel.Grant) []binding {
 func (j *JIT) ensureRole(ctx context.Context, b binding, meta metav1.ObjectMeta) error {
 	meta.Name = b.name
 	if b.namespace == "" {
-		roles := j.cs.RbacV1().ClusterRoles()
-		cr := &rbacv1.ClusterRole{ObjectMeta: meta, Rules: b.rules}
-		if _, err := roles.Create(ctx, cr, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
-			cur, err := roles.Get(ctx, b.name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			cur.Rules = b.rules
-			_, err = roles.Update(ctx, cur, metav1.UpdateOptions{})
-			return err
-		} else if err != nil {
-			return err
-		}
-		return nil
+		return createOrUpdate(ctx, j.cs.RbacV1().ClusterRoles(), &rbacv1.ClusterRole{ObjectMeta: meta, Rules: b.rules},
+			func(r *rbacv1.ClusterRole) { r.Rules = b.rules })
 	}
-	roles := j.cs.RbacV1().Roles(b.namespace)
 	meta.Namespace = b.namespace
-	r := &rbacv1.Role{ObjectMeta: meta, Rules: b.rules}
-	if _, err := roles.Create(ctx, r, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
-		cur, err := roles.Get(ctx, b.name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		cur.Rules = b.rules
-		_, err = roles.Update(ctx, cur, metav1.UpdateOptions{})
-		return err
-	} else if err != nil {
+	return createOrUpdate(ctx, j.cs.RbacV1().Roles(b.namespace), &rbacv1.Role{ObjectMeta: meta, Rules: b.rules},
+		func(r *rbacv1.Role) { r.Rules = b.rules })
+}
+
+// objectClient is the part of a typed client-go client createOrUpdate uses.
+type objectClient[T metav1.Object] interface {
+	Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error)
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+	Update(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error)
+}
+
+// createOrUpdate creates obj; if it exists, it reads the current object,
+// applies set to it and updates it.
+func createOrUpdate[T metav1.Object](ctx context.Context, c objectClient[T], obj T, set func(T)) error {
+	_, err := c.Create(ctx, obj, metav1.CreateOptions{})
+	if !apierrors.IsAlreadyExists(err) {
 		return err
 	}
-	return nil
+	cur, err := c.Get(ctx, obj.GetName(), metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	set(cur)
+	_, err = c.Update(ctx, cur, metav1.UpdateOptions{})
+	return err
 }
 
 // ensure creates the person's service account and exactly the bindings
