@@ -8,7 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
+	"runtime"
 	"strings"
 	"time"
 
@@ -34,18 +38,17 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	server := fs.String("server", os.Getenv("GATEHOUSE_SERVER"), "gateway URL, https://HOST:PORT (env GATEHOUSE_SERVER)")
 	identityURL := fs.String("identity-url", os.Getenv("GATEHOUSE_IDENTITY_URL"), "Kratos public URL (env GATEHOUSE_IDENTITY_URL)")
 	caFile := fs.String("ca-file", os.Getenv("GATEHOUSE_CA_FILE"), "CA certificate that verifies the gateway (env GATEHOUSE_CA_FILE)")
-	email := fs.String("email", "", "your email")
+	email := fs.String("email", "", "your email (password login)")
 	passwordStdin := fs.Bool("password-stdin", false, "read the password from standard input (for scripts)")
+	sso := fs.String("sso", "", "sign in through this SSO provider in the browser instead of with a password")
+	callback := fs.String("callback-addr", identity.DefaultSSOCallbackAddr, "loopback address where the browser returns after SSO (Kratos must allow http://ADDR/callback)")
+	noBrowser := fs.Bool("no-browser", false, "print the SSO sign-in URL instead of opening a browser")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
 	}
-	if *server == "" || *identityURL == "" || *email == "" {
-		fmt.Fprintln(stderr, "gatehouse login: --server, --identity-url and --email are required")
+	if *server == "" || *identityURL == "" || (*email == "") == (*sso == "") {
+		fmt.Fprintln(stderr, "gatehouse login: --server, --identity-url and one of --email or --sso are required")
 		return errUsage
-	}
-	password, err := readPassword("Password: ", *passwordStdin, stderr)
-	if err != nil {
-		return err
 	}
 	var ca []byte
 	if *caFile != "" {
@@ -60,7 +63,16 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	token, err := kr.Login(ctx, *email, password)
+	var token string
+	if *sso != "" {
+		token, err = ssoLogin(ctx, kr, *sso, *callback, !*noBrowser, stderr)
+	} else {
+		var password string
+		if password, err = readPassword("Password: ", *passwordStdin, stderr); err != nil {
+			return err
+		}
+		token, err = kr.Login(ctx, *email, password)
+	}
 	if err != nil {
 		return err
 	}
@@ -75,6 +87,7 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		kr.Logout(ctx, token)
 		return err
 	}
+	p.Email = who.Email
 	dir, err := apiclient.Dir()
 	if err != nil {
 		return err
@@ -85,8 +98,85 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := p.Save(dir); err != nil {
 		return err
 	}
+	if who.Warning != "" {
+		fmt.Fprintln(stderr, "warning:", who.Warning)
+	}
 	fmt.Fprintf(stdout, "logged in as %s (organization %s)\n", who.Email, who.Org)
 	return nil
+}
+
+// ssoWait bounds how long the CLI waits for the person to sign in.
+const ssoWait = 5 * time.Minute
+
+// ssoLogin runs Kratos's native SSO flow with a loopback callback: the
+// person signs in at the provider in their browser, which Kratos then
+// sends to http://ADDR/callback?code=...; that code and the one this
+// process kept make the session token.
+func ssoLogin(ctx context.Context, kr *identity.Kratos, provider, addr string, openBrowser bool, stderr io.Writer) (string, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		return "", fmt.Errorf("--callback-addr %q must be a loopback IP and port", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("SSO callback: %w", err)
+	}
+	codes := make(chan string, 1)
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		code := r.URL.Query().Get("code")
+		if r.URL.Path != "/callback" || code == "" {
+			http.Error(w, "Gatehouse: this is not a sign-in answer.", http.StatusBadRequest)
+			return
+		}
+		select {
+		case codes <- code:
+			fmt.Fprintln(w, "Signed in to Gatehouse. You can close this window and return to the terminal.")
+		default:
+			http.Error(w, "Gatehouse: this sign-in has already completed.", http.StatusConflict)
+		}
+	})}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(ln)
+	}()
+	defer func() {
+		srv.Close()
+		<-served
+	}()
+	flow, err := kr.StartSSO(ctx, provider, "http://"+addr+"/callback")
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(stderr, "Sign in through %s in your browser:\n  %s\nWaiting for the browser to return (Ctrl-C stops)...\n", provider, flow.BrowserURL)
+	if openBrowser {
+		if cmd := browserCommand(flow.BrowserURL); cmd != nil && cmd.Start() == nil {
+			defer cmd.Wait()
+		}
+	}
+	wait, cancel := context.WithTimeout(ctx, ssoWait)
+	defer cancel()
+	select {
+	case code := <-codes:
+		return kr.FinishSSO(ctx, flow, code)
+	case <-wait.Done():
+		return "", fmt.Errorf("no sign-in within %s: %w", ssoWait, wait.Err())
+	}
+}
+
+// browserCommand opens a URL in the desktop's browser, where there is one.
+func browserCommand(url string) *exec.Cmd {
+	switch runtime.GOOS {
+	case "darwin":
+		return exec.Command("open", url)
+	case "windows":
+		return exec.Command("rundll32", "url.dll,FileProtocolHandler", url)
+	default:
+		if _, err := exec.LookPath("xdg-open"); err != nil {
+			return nil
+		}
+		return exec.Command("xdg-open", url)
+	}
 }
 
 func profile() (*apiclient.Profile, string, error) {

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,6 +33,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -173,7 +176,9 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	migrate := fs.Bool("migrate", false, "apply store migrations at start (else run gatehouse migrate first)")
 	publicURL := fs.String("public-url", "", "URL agents and people reach this gateway at, https://HOST:PORT (default from -addr)")
 	kratosPublic := fs.String("kratos-public-url", "", "Kratos public URL; empty: API tokens only, no sign-in")
-	kratosAdmin := fs.String("kratos-admin-url", "", "Kratos admin URL (ending a revoked person's sessions)")
+	kratosAdmin := fs.String("kratos-admin-url", "", "Kratos admin URL (ending a revoked person's sessions, reading SSO links)")
+	ssoFile := fs.String("sso-providers", "", "YAML list of Kratos's OIDC providers whose groups are read at every login (id, issuer, clientID, clientSecret, groupsClaim)")
+	tokenKeyFile := fs.String("token-key-file", "", "32 random bytes, base64 (openssl rand -base64 32): seals the SSO refresh tokens the store keeps; the same on every node")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
@@ -187,6 +192,15 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	cfg.Logger = log
+	var sso *api.SSOConfig
+	if *ssoFile != "" {
+		if *kratosPublic == "" || *kratosAdmin == "" || *tokenKeyFile == "" {
+			return errors.New("--sso-providers needs --kratos-public-url, --kratos-admin-url and --token-key-file")
+		}
+		if sso, err = loadSSO(*ssoFile, *tokenKeyFile); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(*stateDir, 0o700); err != nil {
 		return err
 	}
@@ -252,6 +266,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		}
 	}
+	apiCfg.SSO = sso
 	restAPI, err := api.New(apiCfg)
 	if err != nil {
 		return err
@@ -357,4 +372,34 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	return a.Run(ctx)
+}
+
+// loadSSO reads the SSO providers and the key that seals their refresh
+// tokens.
+func loadSSO(providersFile, keyFile string) (*api.SSOConfig, error) {
+	raw, err := os.ReadFile(providersFile)
+	if err != nil {
+		return nil, fmt.Errorf("--sso-providers: %w", err)
+	}
+	var providers []identity.SSOProvider
+	if err := yaml.UnmarshalStrict(raw, &providers); err != nil {
+		return nil, fmt.Errorf("--sso-providers %s: %w", providersFile, err)
+	}
+	reader, err := identity.NewGroupReader(providers, nil)
+	if err != nil {
+		return nil, fmt.Errorf("--sso-providers %s: %w", providersFile, err)
+	}
+	text, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--token-key-file: %w", err)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(text)))
+	if err != nil {
+		return nil, fmt.Errorf("--token-key-file: not base64: %w", err)
+	}
+	sealer, err := identity.NewSealer(key)
+	if err != nil {
+		return nil, fmt.Errorf("--token-key-file: %w", err)
+	}
+	return &api.SSOConfig{Groups: reader, Sealer: sealer}, nil
 }

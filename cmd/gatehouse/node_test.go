@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,10 +21,10 @@ func TestMigrateCommand(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	out, _, err := runCLI(ctx, "migrate", "--state-dir", dir)
-	if err != nil || !strings.Contains(out, "applied migrations [1]") {
+	if err != nil || !strings.Contains(out, "applied migrations [1 2]") {
 		t.Fatalf("migrate: %v %s", err, out)
 	}
-	if out, _, err := runCLI(ctx, "migrate", "--state-dir", dir); err != nil || !strings.Contains(out, "up to date at version 1") {
+	if out, _, err := runCLI(ctx, "migrate", "--state-dir", dir); err != nil || !strings.Contains(out, "up to date at version 2") {
 		t.Fatalf("migrate again: %v %s", err, out)
 	}
 	pg := testenv.PostgresT(t)
@@ -99,3 +101,29 @@ type cliError struct {
 }
 
 func (e *cliError) Error() string { return e.err.Error() + ": " + e.stderr }
+
+func TestNodeSSOFlags(t *testing.T) {
+	dir := t.TempDir()
+	providers := filepath.Join(dir, "sso.yaml")
+	key := filepath.Join(dir, "token.key")
+	os.WriteFile(key, []byte(base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600)
+	base := []string{"node", "--state-dir", dir, "--addr", "127.0.0.1:0", "--kratos-public-url", "http://127.0.0.1:1", "--kratos-admin-url", "http://127.0.0.1:2"}
+	for _, c := range []struct {
+		yaml, key, want string
+	}{
+		{yaml: "- {id: corp, issuer: https://login.example.com, clientID: c, clientSecret: s}\n", want: "--token-key-file"},
+		{yaml: "- {id: corp, issuer: https://login.example.com, clientID: c, clientSecret: s, scope: x}\n", key: key, want: "unknown field"},
+		{yaml: "- {id: corp, issuer: login.example.com, clientID: c, clientSecret: s}\n", key: key, want: "must be an http(s) URL"},
+		{yaml: "- {id: corp, issuer: https://login.example.com, clientID: c}\n", key: key, want: "clientSecret are required"},
+		{yaml: "- {id: corp, issuer: https://login.example.com, clientID: c, clientSecret: s}\n", key: providers, want: "--token-key-file"},
+	} {
+		os.WriteFile(providers, []byte(c.yaml), 0o600)
+		args := append(slices.Clone(base), "--sso-providers", providers)
+		if c.key != "" {
+			args = append(args, "--token-key-file", c.key)
+		}
+		if _, _, err := runCLI(context.Background(), args...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s with key %q: %v, want an error naming %q", c.yaml, c.key, err, c.want)
+		}
+	}
+}

@@ -48,6 +48,10 @@ type Config struct {
 	Node string
 	// Identity validates Kratos session tokens; nil accepts API tokens only.
 	Identity *identity.Kratos
+	// SSO reads the current groups of people who log in through an SSO
+	// provider; nil (or a provider it does not read) keeps the groups
+	// Kratos recorded when the person registered.
+	SSO *SSOConfig
 	// Issuer signs people's client certificates; nil disables
 	// /api/v1/credentials.
 	Issuer CertIssuer
@@ -98,6 +102,8 @@ func (c Config) Validate() error {
 		return errors.New("api: GatewayURL (https://) and GatewayCA are required")
 	case c.AgentImage == "" || c.BootstrapTTL <= 0:
 		return errors.New("api: AgentImage and a positive BootstrapTTL are required")
+	case c.SSO != nil && (c.SSO.Groups == nil || c.SSO.Sealer == nil || c.Identity == nil):
+		return errors.New("api: SSO needs Groups, Sealer and Identity")
 	}
 	return nil
 }

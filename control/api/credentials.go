@@ -18,6 +18,9 @@ type LoginResult struct {
 	Whoami
 	// Groups are the Gatehouse groups the person is in after this login.
 	Groups []string `json:"groups"`
+	// Warning is set when the login succeeded but the person's groups at
+	// their SSO provider could not be read.
+	Warning string `json:"warning,omitempty"`
 }
 
 // login records a Kratos login: it links a person provisioned by email to
@@ -27,7 +30,17 @@ func (a *API) login(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	if c.Session == nil {
 		return &apiError{status: http.StatusBadRequest, title: "invalid request", detail: "log in with a session, not an API token"}
 	}
-	u, err := a.cfg.Store.RecordLogin(r.Context(), c.User.Email, c.Session.IdentityID, c.Session.Groups)
+	idpGroups, warning := c.Session.Groups, ""
+	if p := c.Session.Provider; p != "" && a.cfg.SSO != nil && a.cfg.SSO.Groups.Has(p) {
+		var err error
+		if idpGroups, err = a.ssoGroups(r.Context(), c.User.ID, c.Session); err != nil {
+			// Fail closed: groups that cannot be confirmed do not count.
+			a.log.Warn("api: SSO groups not read", "user", c.User.ID, "provider", p, "err", err)
+			idpGroups = nil
+			warning = fmt.Sprintf("your groups at %s could not be read, so none of them count until a later login reads them (%v)", p, err)
+		}
+	}
+	u, err := a.cfg.Store.RecordLogin(r.Context(), c.User.Email, c.Session.IdentityID, idpGroups)
 	if err != nil {
 		a.auditChange(r.Context(), r, c, "login", "user/"+c.User.ID, http.StatusConflict, err.Error())
 		return err
@@ -40,11 +53,11 @@ func (a *API) login(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	if err != nil {
 		return err
 	}
-	a.auditChange(r.Context(), r, c, "login", "user/"+u.ID, http.StatusOK, "")
+	a.auditChange(r.Context(), r, c, "login", "user/"+u.ID, http.StatusOK, warning)
 	if groups == nil {
 		groups = []string{}
 	}
-	return writeJSON(w, http.StatusOK, LoginResult{Whoami: Whoami{ID: u.ID, Email: u.Email, Org: org.Name}, Groups: groups})
+	return writeJSON(w, http.StatusOK, LoginResult{Whoami: Whoami{ID: u.ID, Email: u.Email, Org: org.Name}, Groups: groups, Warning: warning})
 }
 
 func (a *API) logout(w http.ResponseWriter, r *http.Request, c *Caller) error {

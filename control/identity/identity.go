@@ -70,8 +70,11 @@ type Session struct {
 	// Groups are the identity provider's groups of an SSO login (from the
 	// identity's metadata_public.groups, which the OIDC mapper fills);
 	// empty for local people.
-	Groups  []string
-	Expires time.Time
+	Groups []string
+	// Provider is the OIDC provider of an SSO login; empty for a password
+	// login.
+	Provider string
+	Expires  time.Time
 }
 
 // Kratos talks to one Kratos deployment. It is safe for concurrent use.
@@ -149,6 +152,11 @@ func (k *Kratos) Session(ctx context.Context, token string) (*Session, error) {
 	if traits, ok := sess.Identity.Traits.(map[string]any); ok {
 		s.Email, _ = traits["email"].(string)
 		s.Name, _ = traits["name"].(string)
+	}
+	for _, m := range sess.AuthenticationMethods {
+		if m.GetMethod() == "oidc" {
+			s.Provider = m.GetProvider()
+		}
 	}
 	if md := sess.Identity.MetadataPublic; md != nil {
 		if gs, ok := md["groups"].([]any); ok {

@@ -505,3 +505,31 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestSSOTokens(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, _ *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		u := &store.User{OrgID: f.org.ID, Email: "ada@example.com"}
+		must(t, s.CreateUser(ctx, u))
+		_, err := s.GetSSOToken(ctx, u.ID, "corp")
+		wantErr(t, err, store.ErrNotFound)
+
+		must(t, s.PutSSOToken(ctx, &store.SSOToken{UserID: u.ID, Provider: "corp", Subject: "sub-1", Source: "a", Sealed: []byte{0, 1, 2}}))
+		// A rotated token replaces the one before.
+		must(t, s.PutSSOToken(ctx, &store.SSOToken{UserID: u.ID, Provider: "corp", Subject: "sub-1", Source: "a", Sealed: []byte{3, 4}}))
+		got, err := s.GetSSOToken(ctx, u.ID, "corp")
+		must(t, err)
+		if got.Subject != "sub-1" || got.Source != "a" || !slices.Equal(got.Sealed, []byte{3, 4}) || got.Updated.IsZero() {
+			t.Fatalf("token: %+v", got)
+		}
+		// A token to another user's row is refused by the foreign key.
+		if err := s.PutSSOToken(ctx, &store.SSOToken{UserID: "nobody", Provider: "corp", Subject: "x", Source: "a", Sealed: []byte{1}}); err == nil {
+			t.Fatal("a token for a person who does not exist was kept")
+		}
+		// Tokens go with the person.
+		must(t, s.DeleteUser(ctx, u.ID))
+		_, err = s.GetSSOToken(ctx, u.ID, "corp")
+		wantErr(t, err, store.ErrNotFound)
+	})
+}

@@ -63,11 +63,20 @@ type Config struct {
 	Out io.Writer
 	// Logger receives the components' logs; nil discards them.
 	Logger *slog.Logger
+	// SSO are OpenID Connect providers people may sign in with (Kratos's
+	// generic OIDC method, scopes openid email profile groups
+	// offline_access); Gatehouse reads their groups at every login.
+	SSO []identity.SSOProvider
+	// SSOCallbackAddr is where `gatehouse login --sso` waits for the
+	// browser; Kratos allows http://SSOCallbackAddr/callback as a return
+	// URL.
+	SSOCallbackAddr string
 }
 
 // DefaultConfig returns the defaults of `gatehouse dev`.
 func DefaultConfig() Config {
-	return Config{StateDir: ".gatehouse/dev", Addr: "127.0.0.1:8443", Cluster: "dev", Admin: "admin@gatehouse.local", Nodes: 3, Out: os.Stdout}
+	return Config{StateDir: ".gatehouse/dev", Addr: "127.0.0.1:8443", Cluster: "dev", Admin: "admin@gatehouse.local", Nodes: 3, Out: os.Stdout,
+		SSOCallbackAddr: identity.DefaultSSOCallbackAddr}
 }
 
 // Validate checks the configuration.
@@ -80,6 +89,14 @@ func (c Config) Validate() error {
 	}
 	if c.Cluster == "" || c.Admin == "" {
 		return errors.New("dev: Cluster and Admin are required")
+	}
+	for _, p := range c.SSO {
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.SSOCallbackAddr); len(c.SSO) > 0 && err != nil {
+		return fmt.Errorf("dev: SSOCallbackAddr %q: %w", c.SSOCallbackAddr, err)
 	}
 	return nil
 }
@@ -201,7 +218,14 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	}
 	// Kratos, on SQLite in the state directory: people sign in through it.
 	say("starting Kratos (identity)...")
-	kr, err := testenv.StartKratos(ctx, testenv.DefaultKratosConfig())
+	kcfg := testenv.DefaultKratosConfig()
+	for _, p := range cfg.SSO {
+		kcfg.OIDC = append(kcfg.OIDC, testenv.KratosOIDC{ID: p.ID, IssuerURL: p.IssuerURL, ClientID: p.ClientID, ClientSecret: p.ClientSecret})
+	}
+	if len(cfg.SSO) > 0 {
+		kcfg.ReturnURLs = []string{"http://" + cfg.SSOCallbackAddr + "/callback"}
+	}
+	kr, err := testenv.StartKratos(ctx, kcfg)
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +286,21 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	apiCfg.Store, apiCfg.Policy, apiCfg.Audit, apiCfg.Node, apiCfg.Logger = st, engine, sink, ncfg.Name, cfg.Logger
 	apiCfg.GatewayURL, apiCfg.GatewayCA = e.GatewayURL, auth.RootPEM()
 	apiCfg.Identity, apiCfg.Issuer, apiCfg.Revoker, apiCfg.Notify = kratos, auth, &node.Revoker{CA: auth, Node: n}, n
+	if len(cfg.SSO) > 0 {
+		// The store is new at each start, so the refresh tokens it keeps
+		// need no key that outlives the process.
+		reader, err := identity.NewGroupReader(cfg.SSO, nil)
+		if err != nil {
+			return nil, err
+		}
+		key := make([]byte, 32)
+		rand.Read(key)
+		sealer, err := identity.NewSealer(key)
+		if err != nil {
+			return nil, err
+		}
+		apiCfg.SSO = &api.SSOConfig{Groups: reader, Sealer: sealer}
+	}
 	// Time-bound grants leave the cluster when they expire.
 	e.run(ctx, "expirer", (&control.Expirer{Store: st, Notify: n, Logger: e.log}).Run)
 	restAPI, err := api.New(apiCfg)

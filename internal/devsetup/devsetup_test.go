@@ -86,16 +86,7 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 // revokes them: their open watch ends and their next request fails.
 func TestLoginKubeconfigAndRevocation(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "gatehouse")
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	build := exec.Command(goBin, "build", "-o", bin, "./cmd/gatehouse")
-	build.Dir = "../.."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildCLI(t, dir)
 	cfg := devsetup.DefaultConfig()
 	cfg.StateDir = filepath.Join(dir, "state")
 	cfg.Addr = "127.0.0.1:0"
@@ -239,6 +230,22 @@ func TestLoginKubeconfigAndRevocation(t *testing.T) {
 	if out, err := run("", kubectl, "--kubeconfig", env.AdminKubeconfig, "get", "ns"); err == nil {
 		t.Fatalf("the static kubeconfig works after revocation: %s", out)
 	}
+}
+
+// buildCLI builds the gatehouse binary into dir.
+func buildCLI(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "gatehouse")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command(goBin, "build", "-o", bin, "./cmd/gatehouse")
+	build.Dir = "../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
 }
 
 func mustReadFile(t *testing.T, path string) []byte {

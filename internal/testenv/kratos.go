@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,6 +43,30 @@ type KratosConfig struct {
 	StartTimeout time.Duration
 	// Logger receives progress lines; nil discards them.
 	Logger *slog.Logger
+	// OIDC are SSO providers for Kratos's generic OIDC method. With any,
+	// self-service registration is on for OIDC only (a person's first SSO
+	// login creates their identity); password self-registration stays
+	// refused, because Gatehouse links a person provisioned by email to
+	// the first identity that logs in with that address.
+	OIDC []KratosOIDC
+	// ReturnURLs are further allowed return_to URLs, such as the loopback
+	// callback of `gatehouse login --sso`.
+	ReturnURLs []string
+}
+
+// KratosOIDC is one OpenID Connect provider of Kratos.
+type KratosOIDC struct {
+	// ID names the provider in flows and in the callback URL.
+	ID        string
+	IssuerURL string
+	ClientID  string
+	// ClientSecret authenticates Kratos at the provider's token endpoint.
+	ClientSecret string
+}
+
+// CallbackURL is where the provider sends the browser back to Kratos.
+func (kr *Kratos) CallbackURL(providerID string) string {
+	return kr.PublicURL + "/self-service/methods/oidc/callback/" + providerID
 }
 
 // DefaultKratosConfig returns a configuration with a 90 s start timeout.
@@ -52,6 +77,51 @@ var kratosConfigTemplate string
 
 //go:embed assets/identity.schema.json
 var kratosIdentitySchema []byte
+
+//go:embed assets/oidc.mapper.jsonnet
+var kratosOIDCMapper []byte
+
+//go:embed assets/refuse-registration.jsonnet
+var kratosRefuseRegistration []byte
+
+// kratosSSO returns the YAML (JSON) for Kratos's oidc method and the
+// registration flow: off without providers; with them, registration by
+// OIDC only.
+func kratosSSO(dir string, providers []KratosOIDC) (oidcMethod, registration string, err error) {
+	if len(providers) == 0 {
+		return `{"enabled": false}`, `{"enabled": false}`, nil
+	}
+	var ps []map[string]any
+	for _, p := range providers {
+		ps = append(ps, map[string]any{
+			"id": p.ID, "provider": "generic", "issuer_url": p.IssuerURL,
+			"client_id": p.ClientID, "client_secret": p.ClientSecret,
+			"mapper_url": "file://" + filepath.Join(dir, "oidc.mapper.jsonnet"),
+			// offline_access: Kratos keeps the refresh token, with which
+			// Gatehouse reads the person's current groups at each login.
+			"scope":         []string{"openid", "email", "profile", "groups", "offline_access"},
+			"claims_source": "userinfo",
+		})
+	}
+	m, err := json.Marshal(map[string]any{"enabled": true, "config": map[string]any{"providers": ps}})
+	if err != nil {
+		return "", "", err
+	}
+	r, err := json.Marshal(map[string]any{
+		"enabled": true,
+		"ui_url":  "http://127.0.0.1/registration",
+		"after": map[string]any{
+			"oidc": map[string]any{"hooks": []any{map[string]any{"hook": "session"}}},
+			// A web hook whose body template fails refuses the flow before
+			// the identity is stored: no password self-registration.
+			"password": map[string]any{"hooks": []any{map[string]any{"hook": "web_hook", "config": map[string]any{
+				"url": "http://127.0.0.1:1/", "method": "POST", "can_interrupt": true,
+				"body": "file://" + filepath.Join(dir, "refuse-registration.jsonnet"),
+			}}}},
+		},
+	})
+	return string(m), string(r), err
+}
 
 // StartKratos writes a configuration, migrates the SQLite database with
 // `kratos migrate sql` and serves until Close.
@@ -87,7 +157,18 @@ func StartKratos(ctx context.Context, cfg KratosConfig) (_ *Kratos, err error) {
 	kr.AdminURL = "http://" + hostPort(ports[1])
 	schema := filepath.Join(kr.Dir, "identity.schema.json")
 	dsn := "sqlite://" + filepath.Join(kr.Dir, "kratos.sqlite") + "?_fk=true&mode=rwc"
+	oidcMethod, registration, err := kratosSSO(kr.Dir, cfg.OIDC)
+	if err != nil {
+		return nil, err
+	}
+	returnURLs, err := json.Marshal(append([]string{kr.PublicURL + "/"}, cfg.ReturnURLs...))
+	if err != nil {
+		return nil, err
+	}
 	conf := strings.NewReplacer(
+		"{{OIDC}}", oidcMethod,
+		"{{REGISTRATION}}", registration,
+		"{{RETURN_URLS}}", string(returnURLs),
 		"{{DSN}}", dsn,
 		"{{PUBLIC_PORT}}", strconv.Itoa(ports[0]),
 		"{{ADMIN_PORT}}", strconv.Itoa(ports[1]),
@@ -96,7 +177,11 @@ func StartKratos(ctx context.Context, cfg KratosConfig) (_ *Kratos, err error) {
 		"{{CIPHER_SECRET}}", randomHex(16),
 	).Replace(kratosConfigTemplate)
 	confPath := filepath.Join(kr.Dir, "kratos.yml")
-	if err := writeFiles(map[string][]byte{confPath: []byte(conf), schema: kratosIdentitySchema}); err != nil {
+	if err := writeFiles(map[string][]byte{
+		confPath: []byte(conf), schema: kratosIdentitySchema,
+		filepath.Join(kr.Dir, "oidc.mapper.jsonnet"):         kratosOIDCMapper,
+		filepath.Join(kr.Dir, "refuse-registration.jsonnet"): kratosRefuseRegistration,
+	}); err != nil {
 		return nil, err
 	}
 	// No usage statistics are sent anywhere.

@@ -69,3 +69,39 @@ func TestKratosPasswordLogin(t *testing.T) {
 		t.Fatal("session not active")
 	}
 }
+
+// TestKratosSSORegistrationOnly: with an OIDC provider configured,
+// registration opens for SSO, but a password self-registration is refused
+// before an identity is stored (Gatehouse links people by email, so an
+// account made up by anyone must not exist).
+func TestKratosSSORegistrationOnly(t *testing.T) {
+	ctx := context.Background()
+	cfg := testenv.DefaultKratosConfig()
+	// Kratos discovers the provider only when a flow uses it.
+	cfg.OIDC = []testenv.KratosOIDC{{ID: "corp", IssuerURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s"}}
+	kr, err := testenv.StartKratos(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kr.Close()
+	public, admin := oryClient(kr.PublicURL), oryClient(kr.AdminURL)
+	flow, _, err := public.FrontendAPI.CreateNativeRegistrationFlow(ctx).Execute()
+	if err != nil {
+		t.Fatalf("registration flow (registration should be on for SSO): %v", err)
+	}
+	_, resp, err := public.FrontendAPI.UpdateRegistrationFlow(ctx).Flow(flow.Id).UpdateRegistrationFlowBody(
+		ory.UpdateRegistrationFlowWithPasswordMethodAsUpdateRegistrationFlowBody(&ory.UpdateRegistrationFlowWithPasswordMethod{
+			Method: "password", Password: "correct horse " + rand.Text(), Traits: map[string]any{"email": "mallory@example.com"},
+		})).Execute()
+	if err == nil {
+		t.Fatal("password self-registration succeeded")
+	}
+	t.Logf("refused with %d", resp.StatusCode)
+	ids, _, err := admin.IdentityAPI.ListIdentities(ctx).Execute()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 0 {
+		t.Fatalf("%d identities stored after a refused registration", len(ids))
+	}
+}

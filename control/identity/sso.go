@@ -1,0 +1,337 @@
+package identity
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	ory "github.com/ory/client-go"
+	"golang.org/x/oauth2"
+)
+
+// SSO errors.
+var (
+	// ErrNoOIDCLink: the identity has no OIDC credential at that provider.
+	ErrNoOIDCLink = errors.New("identity: the identity is not linked to that provider")
+	// ErrNoRefreshToken: Kratos kept no refresh token for the identity (the
+	// provider was not asked for offline_access, or issues none).
+	ErrNoRefreshToken = errors.New("identity: no refresh token for the identity at that provider")
+	// ErrUnknownProvider: the provider is not configured here.
+	ErrUnknownProvider = errors.New("identity: unknown SSO provider")
+)
+
+// DefaultSSOCallbackAddr is where `gatehouse login --sso` waits for the
+// browser. Kratos matches return URLs with their port, so the port is
+// fixed (an unassigned one) and Kratos's selfservice.allowed_return_urls
+// must list http://127.0.0.1:53682/callback.
+const DefaultSSOCallbackAddr = "127.0.0.1:53682"
+
+// SSOFlow is a native (API) SSO login that waits for the person's browser.
+type SSOFlow struct {
+	// BrowserURL is where the person signs in: the provider's login page,
+	// which ends with a redirect to the flow's return URL carrying a code.
+	BrowserURL string
+	// initCode is the first half of the session token exchange; the code
+	// the browser brings back is the second. It never leaves this process.
+	initCode string
+}
+
+// StartSSO starts a native login through an OIDC provider of Kratos. When
+// the person has signed in, Kratos sends their browser to returnTo with a
+// `code` query parameter; FinishSSO trades it for a session token. Kratos
+// must allow returnTo (selfservice.allowed_return_urls).
+func (k *Kratos) StartSSO(ctx context.Context, provider, returnTo string) (*SSOFlow, error) {
+	flow, resp, err := k.public.FrontendAPI.CreateNativeLoginFlow(ctx).ReturnSessionTokenExchangeCode(true).ReturnTo(returnTo).Execute()
+	closeBody(resp)
+	if err != nil {
+		return nil, fmt.Errorf("identity: SSO login flow: %w", kratosDetail(err))
+	}
+	if flow.GetSessionTokenExchangeCode() == "" {
+		return nil, errors.New("identity: Kratos returned no session token exchange code (Kratos v1.1 or later is needed)")
+	}
+	_, resp, err = k.public.FrontendAPI.UpdateLoginFlow(ctx).Flow(flow.Id).UpdateLoginFlowBody(
+		ory.UpdateLoginFlowWithOidcMethodAsUpdateLoginFlowBody(ory.NewUpdateLoginFlowWithOidcMethod("oidc", provider))).Execute()
+	closeBody(resp)
+	// The API flow answers 422 with the browser's next stop.
+	var apiErr *ory.GenericOpenAPIError
+	if err == nil || !errors.As(err, &apiErr) || resp == nil || resp.StatusCode != http.StatusUnprocessableEntity {
+		return nil, fmt.Errorf("identity: SSO through %q: %w", provider, kratosDetail(err))
+	}
+	var body struct {
+		RedirectBrowserTo string `json:"redirect_browser_to"`
+	}
+	if err := json.Unmarshal(apiErr.Body(), &body); err != nil || body.RedirectBrowserTo == "" {
+		return nil, fmt.Errorf("identity: SSO through %q: Kratos named no page for the browser", provider)
+	}
+	return &SSOFlow{BrowserURL: body.RedirectBrowserTo, initCode: flow.GetSessionTokenExchangeCode()}, nil
+}
+
+// FinishSSO trades the code the browser brought back for a session token.
+func (k *Kratos) FinishSSO(ctx context.Context, f *SSOFlow, returnToCode string) (string, error) {
+	if returnToCode == "" {
+		return "", errors.New("identity: the browser brought back no code")
+	}
+	ok, resp, err := k.public.FrontendAPI.ExchangeSessionToken(ctx).InitCode(f.initCode).ReturnToCode(returnToCode).Execute()
+	closeBody(resp)
+	if err != nil {
+		return "", fmt.Errorf("identity: session token exchange: %w", kratosDetail(err))
+	}
+	if ok.SessionToken == nil || *ok.SessionToken == "" {
+		return "", errors.New("identity: the exchange returned no session token")
+	}
+	return *ok.SessionToken, nil
+}
+
+// OIDCCredential returns the subject of an identity at an OIDC provider and
+// the refresh token Kratos kept when the identity was registered or linked
+// there (Kratos v1.3 stores the provider's tokens only then, encrypted).
+func (k *Kratos) OIDCCredential(ctx context.Context, identityID, provider string) (subject, refreshToken string, err error) {
+	if k.admin == nil {
+		return "", "", errors.New("identity: no admin URL configured")
+	}
+	id, resp, err := k.admin.IdentityAPI.GetIdentity(ctx, identityID).IncludeCredential([]string{"oidc"}).Execute()
+	closeBody(resp)
+	if err != nil {
+		return "", "", fmt.Errorf("identity: get identity: %w", err)
+	}
+	cred, ok := id.GetCredentials()["oidc"]
+	if !ok {
+		return "", "", ErrNoOIDCLink
+	}
+	raw, err := json.Marshal(cred.Config)
+	if err != nil {
+		return "", "", err
+	}
+	var conf struct {
+		Providers []struct {
+			Subject             string `json:"subject"`
+			Provider            string `json:"provider"`
+			InitialRefreshToken string `json:"initial_refresh_token"`
+		} `json:"providers"`
+	}
+	if err := json.Unmarshal(raw, &conf); err != nil {
+		return "", "", fmt.Errorf("identity: OIDC credential: %w", err)
+	}
+	for _, p := range conf.Providers {
+		if p.Provider == provider {
+			if p.InitialRefreshToken == "" {
+				return p.Subject, "", ErrNoRefreshToken
+			}
+			return p.Subject, p.InitialRefreshToken, nil
+		}
+	}
+	return "", "", ErrNoOIDCLink
+}
+
+// SSOProvider is an OpenID Connect provider that Kratos signs people in
+// with, as Gatehouse reads it: with the same client, Gatehouse refreshes
+// the person's tokens at each login and reads their groups from userinfo.
+// Kratos v1.3 runs its claims mapper only at registration, so this is how
+// a change of groups at the provider reaches Gatehouse at the next login.
+type SSOProvider struct {
+	// ID is Kratos's id of the provider.
+	ID string `json:"id"`
+	// IssuerURL is the provider's issuer (discovery at
+	// IssuerURL/.well-known/openid-configuration).
+	IssuerURL string `json:"issuer"`
+	// ClientID and ClientSecret are the client Kratos uses.
+	ClientID     string `json:"clientID"`
+	ClientSecret string `json:"clientSecret"`
+	// GroupsClaim names the userinfo claim with the groups; empty means
+	// "groups".
+	GroupsClaim string `json:"groupsClaim,omitempty"`
+}
+
+// Validate checks one provider.
+func (p SSOProvider) Validate() error {
+	u, err := url.Parse(p.IssuerURL)
+	switch {
+	case p.ID == "" || p.ClientID == "" || p.ClientSecret == "":
+		return fmt.Errorf("identity: SSO provider %q: id, clientID and clientSecret are required", p.ID)
+	case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
+		return fmt.Errorf("identity: SSO provider %q: issuer %q must be an http(s) URL", p.ID, p.IssuerURL)
+	}
+	return nil
+}
+
+// GroupReader reads people's current groups from their OIDC providers.
+// It is safe for concurrent use.
+type GroupReader struct {
+	client    *http.Client
+	providers map[string]SSOProvider
+
+	mu         sync.Mutex // guards discovered
+	discovered map[string]*oidc.Provider
+}
+
+// NewGroupReader returns a reader for providers; client nil means one with
+// a 30 s timeout. Providers are discovered at first use, so a provider that
+// is down does not stop a node from starting.
+func NewGroupReader(providers []SSOProvider, client *http.Client) (*GroupReader, error) {
+	g := &GroupReader{client: client, providers: map[string]SSOProvider{}, discovered: map[string]*oidc.Provider{}}
+	if g.client == nil {
+		g.client = &http.Client{Timeout: 30 * time.Second}
+	}
+	for _, p := range providers {
+		if err := p.Validate(); err != nil {
+			return nil, err
+		}
+		if _, dup := g.providers[p.ID]; dup {
+			return nil, fmt.Errorf("identity: SSO provider %q configured twice", p.ID)
+		}
+		if p.GroupsClaim == "" {
+			p.GroupsClaim = "groups"
+		}
+		g.providers[p.ID] = p
+	}
+	return g, nil
+}
+
+// Has reports whether provider is one this reader reads.
+func (g *GroupReader) Has(provider string) bool {
+	_, ok := g.providers[provider]
+	return ok
+}
+
+// Groups uses refreshToken at the provider for a new access token, asks
+// userinfo for the person's claims, checks that they are subject's and
+// returns their groups and the refresh token to keep (the provider may
+// have rotated it; the old one is then spent).
+func (g *GroupReader) Groups(ctx context.Context, provider, subject, refreshToken string) (groups []string, next string, err error) {
+	p, ok := g.providers[provider]
+	if !ok {
+		return nil, "", ErrUnknownProvider
+	}
+	ctx = oidc.ClientContext(ctx, g.client)
+	op, err := g.discover(ctx, p)
+	if err != nil {
+		return nil, "", err
+	}
+	conf := oauth2.Config{ClientID: p.ClientID, ClientSecret: p.ClientSecret, Endpoint: op.Endpoint()}
+	tok, err := conf.TokenSource(ctx, &oauth2.Token{RefreshToken: refreshToken}).Token()
+	if err != nil {
+		return nil, "", fmt.Errorf("identity: refresh at %s: %w", provider, err)
+	}
+	info, err := op.UserInfo(ctx, oauth2.StaticTokenSource(tok))
+	if err != nil {
+		return nil, "", fmt.Errorf("identity: userinfo at %s: %w", provider, err)
+	}
+	if info.Subject != subject {
+		return nil, "", fmt.Errorf("identity: userinfo at %s names another subject", provider)
+	}
+	var claims map[string]any
+	if err := info.Claims(&claims); err != nil {
+		return nil, "", err
+	}
+	groups, err = stringList(claims[p.GroupsClaim])
+	if err != nil {
+		return nil, "", fmt.Errorf("identity: claim %q at %s: %w", p.GroupsClaim, provider, err)
+	}
+	next = tok.RefreshToken
+	if next == "" {
+		next = refreshToken
+	}
+	return groups, next, nil
+}
+
+func (g *GroupReader) discover(ctx context.Context, p SSOProvider) (*oidc.Provider, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if op, ok := g.discovered[p.ID]; ok {
+		return op, nil
+	}
+	op, err := oidc.NewProvider(ctx, p.IssuerURL)
+	if err != nil {
+		return nil, fmt.Errorf("identity: discover %s: %w", p.ID, err)
+	}
+	g.discovered[p.ID] = op
+	return op, nil
+}
+
+// stringList reads a claim that lists names; a missing claim is no groups.
+func stringList(v any) ([]string, error) {
+	if v == nil {
+		return nil, nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("not a list but %T", v)
+	}
+	out := make([]string, 0, len(list))
+	for _, e := range list {
+		s, ok := e.(string)
+		if !ok {
+			return nil, fmt.Errorf("an element is %T, not a string", e)
+		}
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// Sealer encrypts small secrets (refresh tokens) for the store with
+// AES-256-GCM; the associated data binds a ciphertext to the row it was
+// sealed for, so one cannot be moved to another person.
+type Sealer struct{ aead cipher.AEAD }
+
+// NewSealer returns a sealer for a 32-byte key.
+func NewSealer(key []byte) (*Sealer, error) {
+	if len(key) != 32 {
+		return nil, fmt.Errorf("identity: the token key must be 32 bytes, not %d", len(key))
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	return &Sealer{aead: aead}, nil
+}
+
+// Seal encrypts plaintext for the row named by ad.
+func (s *Sealer) Seal(plaintext []byte, ad string) []byte {
+	nonce := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plaintext)+s.aead.Overhead())
+	rand.Read(nonce)
+	return s.aead.Seal(nonce, nonce, plaintext, []byte(ad))
+}
+
+// Open decrypts what Seal made for the same ad.
+func (s *Sealer) Open(sealed []byte, ad string) ([]byte, error) {
+	n := s.aead.NonceSize()
+	if len(sealed) < n {
+		return nil, errors.New("identity: sealed value too short")
+	}
+	return s.aead.Open(nil, sealed[:n], sealed[n:], []byte(ad))
+}
+
+func closeBody(resp *http.Response) {
+	if resp != nil && resp.Body != nil {
+		resp.Body.Close()
+	}
+}
+
+// kratosDetail adds Kratos's error body (its reason) to a client error.
+func kratosDetail(err error) error {
+	var apiErr *ory.GenericOpenAPIError
+	if err != nil && errors.As(err, &apiErr) && len(apiErr.Body()) > 0 {
+		body := strings.TrimSpace(string(apiErr.Body()))
+		if len(body) > 500 {
+			body = body[:500]
+		}
+		return fmt.Errorf("%w: %s", err, body)
+	}
+	return err
+}

@@ -1,0 +1,192 @@
+package devsetup_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/control/identity"
+	"github.com/gatehouse-dev/gatehouse/internal/devsetup"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv/idp"
+)
+
+// TestSSOLoginSyncsGroupsAtEveryLogin signs a person in through a real
+// OpenID provider with the real CLI (`gatehouse login --sso`), Kratos's
+// native OIDC flow and the browser played by an HTTP client; their access
+// comes from an IdP group mapped to a Gatehouse group, and a change of
+// their groups at the provider shows at their next login (Paralus synced
+// groups at the first login only).
+func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildCLI(t, dir)
+	ctx := context.Background()
+	provider, err := idp.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer provider.Close()
+	provider.AddPerson("sam", "sam-idp-pw", "sam@example.com", "Sam Ops", "platform")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	callback := ln.Addr().String()
+	ln.Close()
+
+	secret := rand.Text()
+	cfg := devsetup.DefaultConfig()
+	cfg.StateDir, cfg.Addr, cfg.Out = filepath.Join(dir, "state"), "127.0.0.1:0", io.Discard
+	cfg.SSO = []identity.SSOProvider{{ID: "corp", IssuerURL: provider.Issuer, ClientID: "gatehouse", ClientSecret: secret}}
+	cfg.SSOCallbackAddr = callback
+	env, err := devsetup.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	provider.AddClient("gatehouse", secret, env.IdentityURL+"/self-service/methods/oidc/callback/corp")
+	kubectl, err := testenv.Tool("kubectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAs := func(who, stdin, name string, args ...string) (string, error) {
+		cmd := exec.Command(name, args...)
+		cmd.Env = append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, who), "HOME="+dir)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	loginFlags := []string{"login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile}
+
+	// ssoLogin runs `gatehouse login --sso corp` as sam and signs in at
+	// the provider with the URL it prints.
+	ssoLogin := func() (string, error) {
+		t.Helper()
+		cmd := exec.Command(bin, append(loginFlags, "--sso", "corp", "--callback-addr", callback, "--no-browser")...)
+		cmd.Env = append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, "sam"), "HOME="+dir)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout = &stdout
+		pipe, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(pipe)
+		var authURL string
+		for sc.Scan() {
+			stderr.WriteString(sc.Text() + "\n")
+			if u, ok := strings.CutPrefix(sc.Text(), "  http"); ok {
+				authURL = "http" + u
+				break
+			}
+		}
+		if authURL == "" {
+			cmd.Wait()
+			t.Fatalf("no sign-in URL printed:\n%s", stderr.String())
+		}
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		_, body, err := provider.SignIn(sctx, authURL, "sam", "sam-idp-pw")
+		if err != nil || !strings.Contains(string(body), "Signed in to Gatehouse") {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("browser: %v\n%s\nCLI:\n%s", err, body, stderr.String())
+		}
+		rest, _ := io.ReadAll(pipe)
+		stderr.Write(rest)
+		err = cmd.Wait()
+		return stdout.String() + stderr.String(), err
+	}
+
+	// Nobody has provisioned sam yet: Kratos registers the identity at
+	// this first SSO login, but Gatehouse lets no one in by it alone.
+	if out, err := ssoLogin(); err == nil || !strings.Contains(out, "no Gatehouse account") {
+		t.Fatalf("SSO login of an unprovisioned person: %v\n%s", err, out)
+	}
+
+	// The admin provisions sam and maps the IdP group "platform" to a
+	// group with NAMESPACE_READ_ONLY in demo.
+	if out, err := runAs("admin", env.AdminPassword+"\n", bin, append(loginFlags, "--email", cfg.Admin, "--password-stdin")...); err != nil {
+		t.Fatalf("admin login: %v %s", err, out)
+	}
+	access := filepath.Join(dir, "access.yaml")
+	os.WriteFile(access, []byte(`kind: User
+email: sam@example.com
+---
+kind: Group
+name: platform-team
+idpGroups: [platform]
+---
+kind: RoleBinding
+subject: {kind: group, name: platform-team}
+role: NAMESPACE_READ_ONLY
+project: default
+namespace: demo
+`), 0o600)
+	if out, err := runAs("admin", "", bin, "apply", "-f", access); err != nil {
+		t.Fatalf("apply: %v %s", err, out)
+	}
+
+	if out, err := ssoLogin(); err != nil || !strings.Contains(out, "logged in as sam@example.com") {
+		t.Fatalf("sam's SSO login: %v\n%s", err, out)
+	}
+	kc := filepath.Join(dir, "sam.kubeconfig")
+	if out, err := runAs("sam", "", bin, "kubeconfig", "--cluster", "dev", "--file", kc); err != nil {
+		t.Fatalf("kubeconfig: %v %s", err, out)
+	}
+	// eventually waits for kubectl's answer to change (the gateway caches
+	// access decisions for a second).
+	eventually := func(what string, allowed bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, err := runAs("sam", "", kubectl, "--kubeconfig", kc, "get", "pods", "-n", "demo", "-o", "name")
+			if allowed && err == nil && strings.Contains(out, "pod/web-") {
+				return
+			}
+			if !allowed && err != nil && strings.Contains(out, "forbidden") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v %s", what, err, out)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	eventually("sam lists pods through the platform group", true)
+
+	// Sam leaves the group at the provider: their next login drops it.
+	if err := provider.SetGroups("sam"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ssoLogin(); err != nil || !strings.Contains(out, "logged in as sam@example.com") || strings.Contains(out, "warning") {
+		t.Fatalf("second SSO login: %v\n%s", err, out)
+	}
+	eventually("sam without the group", false)
+
+	// And rejoins: the third login (a refresh token rotated twice by now)
+	// brings the access back.
+	if err := provider.SetGroups("sam", "platform", "unmapped"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ssoLogin(); err != nil || strings.Contains(out, "warning") {
+		t.Fatalf("third SSO login: %v\n%s", err, out)
+	}
+	eventually("sam back in the group", true)
+
+	auditLog := string(mustReadFile(t, filepath.Join(cfg.StateDir, "audit.jsonl")))
+	if n := strings.Count(auditLog, `"action":"login"`); n < 4 {
+		t.Fatalf("%d logins audited, want at least 4 (admin and sam's three)", n)
+	}
+}
