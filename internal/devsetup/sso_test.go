@@ -155,7 +155,7 @@ namespace: demo
 			if allowed && err == nil && strings.Contains(out, "pod/web-") {
 				return
 			}
-			if !allowed && err != nil && strings.Contains(out, "forbidden") {
+			if !allowed && err != nil && strings.Contains(strings.ToLower(out), "forbidden") {
 				return
 			}
 			if time.Now().After(deadline) {
