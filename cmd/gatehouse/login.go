@@ -40,14 +40,21 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	caFile := fs.String("ca-file", os.Getenv("GATEHOUSE_CA_FILE"), "CA certificate that verifies the gateway (env GATEHOUSE_CA_FILE)")
 	email := fs.String("email", "", "your email (password login)")
 	passwordStdin := fs.Bool("password-stdin", false, "read the password from standard input (for scripts)")
+	invitation := fs.String("invitation", "", "an invitation from an admin: choose the first password of your local account")
 	sso := fs.String("sso", "", "sign in through this SSO provider in the browser instead of with a password")
 	callback := fs.String("callback-addr", identity.DefaultSSOCallbackAddr, "loopback address where the browser returns after SSO (Kratos must allow http://ADDR/callback)")
 	noBrowser := fs.Bool("no-browser", false, "print the SSO sign-in URL instead of opening a browser")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
 	}
-	if *server == "" || *identityURL == "" || (*email == "") == (*sso == "") {
-		fmt.Fprintln(stderr, "gatehouse login: --server, --identity-url and one of --email or --sso are required")
+	ways := 0
+	for _, set := range []bool{*email != "", *sso != "", *invitation != ""} {
+		if set {
+			ways++
+		}
+	}
+	if *server == "" || *identityURL == "" || ways != 1 {
+		fmt.Fprintln(stderr, "gatehouse login: --server, --identity-url and one of --email, --invitation or --sso are required")
 		return errUsage
 	}
 	var ca []byte
@@ -64,9 +71,25 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	var token string
-	if *sso != "" {
+	switch {
+	case *sso != "":
 		token, err = ssoLogin(ctx, kr, *sso, *callback, !*noBrowser, stderr)
-	} else {
+	case *invitation != "":
+		var password string
+		if password, err = readPassword("Choose a password: ", *passwordStdin, stderr); err != nil {
+			return err
+		}
+		if !*passwordStdin {
+			again, err := readPassword("The same again: ", false, stderr)
+			if err != nil {
+				return err
+			}
+			if again != password {
+				return errors.New("the two passwords differ")
+			}
+		}
+		token, err = kr.AcceptInvitation(ctx, *invitation, password)
+	default:
 		var password string
 		if password, err = readPassword("Password: ", *passwordStdin, stderr); err != nil {
 			return err

@@ -50,7 +50,7 @@ func commands() []command {
 		{"migrate", "apply the store's schema migrations", runMigrate},
 		{"agent", "run the cluster agent (inside the cluster; configured by the bootstrap manifest)", runAgent},
 		{"dev", "run a whole Gatehouse on this machine: a local cluster behind a gateway, ready for kubectl", runDev},
-		{"login", "sign in (password through Kratos) and keep a session for the other commands", runLogin},
+		{"login", "sign in (password, invitation or SSO through Kratos) and keep a session for the other commands", runLogin},
 		{"logout", "end the session", runLogout},
 		{"passwd", "change your password", runPasswd},
 		{"whoami", "show who you are signed in as", runWhoami},
@@ -61,6 +61,7 @@ func commands() []command {
 		{"delete", "delete a project, user, group, rolebinding or token", runDelete},
 		{"completion", "print a bash or zsh completion script", runCompletion},
 		{"apply", "create or update projects, clusters, people, groups and role bindings from YAML, idempotently", runApply},
+		{"invite", "issue an invitation with which a person sets the first (or a new) password of their local account", runInvite},
 		{"revoke", "revoke a person (everything they hold) or one certificate, at once", runRevoke},
 		{"cluster", "create, list, get, delete clusters, or print a new bootstrap manifest (through the API)", runCluster},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/control/apiclient"
 )
 
 func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -29,5 +31,39 @@ func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintln(stdout, "revoked")
+	return nil
+}
+
+// runInvite: gatehouse invite EMAIL [--ttl 24h].
+func runInvite(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	pos, rest := leadingArgs(args)
+	fs := newFlags("gatehouse invite", stderr)
+	ttl := fs.String("ttl", "", "how long the invitation lasts (default 24h, at most 168h)")
+	var cf clientFlags
+	cf.register(fs, "table")
+	if ok, err := parseFlags(fs, rest, stderr); !ok {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "Usage: gatehouse invite EMAIL [--ttl 24h]")
+		return errUsage
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return invite(ctx, c, pos[0], *ttl, stdout, stderr)
+}
+
+// invite issues an invitation and tells the admin what to hand over.
+func invite(ctx context.Context, c *apiclient.Client, user, ttl string, stdout, stderr io.Writer) error {
+	inv, err := c.Invite(ctx, user, ttl)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "invitation for %s, shown once, valid until %s; the person runs\n  gatehouse login --server ... --identity-url ... --invitation INVITATION\nand chooses their password:\n",
+		user, inv.Expires.Local().Format(time.RFC1123))
+	fmt.Fprintln(stdout, inv.Invitation)
 	return nil
 }

@@ -118,6 +118,7 @@ func runCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	ttl := fs.String("ttl", "720h", "lifetime (token)")
 	roles := fs.String("roles", "", "comma-separated roles the token is limited to (token)")
 	passwordStdin := fs.Bool("password-stdin", false, "read a first password from standard input: the person becomes a local account (user)")
+	inviteUser := fs.Bool("invite", false, "make the person a local account and print an invitation with which they set their own first password (user)")
 	var cf clientFlags
 	cf.register(fs, "table")
 	if ok, err := parseFlags(fs, rest, stderr); !ok {
@@ -164,6 +165,9 @@ func runCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var out map[string]any
 	if err := c.Do(ctx, "POST", k.path, body, &out); err != nil {
 		return err
+	}
+	if *inviteUser && k.names[0] == "user" {
+		return invite(ctx, c, str(out, "id"), "", stdout, stderr)
 	}
 	if s := str(out, "secret"); s != "" {
 		fmt.Fprintln(stderr, "the token's secret is shown once; keep it now:")

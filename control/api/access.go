@@ -159,6 +159,76 @@ func (a *API) userByRef(r *http.Request, c *Caller, ref string) (*store.User, er
 	return u, nil
 }
 
+// InvitationRequest asks for an invitation.
+type InvitationRequest struct {
+	// TTL is how long the invitation lasts ("24h", the default; at most
+	// MaxInvitationTTL).
+	TTL string `json:"ttl,omitempty"`
+}
+
+// InvitationResult is an invitation: the one string with which the person
+// sets the first password of their local account (`gatehouse login
+// --invitation`). It is shown once; Kratos keeps only its hash.
+type InvitationResult struct {
+	Invitation string    `json:"invitation"`
+	Expires    time.Time `json:"expires"`
+}
+
+// Invitation lifetimes: a day to act on it by default, a week at most.
+const (
+	DefaultInvitationTTL = 24 * time.Hour
+	MaxInvitationTTL     = 7 * 24 * time.Hour
+)
+
+// inviteUser issues an invitation to a person: the first password of a
+// local account is set by the person, never chosen by the admin. Asked
+// again, it replaces the password at the next use (an admin's reset).
+func (a *API) inviteUser(w http.ResponseWriter, r *http.Request, c *Caller) error {
+	var in InvitationRequest
+	if r.ContentLength != 0 {
+		if err := decode(w, r, &in); err != nil {
+			return err
+		}
+	}
+	ttl := DefaultInvitationTTL
+	if in.TTL != "" {
+		d, err := time.ParseDuration(in.TTL)
+		if err != nil || d < time.Minute || d > MaxInvitationTTL {
+			return badField("ttl", "ttl must be a duration from 1m to %s", MaxInvitationTTL)
+		}
+		ttl = d
+	}
+	if !c.decider.Allowed(c.scope(""), policy.UserUpdate) {
+		a.auditChange(r.Context(), r, c, "user.invite", "user/"+r.PathValue("id"), http.StatusForbidden, "forbidden")
+		return forbidden(policy.UserUpdate)
+	}
+	if a.cfg.Identity == nil {
+		return &apiError{status: http.StatusBadRequest, title: "invalid request", detail: "this gateway has no identity service for local accounts"}
+	}
+	u, err := a.userByRef(r, c, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if u.KratosID == "" {
+		// An identity with no credential yet; the invitation gives it one.
+		kid, err := a.cfg.Identity.CreatePerson(r.Context(), u.Email, u.Display, "")
+		if err != nil {
+			a.log.Warn("api: cannot create the Kratos identity", "email", u.Email, "err", err)
+			return &apiError{status: http.StatusConflict, title: "conflict", detail: "the identity service refused the account (is the email taken there?)", field: "id"}
+		}
+		if err := a.cfg.Store.LinkIdentity(r.Context(), u.ID, kid); err != nil {
+			return err
+		}
+		u.KratosID = kid
+	}
+	inv, err := a.cfg.Identity.Invite(r.Context(), u.KratosID, ttl)
+	if err != nil {
+		return err
+	}
+	a.auditChange(r.Context(), r, c, "user.invite", "user/"+u.ID, http.StatusCreated, "")
+	return writeJSON(w, http.StatusCreated, InvitationResult{Invitation: inv.Code, Expires: inv.Expires})
+}
+
 func (a *API) deleteUser(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	if !c.decider.Allowed(c.scope(""), policy.UserDelete) {
 		return forbidden(policy.UserDelete)

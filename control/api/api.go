@@ -163,6 +163,7 @@ func (a *API) routes() []route {
 		{"GET /api/v1/users", a.listUsers},
 		{"POST /api/v1/users", a.createUser},
 		{"DELETE /api/v1/users/{id}", a.deleteUser},
+		{"POST /api/v1/users/{id}/invitation", a.inviteUser},
 		{"GET /api/v1/groups", a.listGroups},
 		{"POST /api/v1/groups", a.createGroup},
 		{"DELETE /api/v1/groups/{name}", a.deleteGroup},

@@ -548,3 +548,37 @@ func TestCustomRolesThroughTheAPI(t *testing.T) {
 		t.Fatalf("deleting the role told the gateway about %v", got)
 	}
 }
+
+// TestInvitationRefusals: what the invitation endpoint refuses before it
+// reaches Kratos (the real flow is tested end to end in devsetup).
+func TestInvitationRefusals(t *testing.T) {
+	e := newEnv(t)
+	for _, c := range []struct {
+		token, user string
+		body        any
+		code        int
+		field       string
+	}{
+		{token: e.admin, user: "viewer@acme.test", body: map[string]string{"ttl": "forever"}, code: 400, field: "ttl"},
+		{token: e.admin, user: "viewer@acme.test", body: map[string]string{"ttl": "720h"}, code: 400, field: "ttl"},
+		{token: e.admin, user: "viewer@acme.test", body: map[string]string{"expires": "1h"}, code: 400},
+		{token: e.viewer, user: "admin@acme.test", code: http.StatusForbidden},
+		// This API has no identity service, so no local accounts.
+		{token: e.admin, user: "viewer@acme.test", code: 400},
+		{token: "", user: "viewer@acme.test", code: http.StatusUnauthorized},
+	} {
+		r := e.post("/api/v1/users/"+c.user+"/invitation", c.token, c.body)
+		if r.code != c.code || (c.field != "" && r.problem(t)["field"] != c.field) {
+			t.Errorf("%+v: %d %s", c, r.code, r.body)
+		}
+	}
+	n := 0
+	for _, ev := range e.audit.Events() {
+		if ev.Action == "user.invite" && ev.Status == http.StatusForbidden {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d refused invitations audited, want 1 (the forbidden one)", n)
+	}
+}

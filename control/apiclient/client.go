@@ -182,6 +182,13 @@ func (c *Client) Login(ctx context.Context) (*api.LoginResult, error) {
 	return &out, c.call(ctx, http.MethodPost, "/api/v1/login", nil, &out)
 }
 
+// Invite issues an invitation to a person (id or email); ttl "" means the
+// server's default.
+func (c *Client) Invite(ctx context.Context, user, ttl string) (*api.InvitationResult, error) {
+	var out api.InvitationResult
+	return &out, c.call(ctx, http.MethodPost, "/api/v1/users/"+url.PathEscape(user)+"/invitation", api.InvitationRequest{TTL: ttl}, &out)
+}
+
 // Logout ends the client's session.
 func (c *Client) Logout(ctx context.Context) error {
 	return c.call(ctx, http.MethodPost, "/api/v1/logout", nil, nil)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,5 +111,56 @@ func TestChangePassword(t *testing.T) {
 	}
 	if err := k.ChangePassword(ctx, "not-a-session", next); !errors.Is(err, identity.ErrNoSession) {
 		t.Fatalf("without a session: %v", err)
+	}
+}
+
+// TestInvitation: an admin-issued invitation lets a person with no
+// password set their first one, once; a wrong code gets nowhere.
+func TestInvitation(t *testing.T) {
+	kr := testenv.KratosT(t)
+	ctx := context.Background()
+	cfg := identity.DefaultConfig()
+	cfg.PublicURL, cfg.AdminURL = kr.PublicURL, kr.AdminURL
+	k, err := identity.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := k.CreatePerson(ctx, "dee@example.com", "Dee", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := k.Invite(ctx, id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if until := time.Until(inv.Expires); until < 50*time.Minute || until > 61*time.Minute {
+		t.Fatalf("invitation expires in %s, want an hour", until)
+	}
+	flow, _, _ := strings.Cut(inv.Code, ".")
+	for _, bad := range []string{"no-dot", flow + ".000000", "."} {
+		if _, err := k.AcceptInvitation(ctx, bad, "irrelevant-"+rand.Text()); !errors.Is(err, identity.ErrBadInvitation) {
+			t.Fatalf("invitation %q: %v", bad, err)
+		}
+	}
+	password := "dee-" + rand.Text()
+	if _, err := k.AcceptInvitation(ctx, inv.Code, "short"); err == nil {
+		t.Fatal("a too-short first password was accepted")
+	}
+	// The failed attempt above spent the code: a new invitation.
+	if inv, err = k.Invite(ctx, id, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	token, err := k.AcceptInvitation(ctx, inv.Code, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := k.Session(ctx, token); err != nil || s.IdentityID != id {
+		t.Fatalf("session after the invitation: %+v %v", s, err)
+	}
+	if _, err := k.Login(ctx, "dee@example.com", password); err != nil {
+		t.Fatalf("login with the password the invitation set: %v", err)
+	}
+	if _, err := k.AcceptInvitation(ctx, inv.Code, "again-"+rand.Text()); !errors.Is(err, identity.ErrBadInvitation) {
+		t.Fatalf("an invitation used twice: %v", err)
 	}
 }

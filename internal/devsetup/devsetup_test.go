@@ -188,6 +188,35 @@ func TestLoginKubeconfigAndRevocation(t *testing.T) {
 		}
 	}
 
+	// A person invited rather than given a password: they choose their
+	// own with the invitation, which works once.
+	invitation, err := run("", bin, "create", "user", "omar@example.com", "--invite")
+	if err != nil {
+		t.Fatalf("create user --invite: %v %s", err, invitation)
+	}
+	code := strings.TrimSpace(invitation[strings.LastIndex(strings.TrimSpace(invitation), "\n")+1:])
+	omarPW := "Omar-own-" + env.AdminPassword
+	omar := func(stdin string, args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, "omar"), "HOME="+dir)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	loginAs := []string{"login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile}
+	if out, err := omar(omarPW+"\n", append(loginAs, "--invitation", code, "--password-stdin")...); err != nil || !strings.Contains(out, "logged in as omar@example.com") {
+		t.Fatalf("omar accepts the invitation %q: %v %s", code, err, out)
+	}
+	if out, err := omar("Another-"+omarPW+"\n", append(loginAs, "--invitation", code, "--password-stdin")...); err == nil {
+		t.Fatalf("an invitation worked twice: %s", out)
+	}
+	if out, err := omar(omarPW+"\n", append(loginAs, "--email", "omar@example.com", "--password-stdin")...); err != nil {
+		t.Fatalf("omar logs in with the password he chose: %v %s", err, out)
+	}
+	if out, err := run("", bin, "invite", "nobody@example.com"); err == nil {
+		t.Fatalf("an invitation for a person who does not exist: %s", out)
+	}
+
 	// Revocation: an open watch ends, and the next request fails.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
