@@ -320,9 +320,17 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "front this existing cluster instead of starting a local one")
 	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "gateway listen address, host:port")
 	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "kwok nodes in the local cluster")
+	ssoFile := fs.String("sso-providers", "", "YAML list of OIDC providers to sign in with (id, issuer, clientID, clientSecret, groupsClaim); register http://KRATOS/self-service/methods/oidc/callback/ID at each")
+	fs.StringVar(&cfg.SSOCallbackAddr, "sso-callback-addr", cfg.SSOCallbackAddr, "where `gatehouse login --sso` waits for the browser")
 	logLevel := fs.String("log-level", "warn", "log level of the components: debug, info, warn, error")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
+	}
+	if *ssoFile != "" {
+		var err error
+		if cfg.SSO, err = readSSOProviders(*ssoFile); err != nil {
+			return err
+		}
 	}
 	log, err := newLogger(*logLevel, stderr)
 	if err != nil {
@@ -378,13 +386,9 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 // loadSSO reads the SSO providers and the key that seals their refresh
 // tokens.
 func loadSSO(providersFile, keyFile string) (*api.SSOConfig, error) {
-	raw, err := os.ReadFile(providersFile)
+	providers, err := readSSOProviders(providersFile)
 	if err != nil {
-		return nil, fmt.Errorf("--sso-providers: %w", err)
-	}
-	var providers []identity.SSOProvider
-	if err := yaml.UnmarshalStrict(raw, &providers); err != nil {
-		return nil, fmt.Errorf("--sso-providers %s: %w", providersFile, err)
+		return nil, err
 	}
 	reader, err := identity.NewGroupReader(providers, nil)
 	if err != nil {
@@ -403,4 +407,17 @@ func loadSSO(providersFile, keyFile string) (*api.SSOConfig, error) {
 		return nil, fmt.Errorf("--token-key-file: %w", err)
 	}
 	return &api.SSOConfig{Groups: reader, Sealer: sealer}, nil
+}
+
+// readSSOProviders reads a YAML list of identity.SSOProvider, strictly.
+func readSSOProviders(path string) ([]identity.SSOProvider, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--sso-providers: %w", err)
+	}
+	var providers []identity.SSOProvider
+	if err := yaml.UnmarshalStrict(raw, &providers); err != nil {
+		return nil, fmt.Errorf("--sso-providers %s: %w", path, err)
+	}
+	return providers, nil
 }
