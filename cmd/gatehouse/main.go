@@ -390,7 +390,7 @@ func loadSSO(providersFile, keyFile string) (*api.SSOConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	reader, err := identity.NewGroupReader(providers, nil)
+	reader, err := identity.NewSSOProviders(providers, nil)
 	if err != nil {
 		return nil, fmt.Errorf("--sso-providers %s: %w", providersFile, err)
 	}
@@ -406,7 +406,7 @@ func loadSSO(providersFile, keyFile string) (*api.SSOConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--token-key-file: %w", err)
 	}
-	return &api.SSOConfig{Groups: reader, Sealer: sealer}, nil
+	return &api.SSOConfig{Providers: reader, Sealer: sealer}, nil
 }
 
 // readSSOProviders reads a YAML list of identity.SSOProvider, strictly.

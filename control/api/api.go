@@ -102,8 +102,8 @@ func (c Config) Validate() error {
 		return errors.New("api: GatewayURL (https://) and GatewayCA are required")
 	case c.AgentImage == "" || c.BootstrapTTL <= 0:
 		return errors.New("api: AgentImage and a positive BootstrapTTL are required")
-	case c.SSO != nil && (c.SSO.Groups == nil || c.SSO.Sealer == nil || c.Identity == nil):
-		return errors.New("api: SSO needs Groups, Sealer and Identity")
+	case c.SSO != nil && (c.SSO.Providers == nil || c.SSO.Sealer == nil || c.Identity == nil):
+		return errors.New("api: SSO needs Providers, Sealer and Identity")
 	}
 	return nil
 }
@@ -204,6 +204,8 @@ type Caller struct {
 	Session      *identity.Session
 	SessionToken string
 	decider      *policy.Decider
+	// provisioned: this login made the person's account (SSO).
+	provisioned bool
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, c *Caller) error
@@ -292,6 +294,13 @@ func (a *API) authenticate(r *http.Request) (*Caller, error) {
 			// The first login of a person provisioned by email: the login
 			// handler links them.
 			u, err = a.cfg.Store.GetUser(r.Context(), s.Email)
+			if errors.Is(err, store.ErrNotFound) {
+				u, err = a.provision(r.Context(), s)
+				c.provisioned = err == nil
+				if err != nil && !errors.Is(err, store.ErrNotFound) {
+					a.log.Error("api: SSO provisioning failed", "email", s.Email, "provider", s.Provider, "err", err)
+				}
+			}
 		}
 		if err != nil {
 			return nil, errors.New("no Gatehouse account for this identity: ask an admin to add " + s.Email)

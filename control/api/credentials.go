@@ -31,7 +31,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request, c *Caller) error {
 		return &apiError{status: http.StatusBadRequest, title: "invalid request", detail: "log in with a session, not an API token"}
 	}
 	idpGroups, warning := c.Session.Groups, ""
-	if p := c.Session.Provider; p != "" && a.cfg.SSO != nil && a.cfg.SSO.Groups.Has(p) {
+	if p := c.Session.Provider; p != "" && a.cfg.SSO != nil && a.cfg.SSO.Providers.SyncsGroups(p) {
 		var err error
 		if idpGroups, err = a.ssoGroups(r.Context(), c.User.ID, c.Session); err != nil {
 			// Fail closed: groups that cannot be confirmed do not count.
@@ -39,6 +39,9 @@ func (a *API) login(w http.ResponseWriter, r *http.Request, c *Caller) error {
 			idpGroups = nil
 			warning = fmt.Sprintf("your groups at %s could not be read, so none of them count until a later login reads them (%v)", p, err)
 		}
+	}
+	if c.provisioned {
+		a.auditChange(r.Context(), r, c, "user.provision", "user/"+c.User.ID, http.StatusCreated, "")
 	}
 	u, err := a.cfg.Store.RecordLogin(r.Context(), c.User.Email, c.Session.IdentityID, idpGroups)
 	if err != nil {

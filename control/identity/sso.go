@@ -5,6 +5,8 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	_ "embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -134,40 +136,138 @@ func (k *Kratos) OIDCCredential(ctx context.Context, identityID, provider string
 	return "", "", ErrNoOIDCLink
 }
 
+// Presets of SSOProvider.Preset: the providers whose Kratos
+// configuration and group claims Gatehouse knows.
+const (
+	// PresetGeneric is any OpenID Connect provider with discovery (Azure
+	// AD / Entra ID, Keycloak, Dex, Auth0, ...); groups from the userinfo
+	// claim GroupsClaim.
+	PresetGeneric = "generic"
+	// PresetOkta is Okta's OpenID Connect (an authorization server such as
+	// https://ORG.okta.com/oauth2/default with a "groups" claim for the
+	// "groups" scope).
+	PresetOkta = "okta"
+	// PresetGitLab is gitlab.com or a self-managed GitLab (IssuerURL); its
+	// userinfo lists the person's groups in "groups".
+	PresetGitLab = "gitlab"
+	// PresetGoogle is Google; it has no groups claim, so people's access
+	// comes from direct grants and Gatehouse's own groups.
+	PresetGoogle = "google"
+	// PresetGitHub is GitHub's OAuth (not OpenID Connect); it has no
+	// groups claim either.
+	PresetGitHub = "github"
+)
+
 // SSOProvider is an OpenID Connect provider that Kratos signs people in
-// with, as Gatehouse reads it: with the same client, Gatehouse refreshes
-// the person's tokens at each login and reads their groups from userinfo.
-// Kratos v1.3 runs its claims mapper only at registration, so this is how
-// a change of groups at the provider reaches Gatehouse at the next login.
+// with, as Gatehouse sees it. KratosConfig renders Kratos's side; with
+// the same client, Gatehouse refreshes the person's tokens at each login
+// and reads their groups from userinfo. Kratos v1.3 runs its claims mapper
+// only at registration, so this is how a change of groups at the provider
+// reaches Gatehouse at the next login.
 type SSOProvider struct {
-	// ID is Kratos's id of the provider.
+	// ID is Kratos's id of the provider (in its callback URL).
 	ID string `json:"id"`
+	// Preset is one of the Preset constants; empty means generic.
+	Preset string `json:"preset,omitempty"`
 	// IssuerURL is the provider's issuer (discovery at
-	// IssuerURL/.well-known/openid-configuration).
-	IssuerURL string `json:"issuer"`
+	// IssuerURL/.well-known/openid-configuration); the gitlab and google
+	// presets default to gitlab.com and accounts.google.com.
+	IssuerURL string `json:"issuer,omitempty"`
 	// ClientID and ClientSecret are the client Kratos uses.
 	ClientID     string `json:"clientID"`
 	ClientSecret string `json:"clientSecret"`
 	// GroupsClaim names the userinfo claim with the groups; empty means
 	// "groups".
 	GroupsClaim string `json:"groupsClaim,omitempty"`
+	// ProvisionOrg, when set, lets people who sign in through this provider
+	// without a Gatehouse account join that organization (by name) at
+	// their first login, with no access but what their mapped IdP groups
+	// give. Empty: an admin adds people first.
+	ProvisionOrg string `json:"provisionOrg,omitempty"`
+}
+
+// withDefaults fills in what the preset implies.
+func (p SSOProvider) withDefaults() SSOProvider {
+	if p.Preset == "" {
+		p.Preset = PresetGeneric
+	}
+	if p.IssuerURL == "" {
+		switch p.Preset {
+		case PresetGitLab:
+			p.IssuerURL = "https://gitlab.com"
+		case PresetGoogle:
+			p.IssuerURL = "https://accounts.google.com"
+		case PresetGitHub:
+			p.IssuerURL = "https://github.com"
+		}
+	}
+	if p.GroupsClaim == "" {
+		p.GroupsClaim = "groups"
+	}
+	return p
 }
 
 // Validate checks one provider.
 func (p SSOProvider) Validate() error {
+	p = p.withDefaults()
 	u, err := url.Parse(p.IssuerURL)
 	switch {
 	case p.ID == "" || p.ClientID == "" || p.ClientSecret == "":
 		return fmt.Errorf("identity: SSO provider %q: id, clientID and clientSecret are required", p.ID)
+	case !slices.Contains([]string{PresetGeneric, PresetOkta, PresetGitLab, PresetGoogle, PresetGitHub}, p.Preset):
+		return fmt.Errorf("identity: SSO provider %q: unknown preset %q (generic, okta, gitlab, google, github)", p.ID, p.Preset)
 	case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
 		return fmt.Errorf("identity: SSO provider %q: issuer %q must be an http(s) URL", p.ID, p.IssuerURL)
 	}
 	return nil
 }
 
-// GroupReader reads people's current groups from their OIDC providers.
+// SyncsGroups reports whether the provider has a groups claim that
+// Gatehouse reads at every login.
+func (p SSOProvider) SyncsGroups() bool {
+	switch p.withDefaults().Preset {
+	case PresetGoogle, PresetGitHub:
+		return false
+	}
+	return true
+}
+
+//go:embed oidc.mapper.jsonnet
+var oidcMapper []byte
+
+// KratosConfig returns the provider's entry for Kratos's
+// selfservice.methods.oidc.config.providers. Group-syncing providers ask
+// for offline_access, so that Kratos keeps a refresh token for Gatehouse.
+// The claims mapper (oidc.mapper.jsonnet) accepts only a verified email.
+func (p SSOProvider) KratosConfig() map[string]any {
+	p = p.withDefaults()
+	c := map[string]any{
+		"id": p.ID, "client_id": p.ClientID, "client_secret": p.ClientSecret,
+		"mapper_url": "base64://" + base64.StdEncoding.EncodeToString(oidcMapper),
+	}
+	switch p.Preset {
+	case PresetGeneric, PresetOkta:
+		c["provider"], c["issuer_url"] = "generic", p.IssuerURL
+		c["scope"] = []string{"openid", "email", "profile", "groups", "offline_access"}
+		c["claims_source"] = "userinfo"
+	case PresetGitLab:
+		// GitLab issues refresh tokens without offline_access.
+		c["provider"], c["issuer_url"] = "gitlab", p.IssuerURL
+		c["scope"] = []string{"openid", "email", "profile"}
+	case PresetGoogle:
+		c["provider"] = "google"
+		c["scope"] = []string{"openid", "email", "profile"}
+	case PresetGitHub:
+		c["provider"] = "github"
+		c["scope"] = []string{"user:email"}
+	}
+	return c
+}
+
+// SSOProviders are the SSO providers Gatehouse knows: it reads people's
+// current groups from them and says whom they provision.
 // It is safe for concurrent use.
-type GroupReader struct {
+type SSOProviders struct {
 	client    *http.Client
 	providers map[string]SSOProvider
 
@@ -175,11 +275,11 @@ type GroupReader struct {
 	discovered map[string]*oidc.Provider
 }
 
-// NewGroupReader returns a reader for providers; client nil means one with
+// NewSSOProviders returns a reader for providers; client nil means one with
 // a 30 s timeout. Providers are discovered at first use, so a provider that
 // is down does not stop a node from starting.
-func NewGroupReader(providers []SSOProvider, client *http.Client) (*GroupReader, error) {
-	g := &GroupReader{client: client, providers: map[string]SSOProvider{}, discovered: map[string]*oidc.Provider{}}
+func NewSSOProviders(providers []SSOProvider, client *http.Client) (*SSOProviders, error) {
+	g := &SSOProviders{client: client, providers: map[string]SSOProvider{}, discovered: map[string]*oidc.Provider{}}
 	if g.client == nil {
 		g.client = &http.Client{Timeout: 30 * time.Second}
 	}
@@ -190,27 +290,31 @@ func NewGroupReader(providers []SSOProvider, client *http.Client) (*GroupReader,
 		if _, dup := g.providers[p.ID]; dup {
 			return nil, fmt.Errorf("identity: SSO provider %q configured twice", p.ID)
 		}
-		if p.GroupsClaim == "" {
-			p.GroupsClaim = "groups"
-		}
-		g.providers[p.ID] = p
+		g.providers[p.ID] = p.withDefaults()
 	}
 	return g, nil
 }
 
-// Has reports whether provider is one this reader reads.
-func (g *GroupReader) Has(provider string) bool {
-	_, ok := g.providers[provider]
-	return ok
+// SyncsGroups reports whether provider is one whose groups are read at
+// every login.
+func (g *SSOProviders) SyncsGroups(provider string) bool {
+	p, ok := g.providers[provider]
+	return ok && p.SyncsGroups()
+}
+
+// ProvisionOrg returns the organization that people new to Gatehouse join
+// when they sign in through provider; empty when none.
+func (g *SSOProviders) ProvisionOrg(provider string) string {
+	return g.providers[provider].ProvisionOrg
 }
 
 // Groups uses refreshToken at the provider for a new access token, asks
 // userinfo for the person's claims, checks that they are subject's and
 // returns their groups and the refresh token to keep (the provider may
 // have rotated it; the old one is then spent).
-func (g *GroupReader) Groups(ctx context.Context, provider, subject, refreshToken string) (groups []string, next string, err error) {
+func (g *SSOProviders) Groups(ctx context.Context, provider, subject, refreshToken string) (groups []string, next string, err error) {
 	p, ok := g.providers[provider]
-	if !ok {
+	if !ok || !p.SyncsGroups() {
 		return nil, "", ErrUnknownProvider
 	}
 	ctx = oidc.ClientContext(ctx, g.client)
@@ -245,7 +349,7 @@ func (g *GroupReader) Groups(ctx context.Context, provider, subject, refreshToke
 	return groups, next, nil
 }
 
-func (g *GroupReader) discover(ctx context.Context, p SSOProvider) (*oidc.Provider, error) {
+func (g *SSOProviders) discover(ctx context.Context, p SSOProvider) (*oidc.Provider, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if op, ok := g.discovered[p.ID]; ok {

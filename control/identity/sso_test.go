@@ -3,6 +3,7 @@ package identity
 import (
 	"bytes"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -71,7 +72,53 @@ func TestSSOProviderValidate(t *testing.T) {
 			t.Errorf("%+v accepted", p)
 		}
 	}
-	if _, err := NewGroupReader([]SSOProvider{good, good}, nil); err == nil {
+	if _, err := NewSSOProviders([]SSOProvider{good, good}, nil); err == nil {
 		t.Error("a provider configured twice was accepted")
+	}
+}
+
+func TestPresets(t *testing.T) {
+	for _, c := range []struct {
+		p        SSOProvider
+		provider string
+		issuer   string
+		syncs    bool
+	}{
+		{p: SSOProvider{ID: "corp", IssuerURL: "https://idp.example.com"}, provider: "generic", issuer: "https://idp.example.com", syncs: true},
+		{p: SSOProvider{ID: "okta", Preset: PresetOkta, IssuerURL: "https://acme.okta.com/oauth2/default"}, provider: "generic", issuer: "https://acme.okta.com/oauth2/default", syncs: true},
+		{p: SSOProvider{ID: "gl", Preset: PresetGitLab}, provider: "gitlab", issuer: "https://gitlab.com", syncs: true},
+		{p: SSOProvider{ID: "g", Preset: PresetGoogle}, provider: "google", syncs: false},
+		{p: SSOProvider{ID: "gh", Preset: PresetGitHub}, provider: "github", syncs: false},
+	} {
+		c.p.ClientID, c.p.ClientSecret = "client", "secret"
+		if err := c.p.Validate(); err != nil {
+			t.Errorf("%s: %v", c.p.ID, err)
+			continue
+		}
+		k := c.p.KratosConfig()
+		if k["provider"] != c.provider || k["id"] != c.p.ID || k["client_secret"] != "secret" {
+			t.Errorf("%s: Kratos config %v", c.p.ID, k)
+		}
+		if iss, _ := k["issuer_url"].(string); c.issuer != "" && iss != c.issuer {
+			t.Errorf("%s: issuer_url %q, want %q", c.p.ID, iss, c.issuer)
+		}
+		mapper, _ := k["mapper_url"].(string)
+		if !strings.HasPrefix(mapper, "base64://") {
+			t.Errorf("%s: mapper_url %q", c.p.ID, mapper)
+		}
+		scopes, _ := k["scope"].([]string)
+		if c.provider == "generic" && !slices.Contains(scopes, "offline_access") {
+			t.Errorf("%s: scopes %v lack offline_access: Kratos would keep no refresh token", c.p.ID, scopes)
+		}
+		if c.p.SyncsGroups() != c.syncs {
+			t.Errorf("%s: SyncsGroups %v, want %v", c.p.ID, !c.syncs, c.syncs)
+		}
+		r, err := NewSSOProviders([]SSOProvider{c.p}, nil)
+		if err != nil || r.SyncsGroups(c.p.ID) != c.syncs {
+			t.Errorf("%s: providers: %v", c.p.ID, err)
+		}
+	}
+	if err := (SSOProvider{ID: "x", Preset: "saml", IssuerURL: "https://x", ClientID: "c", ClientSecret: "s"}).Validate(); err == nil {
+		t.Error("an unknown preset was accepted")
 	}
 }

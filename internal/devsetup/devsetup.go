@@ -64,8 +64,8 @@ type Config struct {
 	// Logger receives the components' logs; nil discards them.
 	Logger *slog.Logger
 	// SSO are OpenID Connect providers people may sign in with (Kratos's
-	// generic OIDC method, scopes openid email profile groups
-	// offline_access); Gatehouse reads their groups at every login.
+	// OIDC method, configured by SSOProvider.KratosConfig); Gatehouse reads
+	// their groups at every login.
 	SSO []identity.SSOProvider
 	// SSOCallbackAddr is where `gatehouse login --sso` waits for the
 	// browser; Kratos allows http://SSOCallbackAddr/callback as a return
@@ -220,7 +220,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	say("starting Kratos (identity)...")
 	kcfg := testenv.DefaultKratosConfig()
 	for _, p := range cfg.SSO {
-		kcfg.OIDC = append(kcfg.OIDC, testenv.KratosOIDC{ID: p.ID, IssuerURL: p.IssuerURL, ClientID: p.ClientID, ClientSecret: p.ClientSecret})
+		kcfg.OIDC = append(kcfg.OIDC, p.KratosConfig())
 	}
 	if len(cfg.SSO) > 0 {
 		kcfg.ReturnURLs = []string{"http://" + cfg.SSOCallbackAddr + "/callback"}
@@ -289,7 +289,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if len(cfg.SSO) > 0 {
 		// The store is new at each start, so the refresh tokens it keeps
 		// need no key that outlives the process.
-		reader, err := identity.NewGroupReader(cfg.SSO, nil)
+		reader, err := identity.NewSSOProviders(cfg.SSO, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -299,7 +299,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		if err != nil {
 			return nil, err
 		}
-		apiCfg.SSO = &api.SSOConfig{Groups: reader, Sealer: sealer}
+		apiCfg.SSO = &api.SSOConfig{Providers: reader, Sealer: sealer}
 	}
 	// Time-bound grants leave the cluster when they expire.
 	e.run(ctx, "expirer", (&control.Expirer{Store: st, Notify: n, Logger: e.log}).Run)

@@ -36,6 +36,7 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 	}
 	defer provider.Close()
 	provider.AddPerson("sam", "sam-idp-pw", "sam@example.com", "Sam Ops", "platform")
+	provider.AddPerson("pat", "pat-idp-pw", "pat@example.com", "Pat New", "platform")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +47,12 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 	secret := rand.Text()
 	cfg := devsetup.DefaultConfig()
 	cfg.StateDir, cfg.Addr, cfg.Out = filepath.Join(dir, "state"), "127.0.0.1:0", io.Discard
-	cfg.SSO = []identity.SSOProvider{{ID: "corp", IssuerURL: provider.Issuer, ClientID: "gatehouse", ClientSecret: secret}}
+	cfg.SSO = []identity.SSOProvider{
+		{ID: "corp", IssuerURL: provider.Issuer, ClientID: "gatehouse", ClientSecret: secret},
+		// The same provider through another client, which adds people who
+		// sign in without an account to the organization.
+		{ID: "corp-jit", Preset: identity.PresetOkta, IssuerURL: provider.Issuer, ClientID: "gatehouse-jit", ClientSecret: secret, ProvisionOrg: "default"},
+	}
 	cfg.SSOCallbackAddr = callback
 	env, err := devsetup.Start(ctx, cfg)
 	if err != nil {
@@ -54,6 +60,7 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 	}
 	defer env.Close()
 	provider.AddClient("gatehouse", secret, env.IdentityURL+"/self-service/methods/oidc/callback/corp")
+	provider.AddClient("gatehouse-jit", secret, env.IdentityURL+"/self-service/methods/oidc/callback/corp-jit")
 	kubectl, err := testenv.Tool("kubectl")
 	if err != nil {
 		t.Fatal(err)
@@ -67,12 +74,12 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 	}
 	loginFlags := []string{"login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile}
 
-	// ssoLogin runs `gatehouse login --sso corp` as sam and signs in at
-	// the provider with the URL it prints.
-	ssoLogin := func() (string, error) {
+	// ssoLoginAs runs `gatehouse login --sso PROVIDER` as who and signs
+	// in at the provider with the URL it prints.
+	ssoLoginAs := func(providerID, who, password string) (string, error) {
 		t.Helper()
-		cmd := exec.Command(bin, append(loginFlags, "--sso", "corp", "--callback-addr", callback, "--no-browser")...)
-		cmd.Env = append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, "sam"), "HOME="+dir)
+		cmd := exec.Command(bin, append(loginFlags, "--sso", providerID, "--callback-addr", callback, "--no-browser")...)
+		cmd.Env = append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, who), "HOME="+dir)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout = &stdout
 		pipe, err := cmd.StderrPipe()
@@ -97,7 +104,7 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 		}
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		_, body, err := provider.SignIn(sctx, authURL, "sam", "sam-idp-pw")
+		_, body, err := provider.SignIn(sctx, authURL, who, password)
 		if err != nil || !strings.Contains(string(body), "Signed in to Gatehouse") {
 			cmd.Process.Kill()
 			cmd.Wait()
@@ -108,6 +115,7 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 		err = cmd.Wait()
 		return stdout.String() + stderr.String(), err
 	}
+	ssoLogin := func() (string, error) { t.Helper(); return ssoLoginAs("corp", "sam", "sam-idp-pw") }
 
 	// Nobody has provisioned sam yet: Kratos registers the identity at
 	// this first SSO login, but Gatehouse lets no one in by it alone.
@@ -147,11 +155,11 @@ namespace: demo
 	}
 	// eventually waits for kubectl's answer to change (the gateway caches
 	// access decisions for a second).
-	eventually := func(what string, allowed bool) {
+	eventuallyAs := func(who, kc, what string, allowed bool) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			out, err := runAs("sam", "", kubectl, "--kubeconfig", kc, "get", "pods", "-n", "demo", "-o", "name")
+			out, err := runAs(who, "", kubectl, "--kubeconfig", kc, "get", "pods", "-n", "demo", "-o", "name")
 			if allowed && err == nil && strings.Contains(out, "pod/web-") {
 				return
 			}
@@ -164,6 +172,7 @@ namespace: demo
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
+	eventually := func(what string, allowed bool) { t.Helper(); eventuallyAs("sam", kc, what, allowed) }
 	eventually("sam lists pods through the platform group", true)
 
 	// Sam leaves the group at the provider: their next login drops it.
@@ -185,7 +194,21 @@ namespace: demo
 	}
 	eventually("sam back in the group", true)
 
+	// Pat has no account, but signs in through the provider that
+	// provisions: the login adds them, and the IdP group gives access.
+	if out, err := ssoLoginAs("corp-jit", "pat", "pat-idp-pw"); err != nil || !strings.Contains(out, "logged in as pat@example.com") {
+		t.Fatalf("pat's first SSO login: %v\n%s", err, out)
+	}
+	patKC := filepath.Join(dir, "pat.kubeconfig")
+	if out, err := runAs("pat", "", bin, "kubeconfig", "--cluster", "dev", "--file", patKC); err != nil {
+		t.Fatalf("pat's kubeconfig: %v %s", err, out)
+	}
+	eventuallyAs("pat", patKC, "pat, provisioned at login, lists pods through the platform group", true)
+
 	auditLog := string(mustReadFile(t, filepath.Join(cfg.StateDir, "audit.jsonl")))
+	if !strings.Contains(auditLog, `"action":"user.provision"`) {
+		t.Fatal("provisioning not audited")
+	}
 	if n := strings.Count(auditLog, `"action":"login"`); n < 4 {
 		t.Fatalf("%d logins audited, want at least 4 (admin and sam's three)", n)
 	}

@@ -43,28 +43,19 @@ type KratosConfig struct {
 	StartTimeout time.Duration
 	// Logger receives progress lines; nil discards them.
 	Logger *slog.Logger
-	// OIDC are SSO providers for Kratos's generic OIDC method. With any,
+	// OIDC are entries of Kratos's OIDC providers list
+	// (identity.SSOProvider.KratosConfig makes them). With any,
 	// self-service registration is on for OIDC only (a person's first SSO
 	// login creates their identity); password self-registration stays
 	// refused, because Gatehouse links a person provisioned by email to
 	// the first identity that logs in with that address.
-	OIDC []KratosOIDC
+	OIDC []map[string]any
 	// ReturnURLs are further allowed return_to URLs, such as the loopback
 	// callback of `gatehouse login --sso`.
 	ReturnURLs []string
 }
 
-// KratosOIDC is one OpenID Connect provider of Kratos.
-type KratosOIDC struct {
-	// ID names the provider in flows and in the callback URL.
-	ID        string
-	IssuerURL string
-	ClientID  string
-	// ClientSecret authenticates Kratos at the provider's token endpoint.
-	ClientSecret string
-}
-
-// CallbackURL is where the provider sends the browser back to Kratos.
+// CallbackURL is where an OIDC provider sends the browser back to Kratos.
 func (kr *Kratos) CallbackURL(providerID string) string {
 	return kr.PublicURL + "/self-service/methods/oidc/callback/" + providerID
 }
@@ -78,32 +69,17 @@ var kratosConfigTemplate string
 //go:embed assets/identity.schema.json
 var kratosIdentitySchema []byte
 
-//go:embed assets/oidc.mapper.jsonnet
-var kratosOIDCMapper []byte
-
 //go:embed assets/refuse-registration.jsonnet
 var kratosRefuseRegistration []byte
 
 // kratosSSO returns the YAML (JSON) for Kratos's oidc method and the
 // registration flow: off without providers; with them, registration by
 // OIDC only.
-func kratosSSO(dir string, providers []KratosOIDC) (oidcMethod, registration string, err error) {
+func kratosSSO(dir string, providers []map[string]any) (oidcMethod, registration string, err error) {
 	if len(providers) == 0 {
 		return `{"enabled": false}`, `{"enabled": false}`, nil
 	}
-	var ps []map[string]any
-	for _, p := range providers {
-		ps = append(ps, map[string]any{
-			"id": p.ID, "provider": "generic", "issuer_url": p.IssuerURL,
-			"client_id": p.ClientID, "client_secret": p.ClientSecret,
-			"mapper_url": "file://" + filepath.Join(dir, "oidc.mapper.jsonnet"),
-			// offline_access: Kratos keeps the refresh token, with which
-			// Gatehouse reads the person's current groups at each login.
-			"scope":         []string{"openid", "email", "profile", "groups", "offline_access"},
-			"claims_source": "userinfo",
-		})
-	}
-	m, err := json.Marshal(map[string]any{"enabled": true, "config": map[string]any{"providers": ps}})
+	m, err := json.Marshal(map[string]any{"enabled": true, "config": map[string]any{"providers": providers}})
 	if err != nil {
 		return "", "", err
 	}
@@ -179,7 +155,6 @@ func StartKratos(ctx context.Context, cfg KratosConfig) (_ *Kratos, err error) {
 	confPath := filepath.Join(kr.Dir, "kratos.yml")
 	if err := writeFiles(map[string][]byte{
 		confPath: []byte(conf), schema: kratosIdentitySchema,
-		filepath.Join(kr.Dir, "oidc.mapper.jsonnet"):         kratosOIDCMapper,
 		filepath.Join(kr.Dir, "refuse-registration.jsonnet"): kratosRefuseRegistration,
 	}); err != nil {
 		return nil, err

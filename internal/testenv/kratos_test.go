@@ -11,6 +11,7 @@ import (
 
 	ory "github.com/ory/client-go"
 
+	"github.com/gatehouse-dev/gatehouse/control/identity"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
@@ -80,7 +81,7 @@ func TestKratosSSORegistrationOnly(t *testing.T) {
 	ctx := context.Background()
 	cfg := testenv.DefaultKratosConfig()
 	// Kratos discovers the provider only when a flow uses it.
-	cfg.OIDC = []testenv.KratosOIDC{{ID: "corp", IssuerURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s"}}
+	cfg.OIDC = []map[string]any{identity.SSOProvider{ID: "corp", IssuerURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s"}.KratosConfig()}
 	kr, err := testenv.StartKratos(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
