@@ -2,6 +2,7 @@ package identity
 
 import (
 	"bytes"
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -121,4 +122,22 @@ func TestPresets(t *testing.T) {
 	if err := (SSOProvider{ID: "x", Preset: "saml", IssuerURL: "https://x", ClientID: "c", ClientSecret: "s"}).Validate(); err == nil {
 		t.Error("an unknown preset was accepted")
 	}
+}
+
+// FuzzGroupsClaim: whatever userinfo a provider sends, reading its groups
+// claim returns names or an error, never a panic.
+func FuzzGroupsClaim(f *testing.F) {
+	for _, seed := range []string{`{"groups":["a","b"]}`, `{"groups":"a"}`, `{"groups":[1,{"x":2},null]}`, `{}`, `{"groups":null}`} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var claims map[string]any
+		if json.Unmarshal(data, &claims) != nil {
+			return
+		}
+		groups, err := stringList(claims["groups"])
+		if err == nil && !slices.IsSorted(groups) {
+			t.Fatalf("groups not sorted: %v", groups)
+		}
+	})
 }
