@@ -144,16 +144,24 @@ func ssoLogin(ctx context.Context, kr *identity.Kratos, provider, addr string, o
 	if err != nil {
 		return "", fmt.Errorf("SSO callback: %w", err)
 	}
-	codes := make(chan string, 1)
+	// The browser comes back with ?code= after a sign-in, or with only
+	// ?flow= when Kratos ended the flow otherwise (refused, or the account
+	// exists another way); either ends the wait, once.
+	type answer struct{ code, flow string }
+	answers := make(chan answer, 1)
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		code := r.URL.Query().Get("code")
-		if r.URL.Path != "/callback" || code == "" {
+		a := answer{code: r.URL.Query().Get("code"), flow: r.URL.Query().Get("flow")}
+		if r.URL.Path != "/callback" || (a.code == "" && a.flow == "") {
 			http.Error(w, "Gatehouse: this is not a sign-in answer.", http.StatusBadRequest)
 			return
 		}
 		select {
-		case codes <- code:
-			fmt.Fprintln(w, "Signed in to Gatehouse. You can close this window and return to the terminal.")
+		case answers <- a:
+			if a.code != "" {
+				fmt.Fprintln(w, "Signed in to Gatehouse. You can close this window and return to the terminal.")
+			} else {
+				fmt.Fprintln(w, "Gatehouse: the sign-in did not complete; the terminal says why.")
+			}
 		default:
 			http.Error(w, "Gatehouse: this sign-in has already completed.", http.StatusConflict)
 		}
@@ -180,8 +188,11 @@ func ssoLogin(ctx context.Context, kr *identity.Kratos, provider, addr string, o
 	wait, cancel := context.WithTimeout(ctx, ssoWait)
 	defer cancel()
 	select {
-	case code := <-codes:
-		return kr.FinishSSO(ctx, flow, code)
+	case a := <-answers:
+		if a.code == "" {
+			return "", fmt.Errorf("the sign-in through %s did not complete: %s", provider, kr.FlowMessages(ctx, a.flow))
+		}
+		return kr.FinishSSO(ctx, flow, a.code)
 	case <-wait.Done():
 		return "", fmt.Errorf("no sign-in within %s: %w", ssoWait, wait.Err())
 	}

@@ -30,6 +30,12 @@ func (a *API) login(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	if c.Session == nil {
 		return &apiError{status: http.StatusBadRequest, title: "invalid request", detail: "log in with a session, not an API token"}
 	}
+	if c.User.KratosID != "" && c.User.KratosID != c.Session.IdentityID {
+		// Refused before anything is read or kept for the account.
+		err := fmt.Errorf("%w: %s is linked to another identity", store.ErrConflict, c.User.Email)
+		a.auditChange(r.Context(), r, c, "login", "user/"+c.User.ID, http.StatusConflict, err.Error())
+		return err
+	}
 	idpGroups, warning := c.Session.Groups, ""
 	if p := c.Session.Provider; p != "" && a.cfg.SSO != nil && a.cfg.SSO.Providers.SyncsGroups(p) {
 		var err error

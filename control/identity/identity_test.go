@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"net"
+	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/control/identity"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv/idp"
 )
 
 func TestMain(m *testing.M) {
@@ -162,5 +166,98 @@ func TestInvitation(t *testing.T) {
 	}
 	if _, err := k.AcceptInvitation(ctx, inv.Code, "again-"+rand.Text()); !errors.Is(err, identity.ErrBadInvitation) {
 		t.Fatalf("an invitation used twice: %v", err)
+	}
+}
+
+// TestSSOAgainstKratos drives Kratos's native OIDC flow against a real OP
+// and reads the person's groups as the login does: from the refresh token
+// Kratos kept, which the provider rotates.
+func TestSSOAgainstKratos(t *testing.T) {
+	ctx := context.Background()
+	op, err := idp.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer op.Close()
+	op.AddPerson("kim", "kim-pw", "kim@example.com", "Kim", "ops", "dev")
+	corp := identity.SSOProvider{ID: "corp", IssuerURL: op.Issuer, ClientID: "gatehouse", ClientSecret: rand.Text()}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	returnTo := "http://" + ln.Addr().String() + "/callback"
+	kcfg := testenv.DefaultKratosConfig()
+	kcfg.OIDC, kcfg.ReturnURLs = []map[string]any{corp.KratosConfig()}, []string{returnTo}
+	kr, err := testenv.StartKratos(ctx, kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kr.Close()
+	op.AddClient(corp.ClientID, corp.ClientSecret, kr.CallbackURL("corp"))
+	cfg := identity.DefaultConfig()
+	cfg.PublicURL, cfg.AdminURL = kr.PublicURL, kr.AdminURL
+	k, err := identity.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := k.StartSSO(ctx, "nope", returnTo); err == nil {
+		t.Fatal("an unknown provider started a flow")
+	}
+	if _, err := k.StartSSO(ctx, "corp", "http://127.0.0.1:1/elsewhere"); err == nil {
+		t.Fatal("a return URL Kratos does not allow started a flow")
+	}
+	flow, err := k.StartSSO(ctx, "corp", returnTo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(flow.BrowserURL, op.Issuer) {
+		t.Fatalf("browser sent to %s, not the provider", flow.BrowserURL)
+	}
+	codes := make(chan string, 1)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		codes <- r.URL.Query().Get("code")
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	if _, _, err := op.SignIn(ctx, flow.BrowserURL, "kim", "kim-pw"); err != nil {
+		t.Fatal(err)
+	}
+	code := <-codes
+	if _, err := k.FinishSSO(ctx, flow, "wrong-"+code); err == nil {
+		t.Fatal("a wrong code made a session")
+	}
+	token, err := k.FinishSSO(ctx, flow, code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := k.Session(ctx, token)
+	if err != nil || s.Email != "kim@example.com" || s.Provider != "corp" || !slices.Equal(s.Groups, []string{"ops", "dev"}) {
+		t.Fatalf("session: %+v %v", s, err)
+	}
+
+	subject, refresh, err := k.OIDCCredential(ctx, s.IdentityID, "corp")
+	if err != nil || subject != idp.Subject("kim") || refresh == "" {
+		t.Fatalf("OIDC credential: %q %v", subject, err)
+	}
+	if _, _, err := k.OIDCCredential(ctx, s.IdentityID, "other"); !errors.Is(err, identity.ErrNoOIDCLink) {
+		t.Fatalf("credential at another provider: %v", err)
+	}
+	providers, err := identity.NewSSOProviders([]identity.SSOProvider{corp}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op.SetGroups("kim", "ops")
+	groups, next, err := providers.Groups(ctx, "corp", subject, refresh)
+	if err != nil || !slices.Equal(groups, []string{"ops"}) || next == refresh {
+		t.Fatalf("groups: %v %v (rotated: %v)", groups, err, next != refresh)
+	}
+	// The provider rotated the token: the old one is spent, the new works.
+	if _, _, err := providers.Groups(ctx, "corp", subject, refresh); err == nil {
+		t.Fatal("a spent refresh token worked")
+	}
+	if _, _, err := providers.Groups(ctx, "corp", "sub-someone-else", next); err == nil {
+		t.Fatal("groups read for another subject")
 	}
 }

@@ -67,7 +67,10 @@ func (k *Kratos) StartSSO(ctx context.Context, provider, returnTo string) (*SSOF
 	closeBody(resp)
 	// The API flow answers 422 with the browser's next stop.
 	var apiErr *ory.GenericOpenAPIError
-	if err == nil || !errors.As(err, &apiErr) || resp == nil || resp.StatusCode != http.StatusUnprocessableEntity {
+	switch {
+	case err == nil:
+		return nil, fmt.Errorf("identity: SSO through %q: Kratos completed the flow without a browser", provider)
+	case !errors.As(err, &apiErr) || resp == nil || resp.StatusCode != http.StatusUnprocessableEntity:
 		return nil, fmt.Errorf("identity: SSO through %q: %w", provider, kratosDetail(err))
 	}
 	var body struct {
@@ -93,6 +96,39 @@ func (k *Kratos) FinishSSO(ctx context.Context, f *SSOFlow, returnToCode string)
 		return "", errors.New("identity: the exchange returned no session token")
 	}
 	return *ok.SessionToken, nil
+}
+
+// FlowMessages returns what Kratos says about a flow that sent the browser
+// back without a code (a refused registration, an account that exists):
+// the UI messages of the login or registration flow of that id.
+func (k *Kratos) FlowMessages(ctx context.Context, flowID string) string {
+	var ui *ory.UiContainer
+	lf, resp, err := k.public.FrontendAPI.GetLoginFlow(ctx).Id(flowID).Execute()
+	closeBody(resp)
+	if err == nil {
+		ui = &lf.Ui
+	} else if rf, resp, err := k.public.FrontendAPI.GetRegistrationFlow(ctx).Id(flowID).Execute(); err == nil {
+		closeBody(resp)
+		ui = &rf.Ui
+	} else {
+		closeBody(resp)
+	}
+	if ui == nil {
+		return "Kratos ended the flow without a session"
+	}
+	var msgs []string
+	for _, m := range ui.Messages {
+		msgs = append(msgs, m.Text)
+	}
+	for _, n := range ui.Nodes {
+		for _, m := range n.Messages {
+			msgs = append(msgs, m.Text)
+		}
+	}
+	if len(msgs) == 0 {
+		return "Kratos ended the flow without a session"
+	}
+	return strings.Join(msgs, "; ")
 }
 
 // OIDCCredential returns the subject of an identity at an OIDC provider and

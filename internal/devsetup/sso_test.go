@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
+	"net/http"
 	"net"
 	"os"
 	"os/exec"
@@ -37,6 +38,8 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 	defer provider.Close()
 	provider.AddPerson("sam", "sam-idp-pw", "sam@example.com", "Sam Ops", "platform")
 	provider.AddPerson("pat", "pat-idp-pw", "pat@example.com", "Pat New", "platform")
+	// An IdP account that claims the dev admin's address.
+	provider.AddPerson("mallory", "mallory-idp-pw", devsetup.DefaultConfig().Admin, "Mallory", "platform")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -104,11 +107,11 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 		}
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		_, body, err := provider.SignIn(sctx, authURL, who, password)
-		if err != nil || !strings.Contains(string(body), "Signed in to Gatehouse") {
+		resp, body, err := provider.SignIn(sctx, authURL, who, password)
+		if err != nil || !strings.Contains(string(body), "Gatehouse") {
 			cmd.Process.Kill()
 			cmd.Wait()
-			t.Fatalf("browser: %v\n%s\nCLI:\n%s", err, body, stderr.String())
+			t.Fatalf("browser: %v at %v\n%s\nCLI:\n%s", err, landed(resp), body, stderr.String())
 		}
 		rest, _ := io.ReadAll(pipe)
 		stderr.Write(rest)
@@ -205,6 +208,15 @@ namespace: demo
 	}
 	eventuallyAs("pat", patKC, "pat, provisioned at login, lists pods through the platform group", true)
 
+	// An identity from the provider with the admin's email does not take
+	// over the admin: Kratos refuses to register a second identity with
+	// the address, and the CLI says why instead of waiting.
+	if out, err := ssoLoginAs("corp-jit", "mallory", "mallory-idp-pw"); err == nil || !strings.Contains(out, "did not complete") {
+		t.Fatalf("SSO login with the admin's email: %v\n%s", err, out)
+	} else {
+		t.Logf("refused: %s", out[strings.Index(out, "did not complete"):])
+	}
+
 	auditLog := string(mustReadFile(t, filepath.Join(cfg.StateDir, "audit.jsonl")))
 	if !strings.Contains(auditLog, `"action":"user.provision"`) {
 		t.Fatal("provisioning not audited")
@@ -212,4 +224,11 @@ namespace: demo
 	if n := strings.Count(auditLog, `"action":"login"`); n < 4 {
 		t.Fatalf("%d logins audited, want at least 4 (admin and sam's three)", n)
 	}
+}
+
+func landed(resp *http.Response) string {
+	if resp == nil {
+		return "nowhere"
+	}
+	return resp.Request.URL.String()
 }
