@@ -87,12 +87,7 @@ func TestSessionsAgainstKratos(t *testing.T) {
 func TestChangePassword(t *testing.T) {
 	kr := testenv.KratosT(t)
 	ctx := context.Background()
-	cfg := identity.DefaultConfig()
-	cfg.PublicURL, cfg.AdminURL = kr.PublicURL, kr.AdminURL
-	k, err := identity.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := kratosClient(t, kr)
 	first, next := "first-"+rand.Text(), "next-"+rand.Text()
 	if _, err := k.CreatePerson(ctx, "cy@example.com", "Cy", first); err != nil {
 		t.Fatal(err)
@@ -123,12 +118,7 @@ func TestChangePassword(t *testing.T) {
 func TestInvitation(t *testing.T) {
 	kr := testenv.KratosT(t)
 	ctx := context.Background()
-	cfg := identity.DefaultConfig()
-	cfg.PublicURL, cfg.AdminURL = kr.PublicURL, kr.AdminURL
-	k, err := identity.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := kratosClient(t, kr)
 	id, err := k.CreatePerson(ctx, "dee@example.com", "Dee", "")
 	if err != nil {
 		t.Fatal(err)
@@ -195,12 +185,7 @@ func TestSSOAgainstKratos(t *testing.T) {
 	}
 	defer kr.Close()
 	op.AddClient(corp.ClientID, corp.ClientSecret, kr.CallbackURL("corp"))
-	cfg := identity.DefaultConfig()
-	cfg.PublicURL, cfg.AdminURL = kr.PublicURL, kr.AdminURL
-	k, err := identity.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := kratosClient(t, kr)
 
 	if _, err := k.StartSSO(ctx, "nope", returnTo); err == nil {
 		t.Fatal("an unknown provider started a flow")
@@ -260,4 +245,16 @@ func TestSSOAgainstKratos(t *testing.T) {
 	if _, _, err := providers.Groups(ctx, "corp", "sub-someone-else", next); err == nil {
 		t.Fatal("groups read for another subject")
 	}
+}
+
+// kratosClient returns a client of kr with the default configuration.
+func kratosClient(t *testing.T, kr *testenv.Kratos) *identity.Kratos {
+	t.Helper()
+	cfg := identity.DefaultConfig()
+	cfg.PublicURL, cfg.AdminURL = kr.PublicURL, kr.AdminURL
+	k, err := identity.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
