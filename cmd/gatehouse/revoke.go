@@ -53,17 +53,22 @@ func runInvite(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer c.Close()
-	return invite(ctx, c, pos[0], *ttl, stdout, stderr)
+	return invite(ctx, c, pos[0], pos[0], *ttl, stdout, stderr)
 }
 
-// invite issues an invitation and tells the admin what to hand over.
-func invite(ctx context.Context, c *apiclient.Client, user, ttl string, stdout, stderr io.Writer) error {
+// invite issues an invitation and tells the admin what to hand over: the
+// invitation on stdout, the person's command on stderr.
+func invite(ctx context.Context, c *apiclient.Client, user, email, ttl string, stdout, stderr io.Writer) error {
 	inv, err := c.Invite(ctx, user, ttl)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "invitation for %s, shown once, valid until %s; the person runs\n  gatehouse login --server ... --identity-url ... --invitation INVITATION\nand chooses their password:\n",
-		user, inv.Expires.Local().Format(time.RFC1123))
+	server, identityURL := "https://GATEWAY", "KRATOS_PUBLIC_URL"
+	if p, _, err := profile(); err == nil {
+		server, identityURL = p.Server, p.IdentityURL
+	}
+	fmt.Fprintf(stderr, "Invitation for %s, shown once, valid until %s. They sign in with\n  gatehouse login --server %s --identity-url %s --invitation INVITATION\nand choose their password. The invitation:\n",
+		email, inv.Expires.Local().Format(time.RFC1123), server, identityURL)
 	fmt.Fprintln(stdout, inv.Invitation)
 	return nil
 }

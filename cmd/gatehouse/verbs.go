@@ -167,7 +167,7 @@ func runCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	if *inviteUser && k.names[0] == "user" {
-		return invite(ctx, c, str(out, "id"), "", stdout, stderr)
+		return invite(ctx, c, str(out, "id"), pos[1], "", stdout, stderr)
 	}
 	if s := str(out, "secret"); s != "" {
 		fmt.Fprintln(stderr, "the token's secret is shown once; keep it now:")
