@@ -180,9 +180,13 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	kratosAdmin := fs.String("kratos-admin-url", "", "Kratos admin URL (ending a revoked person's sessions, reading SSO links)")
 	ssoFile := fs.String("sso-providers", "", "YAML list of Kratos's OIDC providers whose groups are read at every login (id, issuer, clientID, clientSecret, groupsClaim)")
 	tokenKeyFile := fs.String("token-key-file", "", "32 random bytes, base64 (openssl rand -base64 32): seals the SSO refresh tokens the store keeps; the same on every node")
+	cacheTTL := fs.Duration("access-cache-ttl", time.Second, "how long the node keeps an access decision (0: ask the store on every request); bounds how late a change made through another node is seen")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
+	}
+	if *cacheTTL < 0 || *cacheTTL > time.Minute {
+		return fmt.Errorf("--access-cache-ttl %s: from 0 to 1m", *cacheTTL)
 	}
 	host, port, err := net.SplitHostPort(cfg.Addr)
 	if err != nil {
@@ -247,7 +251,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	registry := tunnel.NewRegistry(log)
 	defer registry.Close()
 	cfg.Verifier, cfg.Registry, cfg.Audit = auth, registry, sink
-	cfg.Grants = &control.Access{Store: st, Policy: engine, CacheTTL: time.Second}
+	cfg.Grants = &control.Access{Store: st, Policy: engine, CacheTTL: *cacheTTL}
 	cfg.Registrar, cfg.AgentIssuer = st, auth
 	n, err := node.New(cfg)
 	if err != nil {

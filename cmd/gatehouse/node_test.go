@@ -41,6 +41,9 @@ func TestNodeCommandServes(t *testing.T) {
 	if _, _, err := runCLI(context.Background(), "node", "--state-dir", dir, "--addr", "127.0.0.1:0"); err == nil || !strings.Contains(err.Error(), "gatehouse migrate") {
 		t.Fatalf("node on an empty store: %v", err)
 	}
+	if _, _, err := runCLI(context.Background(), "node", "--state-dir", dir, "--access-cache-ttl", "1h"); err == nil || !strings.Contains(err.Error(), "access-cache-ttl") {
+		t.Fatalf("node with an hour's access cache: %v", err)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
