@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -57,6 +58,12 @@ func (a *API) login(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	groups, err := a.cfg.Store.UserGroups(r.Context(), u.ID)
 	if err != nil {
 		return err
+	}
+	if !slices.Equal(groups, c.Subject.Groups) {
+		// The provider's groups changed the person's access: the gateway
+		// ends what they may no longer do and the agents sync their RBAC
+		// now, not at their next request.
+		a.notify(r.Context(), store.SubjectUser, u.ID)
 	}
 	org, err := a.cfg.Store.GetOrg(r.Context(), u.OrgID)
 	if err != nil {

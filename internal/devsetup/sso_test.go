@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/internal/devsetup"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv/idp"
+	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 )
 
 // TestSSOLoginSyncsGroupsAtEveryLogin signs a person in through a real
@@ -178,12 +180,40 @@ namespace: demo
 	eventually := func(what string, allowed bool) { t.Helper(); eventuallyAs("sam", kc, what, allowed) }
 	eventually("sam lists pods through the platform group", true)
 
+	// Sam's request made their service account's binding in demo.
+	who, err := runAs("sam", "", bin, "whoami", "-o", "json")
+	var me struct{ ID string }
+	if err != nil || json.Unmarshal([]byte(who), &me) != nil || me.ID == "" {
+		t.Fatalf("whoami: %v %s", err, who)
+	}
+	hash := strings.TrimPrefix(agent.ServiceAccountName(me.ID), "gatehouse-")
+	clusterKC := filepath.Join(cfg.StateDir, "cluster", "admin.kubeconfig")
+	samBindings := func() (string, error) {
+		return runAs("admin", "", kubectl, "--kubeconfig", clusterKC, "get", "rolebindings", "-n", "demo", "-l", agent.LabelUser+"="+hash, "-o", "name")
+	}
+	if out, err := samBindings(); err != nil || !strings.Contains(out, "rolebinding") {
+		t.Fatalf("sam's binding in demo: %v %q", err, out)
+	}
+
 	// Sam leaves the group at the provider: their next login drops it.
 	if err := provider.SetGroups("sam"); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := ssoLogin(); err != nil || !strings.Contains(out, "logged in as sam@example.com") || strings.Contains(out, "warning") {
 		t.Fatalf("second SSO login: %v\n%s", err, out)
+	}
+	// The login itself takes sam's bindings out of the cluster (before
+	// any request of theirs).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := samBindings()
+		if err == nil && strings.TrimSpace(out) == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sam's bindings are still in the cluster after the login that dropped the group: %v %s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	eventually("sam without the group", false)
 
