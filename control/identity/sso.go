@@ -385,17 +385,24 @@ func (g *SSOProviders) Groups(ctx context.Context, provider, subject, refreshTok
 	return groups, next, nil
 }
 
+// discover returns the provider's discovered endpoints, fetching them at
+// first use. The lock is not held over the network, so a slow provider
+// does not hold up logins through the others; two first uses may both
+// fetch, and either result is kept.
 func (g *SSOProviders) discover(ctx context.Context, p SSOProvider) (*oidc.Provider, error) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	if op, ok := g.discovered[p.ID]; ok {
+	op, ok := g.discovered[p.ID]
+	g.mu.Unlock()
+	if ok {
 		return op, nil
 	}
 	op, err := oidc.NewProvider(ctx, p.IssuerURL)
 	if err != nil {
 		return nil, fmt.Errorf("identity: discover %s: %w", p.ID, err)
 	}
+	g.mu.Lock()
 	g.discovered[p.ID] = op
+	g.mu.Unlock()
 	return op, nil
 }
 
