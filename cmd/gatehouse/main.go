@@ -325,6 +325,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "gateway listen address, host:port")
 	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "kwok nodes in the local cluster")
 	ssoFile := fs.String("sso-providers", "", "YAML list of OIDC providers to sign in with (id, issuer, clientID, clientSecret, groupsClaim); register http://KRATOS/self-service/methods/oidc/callback/ID at each")
+	fs.IntVar(&cfg.KratosPort, "kratos-port", cfg.KratosPort, "Kratos's public port on 127.0.0.1 (0: any free port)")
 	fs.StringVar(&cfg.SSOCallbackAddr, "sso-callback-addr", cfg.SSOCallbackAddr, "where `gatehouse login --sso` waits for the browser")
 	logLevel := fs.String("log-level", "warn", "log level of the components: debug, info, warn, error")
 	if ok, err := parseFlags(fs, args, stderr); !ok {

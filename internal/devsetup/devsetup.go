@@ -67,6 +67,10 @@ type Config struct {
 	// OIDC method, configured by SSOProvider.KratosConfig); Gatehouse reads
 	// their groups at every login.
 	SSO []identity.SSOProvider
+	// KratosPort is Kratos's public port on 127.0.0.1; fixed (4433, Kratos's
+	// usual one) so that SSO providers' redirect URLs and people's
+	// --identity-url survive restarts. 0 picks a free port.
+	KratosPort int
 	// SSOCallbackAddr is where `gatehouse login --sso` waits for the
 	// browser; Kratos allows http://SSOCallbackAddr/callback as a return
 	// URL.
@@ -76,7 +80,7 @@ type Config struct {
 // DefaultConfig returns the defaults of `gatehouse dev`.
 func DefaultConfig() Config {
 	return Config{StateDir: ".gatehouse/dev", Addr: "127.0.0.1:8443", Cluster: "dev", Admin: "admin@gatehouse.local", Nodes: 3, Out: os.Stdout,
-		SSOCallbackAddr: identity.DefaultSSOCallbackAddr}
+		KratosPort: 4433, SSOCallbackAddr: identity.DefaultSSOCallbackAddr}
 }
 
 // Validate checks the configuration.
@@ -89,6 +93,9 @@ func (c Config) Validate() error {
 	}
 	if c.Cluster == "" || c.Admin == "" {
 		return errors.New("dev: Cluster and Admin are required")
+	}
+	if c.KratosPort < 0 || c.KratosPort > 65535 {
+		return fmt.Errorf("dev: KratosPort %d is not a port", c.KratosPort)
 	}
 	for _, p := range c.SSO {
 		if err := p.Validate(); err != nil {
@@ -225,6 +232,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if len(cfg.SSO) > 0 {
 		kcfg.ReturnURLs = []string{"http://" + cfg.SSOCallbackAddr + "/callback"}
 	}
+	kcfg.PublicPort = cfg.KratosPort
 	kr, err := testenv.StartKratos(ctx, kcfg)
 	if err != nil {
 		return nil, err
@@ -237,6 +245,9 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		return nil, err
 	}
 	e.IdentityURL = kr.PublicURL
+	for _, p := range cfg.SSO {
+		say("SSO provider %q: register the redirect URL %s at it; people sign in with gatehouse login --sso %s", p.ID, kr.CallbackURL(p.ID), p.ID)
+	}
 	org, project, cluster, seeded, err := seed(ctx, st, cfg)
 	if err != nil {
 		return nil, err

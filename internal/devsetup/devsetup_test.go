@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	cfg := devsetup.DefaultConfig()
 	cfg.StateDir = t.TempDir()
-	cfg.Addr = "127.0.0.1:0"
+	cfg.Addr, cfg.KratosPort = "127.0.0.1:0", 0
 	var out bytes.Buffer
 	cfg.Out = &out
 	ctx := context.Background()
@@ -89,7 +89,7 @@ func TestLoginKubeconfigAndRevocation(t *testing.T) {
 	bin := buildCLI(t, dir)
 	cfg := devsetup.DefaultConfig()
 	cfg.StateDir = filepath.Join(dir, "state")
-	cfg.Addr = "127.0.0.1:0"
+	cfg.Addr, cfg.KratosPort = "127.0.0.1:0", 0
 	cfg.Out = io.Discard
 	ctx := context.Background()
 	env, err := devsetup.Start(ctx, cfg)

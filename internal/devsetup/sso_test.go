@@ -51,7 +51,7 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 
 	secret := rand.Text()
 	cfg := devsetup.DefaultConfig()
-	cfg.StateDir, cfg.Addr, cfg.Out = filepath.Join(dir, "state"), "127.0.0.1:0", io.Discard
+	cfg.StateDir, cfg.Addr, cfg.Out, cfg.KratosPort = filepath.Join(dir, "state"), "127.0.0.1:0", io.Discard, 0
 	cfg.SSO = []identity.SSOProvider{
 		{ID: "corp", IssuerURL: provider.Issuer, ClientID: "gatehouse", ClientSecret: secret},
 		// The same provider through another client, which adds people who

@@ -53,6 +53,9 @@ type KratosConfig struct {
 	// ReturnURLs are further allowed return_to URLs, such as the loopback
 	// callback of `gatehouse login --sso`.
 	ReturnURLs []string
+	// PublicPort fixes the public API's port (SSO providers must know the
+	// callback URL in advance); 0 picks a free one.
+	PublicPort int
 }
 
 // CallbackURL is where an OIDC provider sends the browser back to Kratos.
@@ -128,6 +131,9 @@ func StartKratos(ctx context.Context, cfg KratosConfig) (_ *Kratos, err error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.PublicPort != 0 {
+		ports[0] = cfg.PublicPort
 	}
 	kr.PublicURL = "http://" + hostPort(ports[0])
 	kr.AdminURL = "http://" + hostPort(ports[1])
