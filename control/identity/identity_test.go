@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -257,4 +258,40 @@ func kratosClient(t *testing.T, kr *testenv.Kratos) *identity.Kratos {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// TestPresetsKratosAccepts: Kratos starts with every preset's provider
+// entry (its configuration schema accepts them), and GitHub's, which needs
+// no discovery, sends the browser to GitHub with the client.
+func TestPresetsKratosAccepts(t *testing.T) {
+	ctx := context.Background()
+	returnTo := "http://127.0.0.1:53682/callback"
+	kcfg := testenv.DefaultKratosConfig()
+	kcfg.ReturnURLs = []string{returnTo}
+	for _, p := range []identity.SSOProvider{
+		{ID: "corp", IssuerURL: "https://idp.example.com"},
+		{ID: "okta", Preset: identity.PresetOkta, IssuerURL: "https://acme.okta.com/oauth2/default"},
+		{ID: "gitlab", Preset: identity.PresetGitLab},
+		{ID: "google", Preset: identity.PresetGoogle},
+		{ID: "github", Preset: identity.PresetGitHub},
+	} {
+		p.ClientID, p.ClientSecret = "client-"+p.ID, "secret"
+		if err := p.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		kcfg.OIDC = append(kcfg.OIDC, p.KratosConfig())
+	}
+	kr, err := testenv.StartKratos(ctx, kcfg)
+	if err != nil {
+		t.Fatalf("Kratos refused the presets: %v", err)
+	}
+	defer kr.Close()
+	flow, err := kratosClient(t, kr).StartSSO(ctx, "github", returnTo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(flow.BrowserURL)
+	if err != nil || u.Host != "github.com" || u.Query().Get("client_id") != "client-github" {
+		t.Fatalf("GitHub sign-in at %s", flow.BrowserURL)
+	}
 }
