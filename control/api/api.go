@@ -403,9 +403,15 @@ type List[T any] struct {
 
 // auditChange writes a system audit event for a change.
 func (a *API) auditChange(ctx context.Context, r *http.Request, c *Caller, action, object string, status int, errMsg string) {
+	a.auditGroups(ctx, r, c, action, object, status, errMsg, nil)
+}
+
+// auditGroups is auditChange with the groups the caller is in after the
+// change (a login's: what the IdP's groups gave them).
+func (a *API) auditGroups(ctx context.Context, r *http.Request, c *Caller, action, object string, status int, errMsg string, groups []string) {
 	ev := &audit.Event{
 		Kind: audit.KindSystem, Action: action, Object: object,
-		Time: time.Now(), Phase: audit.PhaseComplete, Node: a.cfg.Node, User: c.User.ID, Verb: r.Method,
+		Time: time.Now(), Phase: audit.PhaseComplete, Node: a.cfg.Node, User: c.User.ID, Groups: groups, Verb: r.Method,
 		Path: r.URL.Path, Status: status, Error: errMsg, ClientAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
 	}
 	if err := a.cfg.Audit.Write(context.WithoutCancel(ctx), ev); err != nil {

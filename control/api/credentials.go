@@ -69,7 +69,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	if err != nil {
 		return err
 	}
-	a.auditChange(r.Context(), r, c, "login", "user/"+u.ID, http.StatusOK, warning)
+	a.auditGroups(r.Context(), r, c, "login", "user/"+u.ID, http.StatusOK, warning, groups)
 	if groups == nil {
 		groups = []string{}
 	}

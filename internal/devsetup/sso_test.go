@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -250,6 +251,20 @@ namespace: demo
 	auditLog := string(mustReadFile(t, filepath.Join(cfg.StateDir, "audit.jsonl")))
 	if !strings.Contains(auditLog, `"action":"user.provision"`) {
 		t.Fatal("provisioning not audited")
+	}
+	// Each of sam's logins records the groups it gave: one, none, one.
+	var samGroups []int
+	for _, line := range strings.Split(auditLog, "\n") {
+		var ev struct {
+			Action, User string
+			Groups       []string
+		}
+		if json.Unmarshal([]byte(line), &ev) == nil && ev.Action == "login" && ev.User == me.ID {
+			samGroups = append(samGroups, len(ev.Groups))
+		}
+	}
+	if fmt.Sprint(samGroups) != "[1 0 1]" {
+		t.Fatalf("groups of sam's audited logins: %v, want [1 0 1]", samGroups)
 	}
 	if n := strings.Count(auditLog, `"action":"login"`); n < 4 {
 		t.Fatalf("%d logins audited, want at least 4 (admin and sam's three)", n)
