@@ -131,9 +131,7 @@ func (k *Kratos) Session(ctx context.Context, token string) (*Session, error) {
 		return c.s, nil
 	}
 	sess, resp, err := k.public.FrontendAPI.ToSession(ctx).XSessionToken(token).Execute()
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	closeBody(resp)
 	if err != nil {
 		if resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
 			k.forget(key)
@@ -190,9 +188,7 @@ func (k *Kratos) forget(key [32]byte) {
 // Login runs the native password login flow and returns a session token.
 func (k *Kratos) Login(ctx context.Context, email, password string) (string, error) {
 	flow, resp, err := k.public.FrontendAPI.CreateNativeLoginFlow(ctx).Execute()
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	closeBody(resp)
 	if err != nil {
 		return "", fmt.Errorf("identity: login flow: %w", err)
 	}
@@ -200,9 +196,7 @@ func (k *Kratos) Login(ctx context.Context, email, password string) (string, err
 		ory.UpdateLoginFlowWithPasswordMethodAsUpdateLoginFlowBody(&ory.UpdateLoginFlowWithPasswordMethod{
 			Method: "password", Identifier: email, Password: password,
 		})).Execute()
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	closeBody(resp)
 	if err != nil {
 		if resp != nil && resp.StatusCode == http.StatusBadRequest {
 			return "", ErrBadCredentials
@@ -219,9 +213,7 @@ func (k *Kratos) Login(ctx context.Context, email, password string) (string, err
 func (k *Kratos) Logout(ctx context.Context, token string) error {
 	k.forget(sha256.Sum256([]byte(token)))
 	resp, err := k.public.FrontendAPI.PerformNativeLogout(ctx).PerformNativeLogoutBody(ory.PerformNativeLogoutBody{SessionToken: token}).Execute()
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	closeBody(resp)
 	if err != nil && (resp == nil || resp.StatusCode != http.StatusBadRequest) {
 		return fmt.Errorf("identity: logout: %w", err)
 	}
@@ -241,9 +233,7 @@ func (k *Kratos) CreatePerson(ctx context.Context, email, name, password string)
 		}}
 	}
 	id, resp, err := k.admin.IdentityAPI.CreateIdentity(ctx).CreateIdentityBody(body).Execute()
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	closeBody(resp)
 	if err != nil {
 		return "", fmt.Errorf("identity: create %s: %w", email, err)
 	}
@@ -257,9 +247,7 @@ func (k *Kratos) RevokeSessions(ctx context.Context, identityID string) error {
 		return errors.New("identity: no admin URL configured")
 	}
 	resp, err := k.admin.IdentityAPI.DeleteIdentitySessions(ctx, identityID).Execute()
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	closeBody(resp)
 	if err != nil && (resp == nil || resp.StatusCode != http.StatusNotFound) {
 		return fmt.Errorf("identity: revoke sessions: %w", err)
 	}
@@ -278,9 +266,7 @@ func (k *Kratos) RevokeSessions(ctx context.Context, identityID string) error {
 // (privileged_session_max_age, 15 minutes by default): log in first.
 func (k *Kratos) ChangePassword(ctx context.Context, token, password string) error {
 	flow, resp, err := k.public.FrontendAPI.CreateNativeSettingsFlow(ctx).XSessionToken(token).Execute()
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	closeBody(resp)
 	if err != nil {
 		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
 			return ErrNoSession
@@ -289,9 +275,7 @@ func (k *Kratos) ChangePassword(ctx context.Context, token, password string) err
 	}
 	_, resp, err = k.public.FrontendAPI.UpdateSettingsFlow(ctx).Flow(flow.Id).XSessionToken(token).UpdateSettingsFlowBody(
 		ory.UpdateSettingsFlowWithPasswordMethodAsUpdateSettingsFlowBody(&ory.UpdateSettingsFlowWithPasswordMethod{Method: "password", Password: password})).Execute()
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	closeBody(resp)
 	if err != nil {
 		if resp != nil && resp.StatusCode == http.StatusForbidden {
 			return errors.New("identity: log in again first (a password change needs a recent login)")
@@ -299,4 +283,24 @@ func (k *Kratos) ChangePassword(ctx context.Context, token, password string) err
 		return fmt.Errorf("identity: new password refused (too short or too common?): %w", err)
 	}
 	return nil
+}
+
+// closeBody closes a Kratos client response's body, if there is one.
+func closeBody(resp *http.Response) {
+	if resp != nil && resp.Body != nil {
+		resp.Body.Close()
+	}
+}
+
+// kratosDetail adds Kratos's error body (its reason) to a client error.
+func kratosDetail(err error) error {
+	var apiErr *ory.GenericOpenAPIError
+	if err != nil && errors.As(err, &apiErr) && len(apiErr.Body()) > 0 {
+		body := strings.TrimSpace(string(apiErr.Body()))
+		if len(body) > 500 {
+			body = body[:500]
+		}
+		return fmt.Errorf("%w: %s", err, body)
+	}
+	return err
 }

@@ -2,9 +2,6 @@ package identity
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
 	_ "embed"
 	"encoding/base64"
 	"encoding/json"
@@ -107,11 +104,12 @@ func (k *Kratos) FlowMessages(ctx context.Context, flowID string) string {
 	closeBody(resp)
 	if err == nil {
 		ui = &lf.Ui
-	} else if rf, resp, err := k.public.FrontendAPI.GetRegistrationFlow(ctx).Id(flowID).Execute(); err == nil {
-		closeBody(resp)
-		ui = &rf.Ui
 	} else {
+		rf, resp, err := k.public.FrontendAPI.GetRegistrationFlow(ctx).Id(flowID).Execute()
 		closeBody(resp)
+		if err == nil {
+			ui = &rf.Ui
+		}
 	}
 	if ui == nil {
 		return "Kratos ended the flow without a session"
@@ -425,60 +423,4 @@ func stringList(v any) ([]string, error) {
 	}
 	slices.Sort(out)
 	return slices.Compact(out), nil
-}
-
-// Sealer encrypts small secrets (refresh tokens) for the store with
-// AES-256-GCM; the associated data binds a ciphertext to the row it was
-// sealed for, so one cannot be moved to another person.
-type Sealer struct{ aead cipher.AEAD }
-
-// NewSealer returns a sealer for a 32-byte key.
-func NewSealer(key []byte) (*Sealer, error) {
-	if len(key) != 32 {
-		return nil, fmt.Errorf("identity: the token key must be 32 bytes, not %d", len(key))
-	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	return &Sealer{aead: aead}, nil
-}
-
-// Seal encrypts plaintext for the row named by ad.
-func (s *Sealer) Seal(plaintext []byte, ad string) []byte {
-	nonce := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plaintext)+s.aead.Overhead())
-	rand.Read(nonce)
-	return s.aead.Seal(nonce, nonce, plaintext, []byte(ad))
-}
-
-// Open decrypts what Seal made for the same ad.
-func (s *Sealer) Open(sealed []byte, ad string) ([]byte, error) {
-	n := s.aead.NonceSize()
-	if len(sealed) < n {
-		return nil, errors.New("identity: sealed value too short")
-	}
-	return s.aead.Open(nil, sealed[:n], sealed[n:], []byte(ad))
-}
-
-func closeBody(resp *http.Response) {
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
-}
-
-// kratosDetail adds Kratos's error body (its reason) to a client error.
-func kratosDetail(err error) error {
-	var apiErr *ory.GenericOpenAPIError
-	if err != nil && errors.As(err, &apiErr) && len(apiErr.Body()) > 0 {
-		body := strings.TrimSpace(string(apiErr.Body()))
-		if len(body) > 500 {
-			body = body[:500]
-		}
-		return fmt.Errorf("%w: %s", err, body)
-	}
-	return err
 }

@@ -101,13 +101,9 @@ func TestLoginKubeconfigAndRevocation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	environ := append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, "cli"), "HOME="+dir)
+	environ := personEnv(dir, "cli")
 	run := func(stdin string, name string, args ...string) (string, error) {
-		cmd := exec.Command(name, args...)
-		cmd.Env = environ
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+		return runPerson(dir, "cli", stdin, name, args...)
 	}
 	if out, err := run("wrong\n", bin, "login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile, "--email", cfg.Admin, "--password-stdin"); err == nil || !strings.Contains(out, "wrong email or password") {
 		t.Fatalf("login with a wrong password: %v %s", err, out)
@@ -147,13 +143,8 @@ func TestLoginKubeconfigAndRevocation(t *testing.T) {
 	if out, err := run("", bin, "apply", "-f", grant); err != nil || !strings.Contains(out, "created") {
 		t.Fatalf("apply: %v %s", err, out)
 	}
-	noraEnv := append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, "nora"), "HOME="+dir)
 	nora := func(stdin string, name string, args ...string) (string, error) {
-		cmd := exec.Command(name, args...)
-		cmd.Env = noraEnv
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+		return runPerson(dir, "nora", stdin, name, args...)
 	}
 	if out, err := nora("Nora-pw-"+env.AdminPassword+"\n", bin, "login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile, "--email", "nora@example.com", "--password-stdin"); err != nil {
 		t.Fatalf("nora login: %v %s", err, out)
@@ -197,11 +188,7 @@ func TestLoginKubeconfigAndRevocation(t *testing.T) {
 	code := strings.TrimSpace(invitation[strings.LastIndex(strings.TrimSpace(invitation), "\n")+1:])
 	omarPW := "Omar-own-" + env.AdminPassword
 	omar := func(stdin string, args ...string) (string, error) {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, "omar"), "HOME="+dir)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+		return runPerson(dir, "omar", stdin, bin, args...)
 	}
 	loginAs := []string{"login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile}
 	if out, err := omar(omarPW+"\n", append(loginAs, "--invitation", code, "--password-stdin")...); err != nil || !strings.Contains(out, "logged in as omar@example.com") {
@@ -259,6 +246,21 @@ func TestLoginKubeconfigAndRevocation(t *testing.T) {
 	if out, err := run("", kubectl, "--kubeconfig", env.AdminKubeconfig, "get", "ns"); err == nil {
 		t.Fatalf("the static kubeconfig works after revocation: %s", out)
 	}
+}
+
+// personEnv is the environment of commands run as one person: their own
+// CLI profile under dir.
+func personEnv(dir, who string) []string {
+	return append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, who), "HOME="+dir)
+}
+
+// runPerson runs a command as who with stdin and returns its output.
+func runPerson(dir, who, stdin, name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Env = personEnv(dir, who)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // buildCLI builds the gatehouse binary into dir.

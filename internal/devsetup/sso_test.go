@@ -72,11 +72,7 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	runAs := func(who, stdin, name string, args ...string) (string, error) {
-		cmd := exec.Command(name, args...)
-		cmd.Env = append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, who), "HOME="+dir)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+		return runPerson(dir, who, stdin, name, args...)
 	}
 	loginFlags := []string{"login", "--server", env.GatewayURL, "--identity-url", env.IdentityURL, "--ca-file", env.CAFile}
 
@@ -85,7 +81,7 @@ func TestSSOLoginSyncsGroupsAtEveryLogin(t *testing.T) {
 	ssoLoginAs := func(providerID, who, password string) (string, error) {
 		t.Helper()
 		cmd := exec.Command(bin, append(loginFlags, "--sso", providerID, "--callback-addr", callback, "--no-browser")...)
-		cmd.Env = append(os.Environ(), "GATEHOUSE_CONFIG_DIR="+filepath.Join(dir, who), "HOME="+dir)
+		cmd.Env = personEnv(dir, who)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout = &stdout
 		pipe, err := cmd.StderrPipe()
