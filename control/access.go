@@ -9,7 +9,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/grant"
 )
 
 // Access answers the gateway's question - what Kubernetes access has this
@@ -34,7 +34,7 @@ type Access struct {
 type accessKey struct{ user, cluster string }
 
 type accessEntry struct {
-	grants []tunnel.Grant
+	grants []grant.Grant
 	at     time.Time
 }
 
@@ -62,7 +62,7 @@ func (a *Access) now() time.Time {
 // certificate carries are ignored: groups are read from the store, so that
 // a change of membership counts before the certificate expires. An unknown
 // person or cluster has no access.
-func (a *Access) Grants(ctx context.Context, user string, _ []string, cluster string) ([]tunnel.Grant, error) {
+func (a *Access) Grants(ctx context.Context, user string, _ []string, cluster string) ([]grant.Grant, error) {
 	if a.CacheTTL <= 0 {
 		return a.grants(ctx, user, cluster)
 	}
@@ -87,7 +87,7 @@ func (a *Access) Grants(ctx context.Context, user string, _ []string, cluster st
 	return gs, nil
 }
 
-func (a *Access) grants(ctx context.Context, user, cluster string) ([]tunnel.Grant, error) {
+func (a *Access) grants(ctx context.Context, user, cluster string) ([]grant.Grant, error) {
 	c, err := a.Store.GetCluster(ctx, cluster)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil

@@ -14,14 +14,14 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/grant"
 )
 
 // StaticGrants is an in-memory grant table. It is safe for concurrent use;
 // the zero value is empty.
 type StaticGrants struct {
-	mu sync.RWMutex                         // guards m
-	m  map[string]map[string][]tunnel.Grant // subject -> cluster -> grants
+	mu sync.RWMutex                        // guards m
+	m  map[string]map[string][]grant.Grant // subject -> cluster -> grants
 }
 
 // GroupSubject names a group as a subject of Set.
@@ -29,14 +29,14 @@ func GroupSubject(group string) string { return "group:" + group }
 
 // Set replaces what subject (a user id, or GroupSubject(name)) holds on
 // cluster. No grants removes the subject's access there.
-func (s *StaticGrants) Set(subject, cluster string, grants ...tunnel.Grant) {
+func (s *StaticGrants) Set(subject, cluster string, grants ...grant.Grant) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
-		s.m = map[string]map[string][]tunnel.Grant{}
+		s.m = map[string]map[string][]grant.Grant{}
 	}
 	if s.m[subject] == nil {
-		s.m[subject] = map[string][]tunnel.Grant{}
+		s.m[subject] = map[string][]grant.Grant{}
 	}
 	if len(grants) == 0 {
 		delete(s.m[subject], cluster)
@@ -47,13 +47,13 @@ func (s *StaticGrants) Set(subject, cluster string, grants ...tunnel.Grant) {
 
 // Grants returns the union of what the user and their groups hold on
 // cluster.
-func (s *StaticGrants) Grants(_ context.Context, user string, groups []string, cluster string) ([]tunnel.Grant, error) {
+func (s *StaticGrants) Grants(_ context.Context, user string, groups []string, cluster string) ([]grant.Grant, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	var out []tunnel.Grant
+	var out []grant.Grant
 	add := func(subject string) {
 		for _, g := range s.m[subject][cluster] {
-			if !slices.ContainsFunc(out, func(o tunnel.Grant) bool { return o.Key() == g.Key() }) {
+			if !slices.ContainsFunc(out, func(o grant.Grant) bool { return o.Key() == g.Key() }) {
 				out = append(out, g)
 			}
 		}

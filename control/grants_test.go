@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/grant"
 )
 
 func TestStaticGrantsUnion(t *testing.T) {
@@ -13,8 +13,8 @@ func TestStaticGrantsUnion(t *testing.T) {
 	if g, _ := s.Grants(ctx, "u", nil, "c"); len(g) != 0 {
 		t.Fatalf("empty table granted %v", g)
 	}
-	view := tunnel.Grant{Role: "view", Namespace: "a"}
-	edit := tunnel.Grant{Role: "edit", Namespace: "b"}
+	view := grant.Grant{Role: "view", Namespace: "a"}
+	edit := grant.Grant{Role: "edit", Namespace: "b"}
 	s.Set("u", "c", view)
 	s.Set(GroupSubject("ops"), "c", edit, view)
 	g, _ := s.Grants(ctx, "u", []string{"ops"}, "c")

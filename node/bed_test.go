@@ -21,6 +21,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
@@ -181,7 +182,7 @@ func (b *bed) startNode(addr string) {
 
 // agentTLS returns a client certificate for kind "agent" or "user".
 func (b *bed) clientCert(kind, name string, ttl time.Duration) (tls.Certificate, []byte, []byte) {
-	key, keyPEM, err := ca.NewKey()
+	key, keyPEM, err := pki.NewKey()
 	if err != nil {
 		b.t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/control/store"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/grant"
 )
 
 // BenchmarkGet compares a small GET through the gateway (TLS, tunnel, agent,
@@ -25,7 +25,7 @@ import (
 //	go test -run '^$' -bench BenchmarkGet -benchtime 2000x ./node/
 func BenchmarkGet(b *testing.B) {
 	bd := newBed(b)
-	bd.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	bd.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
 	userCert, _, _ := bd.clientCert("user", "ada", time.Hour)
 	pb := newPolicyBed(b)
 	ada := pb.person("ada@example.com")
@@ -120,7 +120,7 @@ func BenchmarkGet(b *testing.B) {
 //	go test -run '^$' -bench BenchmarkPortForward -benchtime 3x ./node/
 func BenchmarkPortForward(b *testing.B) {
 	bd := newBed(b)
-	bd.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	bd.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
 	pod := runningPod(b, bd, "bench-pf")
 	const size = 64 << 20
 	for _, tg := range []struct{ name, kubeconfig string }{

@@ -22,8 +22,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/node"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
 func isAlreadyExists(err error) bool { return apierrors.IsAlreadyExists(err) }
@@ -105,7 +105,7 @@ func runningPod(t testing.TB, b *bed, ns string) string {
 
 func TestKubectlThroughGatewayAsAdmin(t *testing.T) {
 	b := newBed(t)
-	b.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
 	kc := b.kubeconfig("ada", time.Hour)
 
 	if out := b.ok(kc, "get", "ns", "-o", "name"); !strings.Contains(out, "namespace/kube-system") {
@@ -246,8 +246,8 @@ func portForward(t testing.TB, b *bed, kc, ns, pod string, size int) time.Durati
 
 func TestNamespaceGrantIsEnforcedByClusterRBAC(t *testing.T) {
 	b := newBed(t)
-	b.grants.Set("bob", clusterID, tunnel.Grant{Role: "edit", Namespace: "team-a"})
-	b.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	b.grants.Set("bob", clusterID, grant.Grant{Role: "edit", Namespace: "team-a"})
+	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
 	admin, kc := b.kubeconfig("ada", time.Hour), b.kubeconfig("bob", time.Hour)
 	b.ok(admin, "create", "namespace", "team-a")
 	b.ok(admin, "create", "namespace", "team-b")
@@ -273,8 +273,8 @@ func TestNamespaceGrantIsEnforcedByClusterRBAC(t *testing.T) {
 
 func TestGatewayRefuses(t *testing.T) {
 	b := newBed(t)
-	b.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
-	b.grants.Set("bob", clusterID, tunnel.Grant{Role: "view", Namespace: "default"})
+	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
+	b.grants.Set("bob", clusterID, grant.Grant{Role: "view", Namespace: "default"})
 	bob := b.kubeconfig("bob", time.Hour)
 
 	t.Run("impersonation", func(t *testing.T) {
@@ -314,7 +314,7 @@ func TestGatewayRefuses(t *testing.T) {
 	t.Run("expired certificate", func(t *testing.T) {
 		b.clock.Set(-2 * time.Hour)
 		old := b.kubeconfig("ada-old", time.Hour)
-		b.grants.Set("ada-old", clusterID, tunnel.Grant{Role: "cluster-admin"})
+		b.grants.Set("ada-old", clusterID, grant.Grant{Role: "cluster-admin"})
 		b.clock.Set(0)
 		b.refused(old, "expired", "get", "--raw", "/api/v1/namespaces")
 	})
@@ -363,7 +363,7 @@ func TestGatewayRefuses(t *testing.T) {
 
 func TestAgentAndGatewayRestarts(t *testing.T) {
 	b := newBed(t)
-	b.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
 	kc := b.kubeconfig("ada", time.Hour)
 	b.ok(kc, "get", "ns")
 

@@ -22,7 +22,6 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/internal/kubeapi"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
-	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 )
 
 // kubeHandler serves /k8s/CLUSTER/...: a person's request to a cluster.
@@ -109,7 +108,7 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if !agent.AllowedUpgrade(r.Header) {
+	if !kubeapi.AllowedUpgrade(r.Header) {
 		refuse(http.StatusBadRequest, metav1.StatusReasonBadRequest, "gatehouse: upgrade protocol not allowed: only SPDY/3.1 and websocket")
 		return
 	}
@@ -176,7 +175,7 @@ func (n *Node) proxy(cluster, rest string) *httputil.ReverseProxy {
 			pr.Out.Host = cluster
 			pr.Out.URL.RawPath = rest
 			pr.Out.URL.Path, _ = url.PathUnescape(rest)
-			agent.StripClientCredentials(pr.Out.Header)
+			kubeapi.StripClientCredentials(pr.Out.Header)
 		},
 		Transport:     n.tunnelTransport(cluster),
 		FlushInterval: -1,

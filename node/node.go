@@ -25,6 +25,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
@@ -40,7 +41,7 @@ type Verifier interface {
 // Grants answers what Kubernetes access a person has on a cluster. An
 // empty result means none: the request is refused.
 type Grants interface {
-	Grants(ctx context.Context, user string, groups []string, cluster string) ([]tunnel.Grant, error)
+	Grants(ctx context.Context, user string, groups []string, cluster string) ([]grant.Grant, error)
 }
 
 // Tunnels opens streams to clusters' agents. *tunnel.Registry implements it

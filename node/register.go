@@ -7,11 +7,12 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 )
 
 // Registrar redeems bootstrap tokens. *store.Store implements it.
@@ -78,7 +79,7 @@ func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, "malformed request: "+err.Error())
 		return
 	}
-	csr, err := parseCSR([]byte(req.CSR))
+	csr, err := pki.ParseCSR([]byte(req.CSR))
 	if err != nil {
 		fail(http.StatusBadRequest, err.Error())
 		return
@@ -106,28 +107,11 @@ func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(RegisterResponse{Cluster: cluster, Certificate: string(chain)})
 }
 
-// parseCSR parses a PEM certificate request and checks its signature: proof
-// that the caller holds the key it wants certified.
-func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
-	block, _ := pem.Decode(csrPEM)
-	if block == nil || block.Type != "CERTIFICATE REQUEST" {
-		return nil, errors.New("csr: not a PEM CERTIFICATE REQUEST")
-	}
-	csr, err := x509.ParseCertificateRequest(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("csr: %w", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, errors.New("csr: bad signature")
-	}
-	return csr, nil
-}
-
 // renewAgent signs a new certificate for an agent whose tunnel is up. The
 // cluster is the one its current certificate names: a CSR cannot ask for
 // another.
 func (n *Node) renewAgent(cluster string, csrPEM []byte) ([]byte, time.Time, error) {
-	csr, err := parseCSR(csrPEM)
+	csr, err := pki.ParseCSR(csrPEM)
 	if err != nil {
 		return nil, time.Time{}, err
 	}

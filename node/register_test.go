@@ -18,6 +18,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/deploy/bootstrap"
+	"github.com/gatehouse-dev/gatehouse/grant"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/node"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
@@ -36,7 +39,7 @@ func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
 	b := newBed(t)
 	const ns, cluster = "gh-agent", "prod"
 	token := b.bootstrapToken(cluster, time.Hour)
-	manifest, err := agent.Manifest(agent.ManifestParams{
+	manifest, err := bootstrap.Manifest(bootstrap.Params{
 		Cluster: cluster, Namespace: ns, GatewayURL: "https://" + b.addr, GatewayCA: string(b.auth.RootPEM()),
 		Token: token, Expires: time.Now().Add(time.Hour), Image: "gatehouse:dev", Replicas: 1,
 	})
@@ -98,8 +101,8 @@ func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
 		t.Fatalf("agent cluster %q", a.Cluster())
 	}
 
-	b.grants.Set("ada", cluster, tunnel.Grant{Role: "cluster-admin"})
-	b.grants.Set("bob", cluster, tunnel.Grant{Role: "view", Namespace: "default"})
+	b.grants.Set("ada", cluster, grant.Grant{Role: "cluster-admin"})
+	b.grants.Set("bob", cluster, grant.Grant{Role: "view", Namespace: "default"})
 	ada := b.kubeconfigFor("ada", cluster)
 	bob := b.kubeconfigFor("bob", cluster)
 	if out := b.ok(ada, "get", "ns", "kube-system", "-o", "name"); strings.TrimSpace(out) != "namespace/kube-system" {
@@ -108,7 +111,7 @@ func TestBootstrapManifestRegistersLeastPrivilegeAgent(t *testing.T) {
 	b.ok(bob, "-n", "default", "get", "pods")
 	b.refused(bob, "forbidden", "-n", "default", "create", "configmap", "x")
 	// A custom role: the least-privilege agent may write and bind it.
-	b.grants.Set("cara", cluster, tunnel.Grant{Role: "read-root-ca", Namespace: "default", Rules: []rbacv1.PolicyRule{{
+	b.grants.Set("cara", cluster, grant.Grant{Role: "read-root-ca", Namespace: "default", Rules: []rbacv1.PolicyRule{{
 		APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"kube-root-ca.crt"}, Verbs: []string{"get"},
 	}}})
 	cara := b.kubeconfigFor("cara", cluster)
@@ -169,7 +172,7 @@ func (b *bed) kubeconfigFor(user, cluster string) string {
 
 func register(t *testing.T, b *bed, token, fingerprint string) int {
 	t.Helper()
-	key, _, _ := ca.NewKey()
+	key, _, _ := pki.NewKey()
 	der, _ := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}}, key)
 	body, _ := json.Marshal(node.RegisterRequest{Token: token, Fingerprint: fingerprint,
 		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})

@@ -15,9 +15,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
 	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 )
 
@@ -80,7 +80,7 @@ func (b *bed) bindingNames(t *testing.T, user string) []string {
 // request.
 func TestRevokedPersonLosesLiveStreamsAndServiceAccount(t *testing.T) {
 	b := newBed(t)
-	b.grants.Set("rita", clusterID, tunnel.Grant{Role: "edit", Namespace: "default"})
+	b.grants.Set("rita", clusterID, grant.Grant{Role: "edit", Namespace: "default"})
 	kc := b.kubeconfig("rita", time.Hour)
 	lines := b.kube.KubectlLines(t, kc, "-n", "default", "get", "configmaps", "-w", "-o", "name")
 	testenv.WaitForLine(t, lines, "kube-root-ca.crt", time.Minute)
@@ -120,7 +120,7 @@ func TestNarrowedGrantReachesBindingsAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b.grants.Set("nina", clusterID, tunnel.Grant{Role: "edit", Namespace: "narrow-a"}, tunnel.Grant{Role: "view", Namespace: "narrow-b"})
+	b.grants.Set("nina", clusterID, grant.Grant{Role: "edit", Namespace: "narrow-a"}, grant.Grant{Role: "view", Namespace: "narrow-b"})
 	kc := b.kubeconfig("nina", time.Hour)
 	b.ok(kc, "-n", "narrow-a", "get", "configmaps")
 	if got := b.bindingNames(t, "nina"); len(got) != 2 {
@@ -130,7 +130,7 @@ func TestNarrowedGrantReachesBindingsAtOnce(t *testing.T) {
 	testenv.WaitForLine(t, lines, "kube-root-ca.crt", time.Minute)
 	waitFor(t, 30*time.Second, func() bool { return len(b.node.Sessions()) == 1 })
 
-	b.grants.Set("nina", clusterID, tunnel.Grant{Role: "view", Namespace: "narrow-b"})
+	b.grants.Set("nina", clusterID, grant.Grant{Role: "view", Namespace: "narrow-b"})
 	if err := b.node.AccessChanged(context.Background(), "nina", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -149,9 +149,9 @@ func TestNarrowedGrantReachesBindingsAtOnce(t *testing.T) {
 // streams it opened; the person's other certificates are untouched.
 func TestRevokedCertificateEndsItsStreams(t *testing.T) {
 	b := newBed(t)
-	b.grants.Set("cara", clusterID, tunnel.Grant{Role: "view", Namespace: "default"})
+	b.grants.Set("cara", clusterID, grant.Grant{Role: "view", Namespace: "default"})
 	stolen, other := b.kubeconfig("cara", time.Hour), b.kubeconfig("cara-2", time.Hour)
-	b.grants.Set("cara-2", clusterID, tunnel.Grant{Role: "view", Namespace: "default"})
+	b.grants.Set("cara-2", clusterID, grant.Grant{Role: "view", Namespace: "default"})
 	serial := kubeconfigSerial(t, stolen)
 	lines := b.kube.KubectlLines(t, stolen, "-n", "default", "get", "configmaps", "-w", "-o", "name")
 	testenv.WaitForLine(t, lines, "kube-root-ca.crt", time.Minute)
@@ -191,7 +191,7 @@ func kubeconfigSerial(t *testing.T, path string) string {
 func TestSweepRemovesIdleServiceAccounts(t *testing.T) {
 	b := newBed(t)
 	for _, u := range []string{"idle-ida", "busy-bea"} {
-		b.grants.Set(u, clusterID, tunnel.Grant{Role: "view", Namespace: "default"})
+		b.grants.Set(u, clusterID, grant.Grant{Role: "view", Namespace: "default"})
 		b.ok(b.kubeconfig(u, time.Hour), "-n", "default", "get", "pods")
 	}
 	ctx := context.Background()
@@ -217,7 +217,7 @@ func TestSweepRemovesIdleServiceAccounts(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	b := newBed(t)
-	b.grants.Set("mia", clusterID, tunnel.Grant{Role: "view", Namespace: "default"})
+	b.grants.Set("mia", clusterID, grant.Grant{Role: "view", Namespace: "default"})
 	b.ok(b.kubeconfig("mia", time.Hour), "-n", "default", "get", "configmaps")
 	rec := httptest.NewRecorder()
 	b.node.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))

@@ -18,13 +18,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
 func TestStreamingThroughGateway(t *testing.T) {
 	b := newBed(t)
-	b.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
 	kc := b.kubeconfig("ada", time.Hour)
 	pod := runningPod(t, b, "streams")
 	cs, _ := b.kube.Clientset()
@@ -248,7 +248,7 @@ func (s *syncBuffer) String() string {
 
 func TestListFiveThousandConfigMaps(t *testing.T) {
 	b := newBed(t)
-	b.grants.Set("ada", clusterID, tunnel.Grant{Role: "cluster-admin"})
+	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
 	kc := b.kubeconfig("ada", time.Hour)
 	b.ok(kc, "create", "namespace", "bulk")
 	cs, _ := b.kube.Clientset()

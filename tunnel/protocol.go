@@ -15,18 +15,14 @@ package tunnel
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
-	"slices"
 	"time"
 
-	rbacv1 "k8s.io/api/rbac/v1"
+	"github.com/gatehouse-dev/gatehouse/grant"
 )
 
 // ALPN is the TLS application protocol of the tunnel. The version is part
@@ -78,10 +74,10 @@ const (
 
 // Control is a gateway-to-agent instruction about one person.
 type Control struct {
-	RequestID string  `json:"requestId"`
-	Op        string  `json:"op"`
-	User      string  `json:"user"`
-	Grants    []Grant `json:"grants,omitempty"`
+	RequestID string        `json:"requestId"`
+	Op        string        `json:"op"`
+	User      string        `json:"user"`
+	Grants    []grant.Grant `json:"grants,omitempty"`
 }
 
 // Validate checks what the agent relies on.
@@ -125,61 +121,6 @@ var (
 	ErrBadHeader    = errors.New("tunnel: malformed header")
 )
 
-// Grant is Kubernetes access a person holds on the cluster. The agent turns
-// grants into RBAC bindings of the person's service account.
-type Grant struct {
-	// Role names a ClusterRole: "cluster-admin", "admin", "edit" or "view";
-	// or, with Rules, a custom role of the organization.
-	Role string `json:"role"`
-	// Namespace limits the grant to one namespace; empty means the whole
-	// cluster.
-	Namespace string `json:"namespace,omitempty"`
-	// Rules make the grant a custom role: the agent creates a Role (in
-	// Namespace) or ClusterRole with exactly these rules for the person and
-	// binds it. Rules name resources explicitly: no wildcards, no
-	// non-resource URLs.
-	Rules []rbacv1.PolicyRule `json:"rules,omitempty"`
-}
-
-// Key identifies the grant: its role, namespace and rules.
-func (g Grant) Key() string {
-	if len(g.Rules) == 0 {
-		return g.Role + "/" + g.Namespace
-	}
-	b, _ := json.Marshal(g.Rules)
-	sum := sha256.Sum256(b)
-	return g.Role + "/" + g.Namespace + "/" + hex.EncodeToString(sum[:8])
-}
-
-// ValidateCustomRole checks a custom role as the agent will: a DNS-label
-// name of at most 40 characters and at most 64 rules, each with verbs and
-// resources, none with a wildcard or a non-resource URL.
-func ValidateCustomRole(name string, rules []rbacv1.PolicyRule) error {
-	return validRules(Grant{Role: name, Rules: rules})
-}
-
-var customRoleName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$`)
-
-func validRules(g Grant) error {
-	if !customRoleName.MatchString(g.Role) {
-		return fmt.Errorf("%w: custom role name %q must be a DNS label of at most 40 characters", ErrBadHeader, g.Role)
-	}
-	if len(g.Rules) == 0 || len(g.Rules) > 64 {
-		return fmt.Errorf("%w: custom role %q needs 1 to 64 rules", ErrBadHeader, g.Role)
-	}
-	for _, r := range g.Rules {
-		if len(r.Verbs) == 0 || len(r.Resources) == 0 || len(r.NonResourceURLs) > 0 {
-			return fmt.Errorf("%w: custom role %q: each rule needs verbs and resources, and no non-resource URLs", ErrBadHeader, g.Role)
-		}
-		for _, list := range [][]string{r.Verbs, r.Resources, r.APIGroups, r.ResourceNames} {
-			if slices.Contains(list, "*") {
-				return fmt.Errorf("%w: custom role %q: wildcards are not allowed", ErrBadHeader, g.Role)
-			}
-		}
-	}
-	return nil
-}
-
 // Header is the first frame of every stream.
 type Header struct {
 	// RequestID correlates the request across gateway, agent and audit.
@@ -190,7 +131,7 @@ type Header struct {
 	Groups []string `json:"groups,omitempty"`
 	// Grants is the person's access on this cluster; never empty for a
 	// request the gateway let through.
-	Grants []Grant `json:"grants"`
+	Grants []grant.Grant `json:"grants"`
 	// Deadline, when set, is when the person's credential expires; the agent
 	// ends the stream then.
 	Deadline time.Time `json:"deadline,omitzero"`
@@ -205,40 +146,6 @@ func (h *Header) Validate() error {
 		return fmt.Errorf("%w: request id longer than 128 bytes", ErrBadHeader)
 	}
 	return validGrants(h.Grants)
-}
-
-func validGrants(grants []Grant) error {
-	if len(grants) == 0 {
-		return fmt.Errorf("%w: no grants", ErrBadHeader)
-	}
-	if len(grants) > 1024 {
-		return fmt.Errorf("%w: more than 1024 grants", ErrBadHeader)
-	}
-	for _, g := range grants {
-		if len(g.Rules) > 0 {
-			if err := validRules(g); err != nil {
-				return err
-			}
-		} else if !ValidRole(g.Role) {
-			return fmt.Errorf("%w: unknown role %q", ErrBadHeader, g.Role)
-		}
-		if g.Role == "cluster-admin" && g.Namespace != "" {
-			return fmt.Errorf("%w: cluster-admin cannot be limited to a namespace", ErrBadHeader)
-		}
-		if len(g.Namespace) > 63 {
-			return fmt.Errorf("%w: namespace %q too long", ErrBadHeader, g.Namespace)
-		}
-	}
-	return nil
-}
-
-// ValidRole reports whether role is one the agent binds.
-func ValidRole(role string) bool {
-	switch role {
-	case "cluster-admin", "admin", "edit", "view":
-		return true
-	}
-	return false
 }
 
 // WriteFrame writes one frame.
@@ -361,6 +268,14 @@ func decodeStrict(payload []byte, v any) error {
 	}
 	if dec.More() {
 		return fmt.Errorf("%w: trailing data", ErrBadHeader)
+	}
+	return nil
+}
+
+// validGrants checks grants as the agent relies on them.
+func validGrants(gs []grant.Grant) error {
+	if err := grant.Validate(gs); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadHeader, err)
 	}
 	return nil
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/gatehouse-dev/gatehouse/grant"
 )
 
 func TestHeaderRoundTrip(t *testing.T) {
-	in := &Header{RequestID: "r1", User: "u-1", Groups: []string{"ops"}, Grants: []Grant{{Role: "edit", Namespace: "team-a"}}}
+	in := &Header{RequestID: "r1", User: "u-1", Groups: []string{"ops"}, Grants: []grant.Grant{{Role: "edit", Namespace: "team-a"}}}
 	var buf bytes.Buffer
 	if err := WriteHeader(&buf, in); err != nil {
 		t.Fatal(err)
@@ -67,7 +69,7 @@ func TestReadHeaderRefuses(t *testing.T) {
 // survive a round trip.
 func FuzzReadHeader(f *testing.F) {
 	var b bytes.Buffer
-	WriteHeader(&b, &Header{RequestID: "r", User: "u", Grants: []Grant{{Role: "view", Namespace: "n"}}})
+	WriteHeader(&b, &Header{RequestID: "r", User: "u", Grants: []grant.Grant{{Role: "view", Namespace: "n"}}})
 	f.Add(b.Bytes())
 	f.Add([]byte{'G', 'H', 1, 1, 0, 0, 0, 2, '{', '}'})
 	f.Add([]byte{})

@@ -21,6 +21,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/grant"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 )
 
 func TestMain(m *testing.M) {
@@ -97,7 +99,7 @@ func newGateway(t testing.TB) *gateway {
 
 func (g *gateway) agentCert(cluster string, ttl time.Duration) *tls.Certificate {
 	g.t.Helper()
-	key, keyPEM, err := ca.NewKey()
+	key, keyPEM, err := pki.NewKey()
 	if err != nil {
 		g.t.Fatal(err)
 	}
@@ -163,7 +165,7 @@ func get(t testing.TB, reg *Registry, cluster, user string) (string, error) {
 	t.Helper()
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return reg.Open(ctx, cluster, &Header{RequestID: "r", User: user, Grants: []Grant{{Role: "view"}}})
+			return reg.Open(ctx, cluster, &Header{RequestID: "r", User: user, Grants: []grant.Grant{{Role: "view"}}})
 		},
 		DisableKeepAlives: true,
 	}
@@ -207,7 +209,7 @@ func TestStreamsCarryTheHeaderAndControlMessagesAreAnswered(t *testing.T) {
 	if err := g.reg.Control(ctx, "c1", &Control{Op: OpRevoke, User: "ada"}); err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
-	sync := &Control{Op: OpSync, User: "bob", Grants: []Grant{{Role: "view", Namespace: "team"}}}
+	sync := &Control{Op: OpSync, User: "bob", Grants: []grant.Grant{{Role: "view", Namespace: "team"}}}
 	if err := g.reg.Control(ctx, "c1", sync); err != nil {
 		t.Fatalf("sync: %v", err)
 	}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/grant"
 )
 
 // AccessNotifier is told that a person's access changed, so that their
@@ -531,7 +531,7 @@ func (a *API) createRole(w http.ResponseWriter, r *http.Request, c *Caller) erro
 	if in.Scope != store.ScopeProject && in.Scope != store.ScopeNamespace {
 		return badField("scope", "scope must be project or namespace")
 	}
-	if err := tunnel.ValidateCustomRole(in.Name, in.Rules); err != nil {
+	if err := grant.ValidateCustomRole(in.Name, in.Rules); err != nil {
 		field := "rules"
 		if strings.Contains(err.Error(), "name") {
 			field = "name"

@@ -7,7 +7,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
-	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
+	"github.com/gatehouse-dev/gatehouse/deploy/bootstrap"
 )
 
 // Whoami is the caller as the API sees them.
@@ -251,8 +251,8 @@ func (a *API) bootstrap(r *http.Request, cl *store.Cluster) (Bootstrap, error) {
 		return Bootstrap{}, err
 	}
 	expires := time.Now().Add(a.cfg.BootstrapTTL).UTC().Truncate(time.Second)
-	m, err := agent.Manifest(agent.ManifestParams{
-		Cluster: cl.Name, Namespace: agent.DefaultConfig().Namespace, GatewayURL: a.cfg.GatewayURL, GatewayCA: string(a.cfg.GatewayCA),
+	m, err := bootstrap.Manifest(bootstrap.Params{
+		Cluster: cl.Name, Namespace: bootstrap.DefaultNamespace, GatewayURL: a.cfg.GatewayURL, GatewayCA: string(a.cfg.GatewayCA),
 		Token: token, Expires: expires, Image: a.cfg.AgentImage, Replicas: 1,
 	})
 	if err != nil {

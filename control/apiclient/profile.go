@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 )
 
 // Profile is what `gatehouse login` keeps for the other commands: where the
@@ -122,7 +122,7 @@ func (p *Profile) Credential(ctx context.Context, dir string, now time.Time) (*C
 			return &c, nil
 		}
 	}
-	key, keyPEM, err := ca.NewKey()
+	key, keyPEM, err := pki.NewKey()
 	if err != nil {
 		return nil, err
 	}

@@ -309,17 +309,3 @@ func pemBlock(typ string, der []byte) []byte {
 }
 
 func certPEM(c *x509.Certificate) []byte { return pemBlock("CERTIFICATE", c.Raw) }
-
-// NewKey returns a fresh P-256 key and its PKCS#8 PEM, for clients that
-// generate their key locally.
-func NewKey() (crypto.Signer, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return key, pemBlock("PRIVATE KEY", der), nil
-}

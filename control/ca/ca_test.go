@@ -7,6 +7,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 )
 
 func parseChain(t *testing.T, chainPEM []byte) []*x509.Certificate {
@@ -32,7 +34,7 @@ func TestKindsDoNotCross(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, _, _ := NewKey()
+	key, _, _ := pki.NewKey()
 	userPEM, err := a.IssueUser("u-1", []string{"ops"}, key.Public(), time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +102,7 @@ func TestRevokeUserRefusesOlderCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	issue := func() []*x509.Certificate {
-		key, _, _ := NewKey()
+		key, _, _ := pki.NewKey()
 		chain, err := a.IssueUser("ada", nil, key.Public(), time.Hour)
 		if err != nil {
 			t.Fatal(err)

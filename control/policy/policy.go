@@ -29,7 +29,7 @@ import (
 	"github.com/casbin/casbin/v2/util"
 
 	"github.com/gatehouse-dev/gatehouse/control/store"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/grant"
 )
 
 // Errors returned by the engine.
@@ -362,7 +362,7 @@ func (d *Decider) kubeAt(scope Scope) string {
 // belongs to projectID in orgID and is shared with sharedWith: cluster-wide
 // grants from org and project bindings, namespace grants from namespace
 // bindings. Empty means no access.
-func (d *Decider) ClusterAccess(orgID, projectID string, sharedWith []string) []tunnel.Grant {
+func (d *Decider) ClusterAccess(orgID, projectID string, sharedWith []string) []grant.Grant {
 	projects := append([]string{projectID}, sharedWith...)
 	wide := ""
 	for _, p := range projects {
@@ -370,9 +370,9 @@ func (d *Decider) ClusterAccess(orgID, projectID string, sharedWith []string) []
 			wide = l
 		}
 	}
-	var out []tunnel.Grant
+	var out []grant.Grant
 	if wide != "" {
-		out = append(out, tunnel.Grant{Role: wide})
+		out = append(out, grant.Grant{Role: wide})
 	}
 	if wide == KubeClusterAdmin {
 		return out
@@ -383,8 +383,8 @@ func (d *Decider) ClusterAccess(orgID, projectID string, sharedWith []string) []
 		if cr == nil || b.OrgID != orgID || !slices.Contains(projects, b.ProjectID) {
 			continue
 		}
-		g := tunnel.Grant{Role: cr.Name, Namespace: b.Namespace, Rules: cr.Rules}
-		if !slices.ContainsFunc(out, func(o tunnel.Grant) bool { return o.Key() == g.Key() }) {
+		g := grant.Grant{Role: cr.Name, Namespace: b.Namespace, Rules: cr.Rules}
+		if !slices.ContainsFunc(out, func(o grant.Grant) bool { return o.Key() == g.Key() }) {
 			out = append(out, g)
 		}
 	}
@@ -396,10 +396,10 @@ func (d *Decider) ClusterAccess(orgID, projectID string, sharedWith []string) []
 		seen[b.Namespace] = true
 		l := d.kubeAt(Scope{OrgID: orgID, ProjectID: b.ProjectID, Namespace: b.Namespace})
 		if kubeRank(l) > kubeRank(wide) {
-			out = append(out, tunnel.Grant{Role: l, Namespace: b.Namespace})
+			out = append(out, grant.Grant{Role: l, Namespace: b.Namespace})
 		}
 	}
-	slices.SortFunc(out, func(a, b tunnel.Grant) int { return strings.Compare(a.Namespace, b.Namespace) })
+	slices.SortFunc(out, func(a, b grant.Grant) int { return strings.Compare(a.Namespace, b.Namespace) })
 	return out
 }
 

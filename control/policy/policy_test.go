@@ -13,7 +13,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 
 	"github.com/gatehouse-dev/gatehouse/control/store"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/grant"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -152,7 +152,7 @@ func orDash(s []string) []string {
 	return s
 }
 
-func grants(gs []tunnel.Grant) string {
+func grants(gs []grant.Grant) string {
 	var out []string
 	for _, g := range gs {
 		if g.Namespace == "" {

@@ -36,6 +36,8 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/identity"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/deploy/bootstrap"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
@@ -338,8 +340,8 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	const ns = "gatehouse-system"
-	manifest, err := agent.Manifest(agent.ManifestParams{
+	const ns = bootstrap.DefaultNamespace
+	manifest, err := bootstrap.Manifest(bootstrap.Params{
 		Cluster: cfg.Cluster, Namespace: ns, GatewayURL: e.GatewayURL, GatewayCA: string(auth.RootPEM()),
 		Token: token, Expires: time.Now().Add(store.DefaultBootstrapTTL), Image: "gatehouse:dev",
 		Replicas: 0, // the agent runs inside this process
@@ -377,7 +379,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 
 	// 4. The admin's kubeconfig. The certificate names the person by their
 	// store id; the store and policy decide their access.
-	key, keyPEM, err := ca.NewKey()
+	key, keyPEM, err := pki.NewKey()
 	if err != nil {
 		return nil, err
 	}

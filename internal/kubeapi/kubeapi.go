@@ -6,6 +6,7 @@ package kubeapi
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
@@ -56,4 +57,36 @@ func LongRunning(r *http.Request, ri *RequestInfo) bool {
 		return r.URL.Query().Get("follow") == "true"
 	}
 	return false
+}
+
+// StripClientCredentials removes what a client could use to claim another
+// identity: Authorization, Proxy-Authorization and every Impersonate-*
+// header (REFERENCE.md security checklist, item 1).
+func StripClientCredentials(h http.Header) {
+	h.Del("Authorization")
+	h.Del("Proxy-Authorization")
+	for k := range h {
+		if strings.HasPrefix(http.CanonicalHeaderKey(k), "Impersonate-") {
+			delete(h, k)
+		}
+	}
+}
+
+// AllowedUpgrade reports whether a request's Upgrade header, if any, names
+// a protocol Kubernetes streaming uses: SPDY/3.1 or WebSocket.
+func AllowedUpgrade(h http.Header) bool {
+	up := h.Values("Upgrade")
+	if len(up) == 0 {
+		return true
+	}
+	for _, v := range up {
+		for _, p := range strings.Split(v, ",") {
+			switch strings.ToLower(strings.TrimSpace(p)) {
+			case "spdy/3.1", "websocket":
+			default:
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -27,7 +27,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/deploy/bootstrap"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
@@ -72,7 +73,7 @@ type Config struct {
 // DefaultConfig returns the defaults the bootstrap manifest uses.
 func DefaultConfig() Config {
 	return Config{
-		Namespace: "gatehouse-system", IdentitySecret: "gatehouse-agent-identity", TokenTTL: time.Hour,
+		Namespace: bootstrap.DefaultNamespace, IdentitySecret: "gatehouse-agent-identity", TokenTTL: time.Hour,
 		IdleTTL: 8 * time.Hour, SweepInterval: 5 * time.Minute, RenewCheckInterval: time.Minute,
 	}
 }
@@ -273,7 +274,7 @@ func (a *Agent) renewIfDue(ctx context.Context, client *tunnel.Client) {
 	if leaf == nil || a.cfg.Now().Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore)/2)) {
 		return
 	}
-	key, keyPEM, err := ca.NewKey()
+	key, keyPEM, err := pki.NewKey()
 	if err != nil {
 		a.log.Error("agent: renew: key", "err", err)
 		return
@@ -346,7 +347,7 @@ func (a *Agent) loadOrRegister(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: read cluster fingerprint: %w", err)
 	}
-	key, keyPEM, err := ca.NewKey()
+	key, keyPEM, err := pki.NewKey()
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
@@ -60,7 +61,7 @@ type JIT struct {
 	now       func() time.Time
 
 	// waitEffective, when set, waits until new bindings are honoured.
-	waitEffective func(ctx context.Context, token string, grants []tunnel.Grant) error
+	waitEffective func(ctx context.Context, token string, grants []grant.Grant) error
 
 	mu    sync.Mutex // guards users
 	users map[string]*jitUser
@@ -93,7 +94,7 @@ func (j *JIT) user(user string) *jitUser {
 	return u
 }
 
-func grantsKey(gs []tunnel.Grant) string {
+func grantsKey(gs []grant.Grant) string {
 	keys := make([]string, 0, len(gs))
 	for _, g := range gs {
 		keys = append(keys, g.Key())
@@ -151,7 +152,7 @@ func (j *JIT) Token(ctx context.Context, h *tunnel.Header) (string, error) {
 // as the person's own service account with SelfSubjectAccessReview, which
 // every authenticated identity may use: the agent needs no extra rights.
 func (j *JIT) WaitEffective(base *rest.Config) {
-	j.waitEffective = func(ctx context.Context, token string, grants []tunnel.Grant) error {
+	j.waitEffective = func(ctx context.Context, token string, grants []grant.Grant) error {
 		cfg := rest.AnonymousClientConfig(base)
 		cfg.BearerToken = token
 		cs, err := kubernetes.NewForConfig(cfg)
@@ -201,7 +202,7 @@ type binding struct {
 	rules     []rbacv1.PolicyRule // a custom role: made as a Role (or ClusterRole) named name
 }
 
-func (j *JIT) desired(user string, grants []tunnel.Grant) []binding {
+func (j *JIT) desired(user string, grants []grant.Grant) []binding {
 	h := userHash(user)
 	var out []binding
 	for _, g := range grants {
@@ -256,7 +257,7 @@ func createOrUpdate[T metav1.Object](ctx context.Context, c objectClient[T], obj
 
 // ensure creates the person's service account and exactly the bindings
 // their grants call for, deleting any others.
-func (j *JIT) ensure(ctx context.Context, user string, grants []tunnel.Grant) error {
+func (j *JIT) ensure(ctx context.Context, user string, grants []grant.Grant) error {
 	name := ServiceAccountName(user)
 	meta := metav1.ObjectMeta{
 		Labels:      map[string]string{LabelManagedBy: ManagedBy, LabelUser: userHash(user)},
@@ -428,7 +429,7 @@ func (j *JIT) stampLastUsed(ctx context.Context, user string) error {
 // match grants now, so that a narrowed grant takes effect before their next
 // request. A person without one is left alone: their first request creates
 // it.
-func (j *JIT) Sync(ctx context.Context, user string, grants []tunnel.Grant) error {
+func (j *JIT) Sync(ctx context.Context, user string, grants []grant.Grant) error {
 	u := j.user(user)
 	u.mu.Lock()
 	defer u.mu.Unlock()

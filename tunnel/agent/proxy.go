@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -140,45 +139,13 @@ func (p *Proxy) Close() {
 	}
 }
 
-// StripClientCredentials removes what a client could use to claim another
-// identity: Authorization, Proxy-Authorization and every Impersonate-*
-// header (REFERENCE.md security checklist, item 1).
-func StripClientCredentials(h http.Header) {
-	h.Del("Authorization")
-	h.Del("Proxy-Authorization")
-	for k := range h {
-		if strings.HasPrefix(http.CanonicalHeaderKey(k), "Impersonate-") {
-			delete(h, k)
-		}
-	}
-}
-
-// AllowedUpgrade reports whether a request's Upgrade header, if any, names
-// a protocol Kubernetes streaming uses: SPDY/3.1 or WebSocket.
-func AllowedUpgrade(h http.Header) bool {
-	up := h.Values("Upgrade")
-	if len(up) == 0 {
-		return true
-	}
-	for _, v := range up {
-		for _, p := range strings.Split(v, ",") {
-			switch strings.ToLower(strings.TrimSpace(p)) {
-			case "spdy/3.1", "websocket":
-			default:
-				return false
-			}
-		}
-	}
-	return true
-}
-
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h, ok := tunnel.HeaderFromContext(r.Context())
 	if !ok {
 		http.Error(w, "no tunnel header", http.StatusBadRequest)
 		return
 	}
-	if !AllowedUpgrade(r.Header) {
+	if !kubeapi.AllowedUpgrade(r.Header) {
 		kubeapi.WriteStatus(w, http.StatusBadRequest, metav1.StatusReasonBadRequest, "upgrade protocol not allowed: only SPDY/3.1 and websocket")
 		return
 	}
@@ -199,7 +166,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(p.target)
 			pr.Out.Host = p.target.Host
-			StripClientCredentials(pr.Out.Header)
+			kubeapi.StripClientCredentials(pr.Out.Header)
 			pr.Out.Header.Set("Authorization", "Bearer "+token)
 		},
 		Transport:     p.transportFor(h.User),
