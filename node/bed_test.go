@@ -86,6 +86,7 @@ type bed struct {
 	jit        *agent.JIT
 
 	stopNode, stopAgent func()
+	tweak               func(*node.Config) // of the node's configuration, if set
 	agentClient         *tunnel.Client
 	proxy               *agent.Proxy
 }
@@ -117,9 +118,14 @@ func newBed(t testing.TB) *bed { return startBed(t, false, 0) }
 func newPolicyBed(t testing.TB) *bed { return startBed(t, true, 0) }
 
 func startBed(t testing.TB, policyBacked bool, cacheTTL time.Duration) *bed {
+	return startBedWith(t, policyBacked, cacheTTL, nil)
+}
+
+// startBedWith is startBed with tweak applied to the node's configuration.
+func startBedWith(t testing.TB, policyBacked bool, cacheTTL time.Duration, tweak func(*node.Config)) *bed {
 	t.Helper()
 	k := sharedKube(t)
-	b := &bed{t: t, kube: k, dir: t.TempDir(), clock: &clock{}, grants: &control.StaticGrants{}, audit: &audit.Memory{}}
+	b := &bed{t: t, kube: k, dir: t.TempDir(), clock: &clock{}, grants: &control.StaticGrants{}, audit: &audit.Memory{}, tweak: tweak}
 	b.openStore()
 	b.nodeGrants = b.grants
 	if policyBacked {
@@ -150,6 +156,9 @@ func (b *bed) startNode(addr string) {
 	cfg.Addr, cfg.Certificate, cfg.Verifier, cfg.Grants, cfg.Registry, cfg.Audit, cfg.Now = addr, cert, b.auth, b.nodeGrants, b.registry, b.audit, b.clock.Now
 	cfg.ShutdownTimeout = 5 * time.Second
 	cfg.Registrar, cfg.AgentIssuer = b.store, b.auth
+	if b.tweak != nil {
+		b.tweak(&cfg)
+	}
 	if testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}

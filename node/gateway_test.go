@@ -18,12 +18,14 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/node"
+	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 )
 
 func isAlreadyExists(err error) bool { return apierrors.IsAlreadyExists(err) }
@@ -487,4 +489,57 @@ func TestHealthWithoutCertificate(t *testing.T) {
 			t.Errorf("%s: %d, want %d", path, resp.StatusCode, want)
 		}
 	}
+}
+
+// A read-only person is refused secrets, exec, attach, port-forward and
+// proxy by the gateway itself, even on a cluster whose RBAC was changed by
+// hand to allow them (design 0001: defence in depth).
+func TestReadOnlyRefusedByGatewayWhateverClusterRBAC(t *testing.T) {
+	b := newBed(t)
+	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
+	b.grants.Set("vera", clusterID, grant.Grant{Role: "view"})
+	admin, vera := b.kubeconfig("ada", time.Hour), b.kubeconfig("vera", time.Hour)
+	pod := runningPod(t, b, "ro-demo")
+	b.ok(admin, "-n", "ro-demo", "create", "secret", "generic", "db", "--from-literal=password=hunter2")
+	// Her first request makes her service account; then someone binds it
+	// to cluster-admin by hand, in the cluster.
+	b.ok(vera, "-n", "ro-demo", "get", "pods")
+	cs, err := b.kube.Clientset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crb := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "by-hand-vera"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "cluster-admin"},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "gatehouse-system", Name: agent.ServiceAccountName("vera")}},
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(context.Background(), crb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cs.RbacV1().ClusterRoleBindings().Delete(context.Background(), crb.Name, metav1.DeleteOptions{})
+	})
+	// The cluster would now let her do anything: creating a config map
+	// (which view does not give) shows it.
+	waitFor(t, 10*time.Second, func() bool {
+		return b.kubectl(vera, "", nil, "-n", "ro-demo", "create", "configmap", "proof", "--from-literal=a=b").err == nil
+	})
+	const why = "does not include"
+	b.refused(vera, why, "-n", "ro-demo", "get", "secret", "db")
+	b.refused(vera, why, "get", "secrets", "-A")
+	b.refused(vera, why, "-n", "ro-demo", "exec", pod, "--", "true")
+	b.refused(vera, why, "-n", "ro-demo", "attach", pod)
+	b.refused(vera, why, "-n", "ro-demo", "port-forward", "pod/"+pod, "18099:80")
+	b.refused(vera, why, "get", "--raw", "/api/v1/namespaces/ro-demo/pods/"+pod+"/proxy/")
+	// The refusals are audited as the gateway's, and the admin still may.
+	refusedEvents := 0
+	for _, ev := range b.audit.Events() {
+		if ev.User == "vera" && ev.Status == http.StatusForbidden && strings.Contains(ev.Error, why) {
+			refusedEvents++
+		}
+	}
+	if refusedEvents < 6 {
+		t.Fatalf("%d refusals audited, want at least 6", refusedEvents)
+	}
+	b.ok(admin, "-n", "ro-demo", "get", "secret", "db")
 }

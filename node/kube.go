@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/internal/kubeapi"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
@@ -93,11 +94,17 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	apiReq := r.Clone(r.Context())
 	apiReq.URL.RawPath = rest
 	apiReq.URL.Path, _ = url.PathUnescape(rest)
-	if ri, err := kubeapi.Info(apiReq); err == nil {
-		ev.Verb, ev.APIGroup, ev.Resource, ev.Subresource, ev.Namespace, ev.Name = ri.Verb, ri.APIGroup, ri.Resource, ri.Subresource, ri.Namespace, ri.Name
-		if kubeapi.LongRunning(apiReq, ri) {
-			ev.Phase = audit.PhaseOpen
-		}
+	ri, err := kubeapi.Info(apiReq)
+	if err != nil {
+		// The API server's own parser refuses it too; refusing here keeps
+		// the gateway's checks below from running on a request it cannot
+		// read.
+		refuse(http.StatusBadRequest, metav1.StatusReasonBadRequest, "gatehouse: "+err.Error())
+		return
+	}
+	ev.Verb, ev.APIGroup, ev.Resource, ev.Subresource, ev.Namespace, ev.Name = ri.Verb, ri.APIGroup, ri.Resource, ri.Subresource, ri.Namespace, ri.Name
+	if kubeapi.LongRunning(apiReq, ri) {
+		ev.Phase = audit.PhaseOpen
 	}
 
 	// Impersonation is refused outright rather than stripped: a person who
@@ -114,7 +121,7 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// What: any grant at all on the cluster; the cluster's RBAC, made from
-	// the grants, decides the rest.
+	// the grants, decides the rest, but for the checks below.
 	grants, err := n.cfg.Grants.Grants(r.Context(), id.User, id.Groups, cluster)
 	if err != nil {
 		refuse(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "gatehouse: cannot read your access right now")
@@ -122,6 +129,17 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(grants) == 0 {
 		refuse(http.StatusForbidden, metav1.StatusReasonForbidden, fmt.Sprintf("gatehouse: you have no access to cluster %q", cluster))
+		return
+	}
+	// Defence in depth (design 0001): what a read-only grant never gives
+	// is refused here, before anything reaches the cluster, whatever the
+	// cluster's RBAC says.
+	if req := (grant.Request{Verb: ri.Verb, APIGroup: ri.APIGroup, Resource: ri.Resource, Subresource: ri.Subresource, Namespace: ri.Namespace}); !grant.Permits(grants, req) {
+		what := ri.Resource
+		if ri.Subresource != "" {
+			what += "/" + ri.Subresource
+		}
+		refuse(http.StatusForbidden, metav1.StatusReasonForbidden, fmt.Sprintf("gatehouse: your access to cluster %q does not include %s %s here (secrets, exec, attach, port-forward and proxy need edit, admin or a role that names them)", cluster, ri.Verb, what))
 		return
 	}
 

@@ -27,6 +27,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"golang.org/x/time/rate"
 )
 
 // Verifier checks client certificate chains. *ca.Authority implements it.
@@ -95,6 +96,32 @@ type Config struct {
 	// use of a stolen agent key; agents renew at half life.
 	AgentCertTTL time.Duration
 
+	// UnauthenticatedReadTimeout bounds reading the body of a request that
+	// nothing has authenticated yet (agent registration): a client that
+	// sends headers and stalls loses its connection instead of holding it
+	// and a goroutine forever. A registration body is ~2 KiB.
+	UnauthenticatedReadTimeout time.Duration
+
+	// UnauthenticatedRate and UnauthenticatedBurst bound, per client
+	// address, the requests to endpoints that need no credential (agent
+	// registration, the API document). Agents register once and the
+	// document is read rarely; 5 a second with a burst of 20 lets a NAT
+	// full of new clusters through and a guesser nowhere.
+	UnauthenticatedRate  float64
+	UnauthenticatedBurst int
+
+	// MaxHeaderBytes bounds a request's header, HTTP/1.1 and HTTP/2 alike.
+	// People authenticate with client certificates and the API with one
+	// bearer token: 64 KiB is ten times a large kubectl request.
+	MaxHeaderBytes int
+
+	// MaxConcurrentStreams bounds HTTP/2 streams per connection (250, as
+	// Go's default, said explicitly: kubectl multiplexes watches and
+	// requests on one connection). Go's server also bounds handlers queued
+	// beyond it to four times as many, then closes the connection with
+	// ENHANCE_YOUR_CALM: the rapid-reset defence (CVE-2023-44487).
+	MaxConcurrentStreams int
+
 	// ShutdownTimeout bounds how long Run waits for in-flight requests after
 	// its context ends. Kubernetes gives a pod 30 s by default before it is
 	// killed; 20 s leaves room for the rest of the shutdown.
@@ -110,7 +137,11 @@ type Config struct {
 // DefaultConfig returns a configuration that listens on 127.0.0.1:8443.
 // Certificate, Verifier, Grants, Registry and Audit must be set.
 func DefaultConfig() Config {
-	return Config{Name: "node-1", Addr: "127.0.0.1:8443", ShutdownTimeout: 20 * time.Second, AgentCertTTL: 24 * time.Hour}
+	return Config{
+		Name: "node-1", Addr: "127.0.0.1:8443", ShutdownTimeout: 20 * time.Second, AgentCertTTL: 24 * time.Hour,
+		UnauthenticatedReadTimeout: 10 * time.Second, UnauthenticatedRate: 5, UnauthenticatedBurst: 20,
+		MaxHeaderBytes: 64 << 10, MaxConcurrentStreams: 250,
+	}
 }
 
 // Validate checks the configuration.
@@ -140,6 +171,14 @@ func (c Config) Validate() error {
 		return errors.New("node: Audit is required")
 	case c.AgentCertTTL < 10*time.Minute:
 		return errors.New("node: AgentCertTTL must be at least 10 minutes")
+	case c.UnauthenticatedReadTimeout <= 0:
+		return errors.New("node: UnauthenticatedReadTimeout must be positive")
+	case c.UnauthenticatedRate <= 0 || c.UnauthenticatedBurst < 1:
+		return errors.New("node: UnauthenticatedRate and UnauthenticatedBurst must be positive")
+	case c.MaxHeaderBytes < 4<<10:
+		return errors.New("node: MaxHeaderBytes must be at least 4 KiB")
+	case c.MaxConcurrentStreams < 1:
+		return errors.New("node: MaxConcurrentStreams must be positive")
 	}
 	return nil
 }
@@ -164,6 +203,7 @@ type Node struct {
 	agents   sync.WaitGroup // agent connections being served
 	sessions sessions
 	metrics  *metrics
+	limiter  *addrLimiter                 // of unauthenticated endpoints
 	api      atomic.Pointer[http.Handler] // the control-plane API, if any
 }
 
@@ -188,6 +228,7 @@ func New(cfg Config) (*Node, error) {
 		n.tunnels = cfg.Registry
 	}
 	n.metrics = newMetrics(n)
+	n.limiter = newAddrLimiter(rate.Limit(cfg.UnauthenticatedRate), cfg.UnauthenticatedBurst, cfg.Now)
 	return n, nil
 }
 
@@ -205,15 +246,18 @@ func (n *Node) Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("POST /v1/agents/register", n.registerHandler)
+	mux.HandleFunc("POST /v1/agents/register", n.limiter.wrap(n.registerHandler))
 	// The API authenticates every request itself (control/api).
-	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+	api := func(w http.ResponseWriter, r *http.Request) {
 		if h := n.api.Load(); h != nil {
 			(*h).ServeHTTP(w, r)
 			return
 		}
 		http.NotFound(w, r)
-	})
+	}
+	mux.HandleFunc("/api/", api)
+	// The API's one unauthenticated endpoint, rate-limited like the other.
+	mux.HandleFunc("GET /api/v1/openapi.json", n.limiter.wrap(api))
 	kube := &kubeHandler{n: n}
 	// /k8s/ bypasses ServeMux, which would answer a path with dot segments
 	// with a redirect to its cleaned form; the kube handler refuses those.
@@ -270,8 +314,19 @@ func (n *Node) Run(ctx context.Context) error {
 		// timeout, and idle keep-alive connections are closed after 2 min.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		MaxHeaderBytes:    n.cfg.MaxHeaderBytes,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: n.cfg.MaxConcurrentStreams,
+			// The HPACK tables and frames at the protocol's defaults, said
+			// explicitly so that a change of Go's defaults is a visible one.
+			MaxDecoderHeaderTableSize: 4096,
+			MaxEncoderHeaderTableSize: 4096,
+			MaxReadFrameSize:          16 << 10,
+			// A dead peer's connection goes within 30 s + 15 s.
+			SendPingTimeout: 30 * time.Second,
+			PingTimeout:     15 * time.Second,
+		},
+		ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 		TLSConfig: &tls.Config{
 			Certificates: []tls.Certificate{n.cfg.Certificate},
 			MinVersion:   tls.VersionTLS12,

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/internal/pki"
 )
 
@@ -67,9 +68,22 @@ func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnsupportedMediaType, "Content-Type must be application/json")
 		return
 	}
+	// Nothing has authenticated the caller yet: the body must come
+	// promptly, or the connection goes.
+	if err := http.NewResponseController(w).SetReadDeadline(n.cfg.Now().Add(n.cfg.UnauthenticatedReadTimeout)); err != nil {
+		n.log.Warn("register: cannot set a read deadline", "err", err)
+		fail(http.StatusInternalServerError, "cannot read the request")
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRegisterBody))
-	if err != nil {
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
 		fail(http.StatusRequestEntityTooLarge, "request too large")
+		return
+	case err != nil:
+		w.Header().Set("Connection", "close")
+		fail(http.StatusRequestTimeout, "request body not received in time")
 		return
 	}
 	var req RegisterRequest
@@ -90,19 +104,23 @@ func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
 	}
 	cluster, err := n.cfg.Registrar.Redeem(r.Context(), req.Token, req.Fingerprint)
 	if err != nil {
-		// One answer for unknown, expired and used tokens: nothing for a
-		// guesser to learn. The log says which.
-		n.log.Warn("agent registration refused", "remote", r.RemoteAddr, "fingerprint", req.Fingerprint, "err", err)
-		fail(http.StatusUnauthorized, "bootstrap token invalid, expired or already used")
+		// One answer for unknown, expired and used tokens and for a
+		// fingerprint that is not the cluster's: nothing for a guesser or
+		// an impostor to learn. The log and the audit event say which.
+		n.log.Warn("agent registration refused", "remote", r.RemoteAddr, "cluster", cluster, "fingerprint", req.Fingerprint, "err", err)
+		n.auditAgent(r, "agent.register", cluster, req.Fingerprint, http.StatusUnauthorized, err.Error())
+		fail(http.StatusUnauthorized, "bootstrap token invalid, expired or already used, or the cluster is registered elsewhere")
 		return
 	}
 	chain, err := n.cfg.AgentIssuer.IssueAgent(cluster, csr.PublicKey, n.cfg.AgentCertTTL)
 	if err != nil {
 		n.log.Error("agent certificate", "cluster", cluster, "err", err)
+		n.auditAgent(r, "agent.register", cluster, req.Fingerprint, http.StatusInternalServerError, err.Error())
 		fail(http.StatusInternalServerError, "cannot issue certificate")
 		return
 	}
 	n.log.Info("agent registered", "cluster", cluster, "fingerprint", req.Fingerprint, "remote", r.RemoteAddr)
+	n.auditAgent(r, "agent.register", cluster, req.Fingerprint, http.StatusOK, "")
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(RegisterResponse{Cluster: cluster, Certificate: string(chain)})
 }
@@ -129,4 +147,13 @@ func (n *Node) renewAgent(cluster string, csrPEM []byte) ([]byte, time.Time, err
 		return nil, time.Time{}, err
 	}
 	return chain, leaf.NotAfter, nil
+}
+
+// auditAgent writes a system event about an agent's registration.
+func (n *Node) auditAgent(r *http.Request, action, cluster, fingerprint string, status int, errMsg string) {
+	n.writeAudit(r.Context(), &audit.Event{
+		Kind: audit.KindSystem, Action: action, Object: "fingerprint/" + fingerprint, Cluster: cluster,
+		Time: n.cfg.Now(), Phase: audit.PhaseComplete, Node: n.cfg.Name, Verb: r.Method, Path: r.URL.Path,
+		Status: status, Error: errMsg, ClientAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
+	})
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
 	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 )
 
@@ -235,5 +236,72 @@ func TestMetrics(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Log(string(body))
+	}
+}
+
+// Two agents on one API server (two Gatehouse clusters, or two
+// installations, in their own namespaces) never delete each other's
+// per-person RBAC: names carry the agent's namespace and every removal and
+// sweep selects by it.
+func TestTwoAgentsOnOneAPIServerKeepApart(t *testing.T) {
+	k := sharedKube(t)
+	cs, err := k.Clientset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, ns := range []string{"ga-one", "ga-two", "ga-shared"} {
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	one := agent.NewJIT(cs, "ga-one", time.Hour, nil)
+	two := agent.NewJIT(cs, "ga-two", time.Hour, nil)
+	h := &tunnel.Header{User: "pat", Grants: []grant.Grant{{Role: grant.View}, {Role: grant.Edit, Namespace: "ga-shared"}}}
+	for _, j := range []*agent.JIT{one, two} {
+		if _, err := j.Token(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(agentNS string) int {
+		t.Helper()
+		sel := metav1.ListOptions{LabelSelector: agent.LabelAgent + "=" + agentNS}
+		crbs, err := cs.RbacV1().ClusterRoleBindings().List(ctx, sel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rbs, err := cs.RbacV1().RoleBindings("ga-shared").List(ctx, sel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(crbs.Items) + len(rbs.Items)
+	}
+	if a, b := count("ga-one"), count("ga-two"); a != 2 || b != 2 {
+		t.Fatalf("bindings: agent one %d, agent two %d; want 2 each", a, b)
+	}
+	// Agent two loses the person, and sweeps everything idle.
+	if err := two.Remove(ctx, "pat"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := two.Sweep(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := count("ga-one"), count("ga-two"); a != 2 || b != 0 {
+		t.Fatalf("after agent two's removal and sweep: agent one %d (want 2), agent two %d (want 0)", a, b)
+	}
+	// A narrower sync on agent one leaves agent two's (new) bindings alone.
+	if _, err := two.Token(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := one.Sync(ctx, "pat", []grant.Grant{{Role: grant.View}}); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := count("ga-one"), count("ga-two"); a != 1 || b != 2 {
+		t.Fatalf("after agent one's sync: agent one %d (want 1), agent two %d (want 2)", a, b)
+	}
+	for _, j := range []*agent.JIT{one, two} {
+		if err := j.Remove(ctx, "pat"); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

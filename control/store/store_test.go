@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -399,6 +400,46 @@ func TestBootstrapTokens(t *testing.T) {
 		_, err = s.Redeem(ctx, token, c.Fingerprint)
 		wantErr(t, err, store.ErrTokenUsed)
 
+		// A registered cluster keeps its fingerprint: another token for it,
+		// presented from another API server, is refused and stays unused.
+		again, err := s.CreateBootstrapToken(ctx, f.cluster.ID, time.Hour)
+		must(t, err)
+		_, err = s.Redeem(ctx, again, "impostor-uid")
+		wantErr(t, err, store.ErrFingerprintMismatch)
+		if c, _ := s.GetCluster(ctx, f.cluster.ID); c.Fingerprint == "impostor-uid" {
+			t.Fatal("the impostor's fingerprint was recorded")
+		}
+		// The real agent (same fingerprint) may use it, to re-register
+		// after losing its identity.
+		name, err := s.Redeem(ctx, again, c.Fingerprint)
+		must(t, err)
+		if name != "prod-eu" {
+			t.Fatalf("redeemed for %q", name)
+		}
+		// One physical cluster cannot be registered as a second one.
+		second := &store.Cluster{ProjectID: f.project.ID, Name: "prod-eu-copy"}
+		must(t, s.CreateCluster(ctx, second))
+		copyToken, err := s.CreateBootstrapToken(ctx, second.ID, time.Hour)
+		must(t, err)
+		_, err = s.Redeem(ctx, copyToken, c.Fingerprint)
+		wantErr(t, err, store.ErrFingerprintInUse)
+		// Re-homing: the admin's explicit act lets a new fingerprint in
+		// and revokes the old agent's certificates.
+		rev, err := s.RehomeCluster(ctx, f.cluster.ID, clk.Now().Add(time.Hour))
+		must(t, err)
+		if rev.ClusterID != f.cluster.ID || rev.Before.IsZero() {
+			t.Fatalf("re-home revocation: %+v", rev)
+		}
+		moved, err := s.CreateBootstrapToken(ctx, f.cluster.ID, time.Hour)
+		must(t, err)
+		_, err = s.Redeem(ctx, moved, "rebuilt-uid")
+		must(t, err)
+		if c, _ := s.GetCluster(ctx, f.cluster.ID); c.Fingerprint != "rebuilt-uid" {
+			t.Fatalf("fingerprint after re-homing: %q", c.Fingerprint)
+		}
+		_, err = s.RehomeCluster(ctx, "no-such-cluster", clk.Now().Add(time.Hour))
+		wantErr(t, err, store.ErrNotFound)
+
 		// Expiry; and a new token replaces an unused old one.
 		late, err := s.CreateBootstrapToken(ctx, f.cluster.ID, time.Minute)
 		must(t, err)
@@ -443,6 +484,16 @@ func TestAPITokens(t *testing.T) {
 		_, err = s.VerifyAPIToken(ctx, secret)
 		wantErr(t, err, store.ErrTokenRevoked)
 
+		// Revoking the person revokes every token they hold.
+		keep := &store.APIToken{UserID: u.ID, Name: "deploy", Expires: clk.Now().Add(24 * time.Hour)}
+		deploy, err := s.CreateAPIToken(ctx, keep)
+		must(t, err)
+		_, err = s.VerifyAPIToken(ctx, deploy)
+		must(t, err)
+		must(t, s.Revoke(ctx, &store.Revocation{UserID: u.ID, Until: clk.Now().Add(time.Hour)}))
+		_, err = s.VerifyAPIToken(ctx, deploy)
+		wantErr(t, err, store.ErrTokenRevoked)
+
 		other := &store.APIToken{UserID: u.ID, Name: "short", Expires: clk.Now().Add(time.Hour)}
 		secret2, err := s.CreateAPIToken(ctx, other)
 		must(t, err)
@@ -471,22 +522,31 @@ func TestRevocations(t *testing.T) {
 			{"def", "u1", clk.Now().Add(time.Second), false}, // issued after it
 			{"def", "u2", issued, false},
 		} {
-			got, err := s.Revoked(ctx, tc.serial, tc.user, tc.issued)
+			got, err := s.Revoked(ctx, tc.serial, tc.user, tc.issued, "")
 			must(t, err)
 			if got != tc.want {
 				t.Errorf("Revoked(%s, %s) = %v", tc.serial, tc.user, got)
 			}
 		}
+		// A token's revocation refuses what was minted through it.
+		must(t, s.Revoke(ctx, &store.Revocation{TokenID: "tok1", Until: clk.Now().Add(time.Hour)}))
+		if got, err := s.Revoked(ctx, "fff", "u2", issued, "tok1"); err != nil || !got {
+			t.Errorf("minted through a revoked token: revoked=%v err=%v", got, err)
+		}
+		if got, err := s.Revoked(ctx, "fff", "u2", issued, "tok2"); err != nil || got {
+			t.Errorf("minted through another token: revoked=%v err=%v", got, err)
+		}
+		wantErr(t, s.Revoke(ctx, &store.Revocation{UserID: "u3", TokenID: "tok3", Until: clk.Now()}), store.ErrInvalid)
 		all, err := s.Revocations(ctx, time.Time{})
 		must(t, err)
-		if len(all) != 2 {
+		if len(all) != 3 {
 			t.Fatalf("revocations: %d", len(all))
 		}
 		clk.Advance(2 * time.Hour)
 		n, err := s.PruneRevocations(ctx)
 		must(t, err)
-		if n != 1 {
-			t.Fatalf("pruned %d, want the serial's", n)
+		if n != 2 {
+			t.Fatalf("pruned %d, want the serial's and the token's", n)
 		}
 	})
 }
@@ -532,4 +592,22 @@ func TestSSOTokens(t *testing.T) {
 		_, err = s.GetSSOToken(ctx, u.ID, "corp")
 		wantErr(t, err, store.ErrNotFound)
 	})
+}
+
+func TestValidEmail(t *testing.T) {
+	for _, ok := range []string{"ana@example.com", "a.b+c@sub.example.co", "admin@gatehouse.local", "o'brien@example.com"} {
+		if err := store.ValidEmail(ok); err != nil {
+			t.Errorf("%q refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{
+		"", "x'); DROP TABLE users;--@x.test", "ana", "ana@", "@example.com", "Ana <ana@example.com>",
+		"ana@example.com (work)", `"a b"@example.com`, "ana@exa_mple.com", "ana@[127.0.0.1]", "ana@-example.com",
+		"ana\n@example.com", "ana@example.com\r\nBcc: x@y.z", "ána@example.com", "ana@exämple.com",
+		strings.Repeat("a", 250) + "@x.io",
+	} {
+		if err := store.ValidEmail(bad); !errors.Is(err, store.ErrInvalid) {
+			t.Errorf("%q accepted (err %v)", bad, err)
+		}
+	}
 }

@@ -23,6 +23,13 @@ var (
 	ErrTokenExpired = errors.New("store: token expired")
 	ErrTokenUsed    = errors.New("store: token already used")
 	ErrTokenRevoked = errors.New("store: token revoked")
+	// ErrFingerprintMismatch: the cluster is registered with another
+	// fingerprint. Only an admin's re-homing (RehomeCluster) lets a new one
+	// in.
+	ErrFingerprintMismatch = errors.New("store: the cluster is registered with another fingerprint")
+	// ErrFingerprintInUse: the fingerprint is registered as another
+	// cluster; one physical cluster is one Gatehouse cluster.
+	ErrFingerprintInUse = errors.New("store: the fingerprint is registered as another cluster")
 )
 
 // Token prefixes: the kind and format version of a secret token, so that a
@@ -127,12 +134,55 @@ func (s *Store) Redeem(ctx context.Context, token, fingerprint string) (string, 
 		if n, _ := res.RowsAffected(); n != 1 {
 			return ErrTokenUsed
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE clusters SET fingerprint = $1, version = version + 1 WHERE id = $2`, fingerprint, clusterID); err != nil {
+		var current string
+		if err := tx.QueryRowContext(ctx, `SELECT name, fingerprint FROM clusters WHERE id = $1`, clusterID).Scan(&cluster, &current); err != nil {
 			return err
 		}
-		return tx.QueryRowContext(ctx, `SELECT name FROM clusters WHERE id = $1`, clusterID).Scan(&cluster)
+		// A registered cluster keeps its fingerprint: a token in the wrong
+		// hands must not move the cluster's identity to another API server.
+		// The transaction rolls back, so the token stays unused.
+		if current != "" && current != fingerprint {
+			return ErrFingerprintMismatch
+		}
+		var other string
+		err = tx.QueryRowContext(ctx, `SELECT name FROM clusters WHERE fingerprint = $1 AND id <> $2`, fingerprint, clusterID).Scan(&other)
+		if err == nil {
+			return fmt.Errorf("%w (%s)", ErrFingerprintInUse, other)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if current != "" {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE clusters SET fingerprint = $1, version = version + 1 WHERE id = $2`, fingerprint, clusterID)
+		return err
 	})
 	return cluster, err
+}
+
+// RehomeCluster forgets the fingerprint of a registered cluster, so that
+// the next registration (with a new bootstrap token) records a new one, and
+// revokes every agent certificate of the cluster issued until now: the old
+// agent cannot come back. It is an admin's explicit act, for a cluster that
+// was rebuilt (a new kube-system UID).
+func (s *Store) RehomeCluster(ctx context.Context, clusterID string, until time.Time) (*Revocation, error) {
+	now := s.now()
+	r := &Revocation{ID: newID(), ClusterID: clusterID, Before: now, Until: until, Reason: "cluster re-homed", Created: now.UTC()}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE clusters SET fingerprint = '', version = version + 1 WHERE id = $1`, clusterID)
+		if err != nil {
+			return err
+		}
+		if err := deleted(res, "cluster "+clusterID); err != nil {
+			return err
+		}
+		return insertRevocation(ctx, tx, r)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // APIToken is a credential for automation, owned by a person. The secret
@@ -252,42 +302,71 @@ func (s *Store) RevokeAPIToken(ctx context.Context, userID, id string) error {
 	})
 }
 
-// Revocation refuses one certificate (Serial), or every certificate a
-// person was issued before a moment (UserID and Before). It is kept until
-// Until, when whatever it revokes has expired anyway.
+// Revocation refuses one certificate (Serial); or every certificate a
+// person was issued before a moment (UserID and Before); or every agent
+// certificate of a cluster issued before a moment (ClusterID and Before);
+// or every certificate minted through an API token (TokenID). It is kept
+// until Until, when whatever it revokes has expired anyway.
 type Revocation struct {
-	ID      string
-	Serial  string
-	UserID  string
-	Before  time.Time
-	Until   time.Time
-	Reason  string
-	Created time.Time
+	ID        string
+	Serial    string
+	UserID    string
+	ClusterID string
+	TokenID   string
+	Before    time.Time
+	Until     time.Time
+	Reason    string
+	Created   time.Time
 }
 
-// Revoke records a revocation.
+// Revoke records a revocation. Revoking a person also revokes every API
+// token they hold, in the same transaction: a revoked person keeps no
+// credential (they get access again only by signing in anew, see design
+// 0003). Revoking a token also marks the token revoked.
 func (s *Store) Revoke(ctx context.Context, r *Revocation) error {
-	if (r.Serial == "") == (r.UserID == "") {
-		return fmt.Errorf("%w: a revocation names a serial or a person", ErrInvalid)
+	named := 0
+	for _, v := range []string{r.Serial, r.UserID, r.ClusterID, r.TokenID} {
+		if v != "" {
+			named++
+		}
 	}
-	if r.UserID != "" && r.Before.IsZero() {
+	if named != 1 {
+		return fmt.Errorf("%w: a revocation names one serial, person, cluster or token", ErrInvalid)
+	}
+	if (r.UserID != "" || r.ClusterID != "") && r.Before.IsZero() {
 		r.Before = s.now()
 	}
 	r.Serial = strings.ToLower(r.Serial)
 	r.ID, r.Created = newID(), s.now().UTC()
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO revocations (id, serial, user_id, before_us, until_us, reason, created_us) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			r.ID, r.Serial, r.UserID, micros(r.Before), micros(r.Until), r.Reason, micros(r.Created))
-		return err
+		now := micros(s.now())
+		switch {
+		case r.UserID != "":
+			if _, err := tx.ExecContext(ctx, `UPDATE api_tokens SET revoked_us = $1 WHERE user_id = $2 AND revoked_us = 0`, now, r.UserID); err != nil {
+				return err
+			}
+		case r.TokenID != "":
+			if _, err := tx.ExecContext(ctx, `UPDATE api_tokens SET revoked_us = $1 WHERE id = $2 AND revoked_us = 0`, now, r.TokenID); err != nil {
+				return err
+			}
+		}
+		return insertRevocation(ctx, tx, r)
 	})
 }
 
-// Revoked reports whether a certificate (its serial, its person, when it
-// was issued) is revoked.
-func (s *Store) Revoked(ctx context.Context, serial, userID string, issued time.Time) (bool, error) {
+func insertRevocation(ctx context.Context, tx *sql.Tx, r *Revocation) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO revocations (id, serial, user_id, cluster_id, token_id, before_us, until_us, reason, created_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		r.ID, r.Serial, r.UserID, r.ClusterID, r.TokenID, micros(r.Before), micros(r.Until), r.Reason, micros(r.Created))
+	return err
+}
+
+// Revoked reports whether a person's certificate (its serial, its person,
+// when it was issued, the API token it was minted through if any) is
+// revoked.
+func (s *Store) Revoked(ctx context.Context, serial, userID string, issued time.Time, tokenID string) (bool, error) {
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM revocations WHERE serial = $1 OR (user_id = $2 AND user_id <> '' AND before_us > $3)`,
-		strings.ToLower(serial), userID, micros(issued)).Scan(&n)
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM revocations WHERE serial = $1 OR (user_id = $2 AND user_id <> '' AND before_us > $3) OR (token_id = $4 AND token_id <> '')`,
+		strings.ToLower(serial), userID, micros(issued), tokenID).Scan(&n)
 	if err != nil {
 		return false, fmt.Errorf("store: revocations: %w", err)
 	}
@@ -295,9 +374,9 @@ func (s *Store) Revoked(ctx context.Context, serial, userID string, issued time.
 }
 
 // Revocations returns the revocations made at or after since that are
-// still in force: what a node adds to its cache.
+// still in force: what a node loads at start and adds to its set.
 func (s *Store) Revocations(ctx context.Context, since time.Time) ([]*Revocation, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, serial, user_id, before_us, until_us, reason, created_us FROM revocations WHERE created_us >= $1 AND until_us > $2 ORDER BY created_us`,
+	rows, err := s.db.QueryContext(ctx, `SELECT id, serial, user_id, cluster_id, token_id, before_us, until_us, reason, created_us FROM revocations WHERE created_us >= $1 AND until_us > $2 ORDER BY created_us`,
 		micros(since), micros(s.now()))
 	if err != nil {
 		return nil, fmt.Errorf("store: revocations: %w", err)
@@ -307,7 +386,7 @@ func (s *Store) Revocations(ctx context.Context, since time.Time) ([]*Revocation
 	for rows.Next() {
 		var r Revocation
 		var before, until, created int64
-		if err := rows.Scan(&r.ID, &r.Serial, &r.UserID, &before, &until, &r.Reason, &created); err != nil {
+		if err := rows.Scan(&r.ID, &r.Serial, &r.UserID, &r.ClusterID, &r.TokenID, &before, &until, &r.Reason, &created); err != nil {
 			return nil, err
 		}
 		r.Before, r.Until, r.Created = fromMicros(before), fromMicros(until), fromMicros(created)

@@ -31,6 +31,11 @@ const (
 	// LabelUser holds the hash that names the person's objects; label values
 	// cannot hold arbitrary user ids.
 	LabelUser = "gatehouse.dev/user-hash"
+	// LabelAgent holds the namespace of the agent that made the object.
+	// Every list and sweep selects by it, and binding names carry a hash of
+	// it, so that two agents on one API server (two Gatehouse clusters, or
+	// two installations) never touch each other's objects.
+	LabelAgent = "gatehouse.dev/agent-namespace"
 	// AnnotationUser holds the person's user id, for people reading the
 	// cluster.
 	AnnotationUser = "gatehouse.dev/user"
@@ -57,6 +62,7 @@ func userHash(user string) string {
 type JIT struct {
 	cs        kubernetes.Interface
 	namespace string
+	prefix    string // of binding and role names: "gatehouse-" and a hash of namespace
 	tokenTTL  time.Duration
 	now       func() time.Time
 
@@ -80,7 +86,8 @@ func NewJIT(cs kubernetes.Interface, namespace string, tokenTTL time.Duration, n
 	if now == nil {
 		now = time.Now
 	}
-	return &JIT{cs: cs, namespace: namespace, tokenTTL: tokenTTL, now: now, users: map[string]*jitUser{}}
+	sum := sha256.Sum256([]byte(namespace))
+	return &JIT{cs: cs, namespace: namespace, prefix: "gatehouse-" + hex.EncodeToString(sum[:4]) + "-", tokenTTL: tokenTTL, now: now, users: map[string]*jitUser{}}
 }
 
 func (j *JIT) user(user string) *jitUser {
@@ -210,11 +217,11 @@ func (j *JIT) desired(user string, grants []grant.Grant) []binding {
 			// Named by the grant's key: changed rules make a new role, and
 			// the old one goes with its binding.
 			sum := sha256.Sum256([]byte(g.Key()))
-			name := "gatehouse-" + h + "-x" + hex.EncodeToString(sum[:8])
+			name := j.prefix + h + "-x" + hex.EncodeToString(sum[:8])
 			out = append(out, binding{namespace: g.Namespace, name: name, role: name, rules: g.Rules})
 			continue
 		}
-		out = append(out, binding{namespace: g.Namespace, name: "gatehouse-" + h + "-" + g.Role, role: g.Role})
+		out = append(out, binding{namespace: g.Namespace, name: j.prefix + h + "-" + g.Role, role: g.Role})
 	}
 	return out
 }
@@ -260,7 +267,7 @@ func createOrUpdate[T metav1.Object](ctx context.Context, c objectClient[T], obj
 func (j *JIT) ensure(ctx context.Context, user string, grants []grant.Grant) error {
 	name := ServiceAccountName(user)
 	meta := metav1.ObjectMeta{
-		Labels:      map[string]string{LabelManagedBy: ManagedBy, LabelUser: userHash(user)},
+		Labels:      map[string]string{LabelManagedBy: ManagedBy, LabelUser: userHash(user), LabelAgent: j.namespace},
 		Annotations: map[string]string{AnnotationUser: user},
 	}
 	sa := &corev1.ServiceAccount{ObjectMeta: *meta.DeepCopy()}
@@ -402,7 +409,7 @@ func (j *JIT) deleteRBAC(ctx context.Context, o rbacObject) error {
 // deleteBindings removes the person's bindings and custom roles not in
 // keep (keys as rbacObject.key).
 func (j *JIT) deleteBindings(ctx context.Context, user string, keep map[string]bool) error {
-	objs, err := j.rbacObjects(ctx, metav1.ListOptions{LabelSelector: LabelUser + "=" + userHash(user)})
+	objs, err := j.rbacObjects(ctx, metav1.ListOptions{LabelSelector: LabelUser + "=" + userHash(user) + "," + LabelAgent + "=" + j.namespace})
 	if err != nil {
 		return err
 	}
@@ -454,7 +461,7 @@ func (j *JIT) Sync(ctx context.Context, user string, grants []grant.Grant) error
 // (left by a crash between two deletions). It returns how many accounts it
 // deleted.
 func (j *JIT) Sweep(ctx context.Context, idle time.Duration) (int, error) {
-	sel := metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedBy + "," + LabelUser}
+	sel := metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedBy + "," + LabelUser + "," + LabelAgent + "=" + j.namespace}
 	sas, err := j.cs.CoreV1().ServiceAccounts(j.namespace).List(ctx, sel)
 	if err != nil {
 		return 0, fmt.Errorf("agent: sweep: %w", err)
