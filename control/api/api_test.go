@@ -23,8 +23,10 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 )
 
 func TestMain(m *testing.M) {
@@ -67,7 +69,10 @@ func (r *recorder) take() []string {
 	return u
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvWith(t, nil) }
+
+// newEnvWith is newEnv with tweak applied to the API's configuration.
+func newEnvWith(t *testing.T, tweak func(*api.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	cfg := store.DefaultConfig()
@@ -94,6 +99,9 @@ func newEnv(t *testing.T) *env {
 	e.notify = &recorder{}
 	acfg.Store, acfg.Policy, acfg.Audit, acfg.Notify = st, engine, e.audit, e.notify
 	acfg.GatewayURL, acfg.GatewayCA = "https://gateway.acme.test", []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+	if tweak != nil {
+		tweak(&acfg)
+	}
 	a, err := api.New(acfg)
 	must(t, err)
 	e.srv = httptest.NewServer(a)
@@ -445,6 +453,11 @@ func TestUsersGroupsTokensAndConcurrency(t *testing.T) {
 	if r := e.post("/api/v1/users", e.admin, map[string]string{"email": "not-an-email"}); r.code != 400 || r.problem(t)["field"] != "email" {
 		t.Fatalf("bad email: %d %s", r.code, r.body)
 	}
+	for _, bad := range []string{"x'); DROP TABLE users;--@x.test", "Ana <ana@acme.test>", strings.Repeat("a", 250) + "@acme.test"} {
+		if r := e.post("/api/v1/users", e.admin, map[string]string{"email": bad}); r.code != 400 || r.problem(t)["field"] != "email" {
+			t.Fatalf("email %q: %d %s", bad, r.code, r.body)
+		}
+	}
 	if r := e.post("/api/v1/users", e.admin, map[string]string{"email": "viewer@acme.test"}); r.code != http.StatusConflict {
 		t.Fatalf("duplicate: %d", r.code)
 	}
@@ -580,5 +593,54 @@ func TestInvitationRefusals(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("%d refused invitations audited, want 1 (the forbidden one)", n)
+	}
+}
+
+// A token limited to some of its owner's roles mints no certificate (a
+// certificate would carry the person's full Kubernetes access), and a
+// revoked person's API tokens stop working with everything else they hold
+// (issue 9, defects 2 and 3).
+func TestTokensAndCredentials(t *testing.T) {
+	auth, err := ca.New(ca.DefaultConfig())
+	must(t, err)
+	e := newEnvWith(t, func(c *api.Config) { c.Issuer = auth })
+	ctx := context.Background()
+	admin, err := e.store.GetUser(ctx, "admin@acme.test")
+	must(t, err)
+	limited, err := e.store.CreateAPIToken(ctx, &store.APIToken{UserID: admin.ID, Name: "read-only", Roles: []string{"ADMIN_READ_ONLY"}, Expires: time.Now().Add(time.Hour)})
+	must(t, err)
+	key, _, err := pki.NewKey()
+	must(t, err)
+	csr, err := pki.CSR(key)
+	must(t, err)
+	req := api.CredentialRequest{CSR: string(csr)}
+
+	if r := e.post("/api/v1/credentials", limited, req); r.code != http.StatusForbidden || !strings.Contains(string(r.body), "limited") {
+		t.Fatalf("limited token minted a credential: %d %s", r.code, r.body)
+	}
+	// The token still reads what its role lets it read.
+	if r := e.do("GET", "/api/v1/projects", limited, "", nil); r.code != http.StatusOK {
+		t.Fatalf("limited token reads projects: %d %s", r.code, r.body)
+	}
+	if r := e.post("/api/v1/credentials", e.admin, req); r.code != http.StatusOK {
+		t.Fatalf("unlimited token: %d %s", r.code, r.body)
+	}
+
+	// Revoke the viewer: their token mints nothing any more.
+	if r := e.post("/api/v1/credentials", e.viewer, req); r.code != http.StatusOK {
+		t.Fatalf("viewer's credential before the revocation: %d %s", r.code, r.body)
+	}
+	if r := e.post("/api/v1/revocations", e.admin, api.RevocationRequest{User: "viewer@acme.test"}); r.code != http.StatusNoContent {
+		t.Fatalf("revoke: %d %s", r.code, r.body)
+	}
+	if r := e.post("/api/v1/credentials", e.viewer, req); r.code != http.StatusUnauthorized {
+		t.Fatalf("revoked person's token: %d %s", r.code, r.body)
+	}
+	var refused bool
+	for _, ev := range e.audit.Events() {
+		refused = refused || (ev.Action == "credential.issue" && ev.Status == http.StatusForbidden && ev.User == admin.ID)
+	}
+	if !refused {
+		t.Fatal("the limited token's refusal was not audited")
 	}
 }

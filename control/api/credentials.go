@@ -113,6 +113,18 @@ func (a *API) credentials(w http.ResponseWriter, r *http.Request, c *Caller) err
 	if err := decode(w, r, &in); err != nil {
 		return err
 	}
+	if c.Subject.Limit != nil {
+		// A certificate carries the person, and the cluster runs the
+		// person's requests as their one service account, whose RBAC
+		// follows their full grants: a limited token's certificate would
+		// either carry more than the token's limit or, if the gateway
+		// narrowed it, flip that shared account's RBAC under the person's
+		// other requests. So limited tokens mint no certificates (design
+		// 0003).
+		a.auditChange(r.Context(), r, c, "credential.issue", "user/"+c.User.ID, http.StatusForbidden, "limited API token")
+		return &apiError{status: http.StatusForbidden, title: "forbidden",
+			detail: "this API token is limited to some of your roles, and limited tokens cannot mint Kubernetes credentials: use a session (gatehouse login) or an unlimited token"}
+	}
 	block, _ := pem.Decode([]byte(in.CSR))
 	if block == nil || block.Type != "CERTIFICATE REQUEST" {
 		return badField("csr", "csr must be a PEM CERTIFICATE REQUEST")
