@@ -169,8 +169,10 @@ func (c Config) Validate() error {
 		return errors.New("node: Registry is required")
 	case c.Audit == nil:
 		return errors.New("node: Audit is required")
-	case c.AgentCertTTL < 10*time.Minute:
-		return errors.New("node: AgentCertTTL must be at least 10 minutes")
+	case c.AgentCertTTL < 10*time.Minute || c.AgentCertTTL > 7*24*time.Hour:
+		// A week at most: revocations of a cluster's agents (re-homing)
+		// are kept that long (api.MaxAgentCertTTL).
+		return errors.New("node: AgentCertTTL must be from 10 minutes to 7 days")
 	case c.UnauthenticatedReadTimeout <= 0:
 		return errors.New("node: UnauthenticatedReadTimeout must be positive")
 	case c.UnauthenticatedRate <= 0 || c.UnauthenticatedBurst < 1:

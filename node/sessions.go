@@ -167,6 +167,7 @@ func (n *Node) RevokeUser(ctx context.Context, user string) error {
 type CertRevoker interface {
 	RevokeUser(user string, before time.Time)
 	Revoke(serialHex string)
+	RevokeAgents(cluster string, before time.Time)
 }
 
 // Revoker applies revocations on this node: the CA refuses the
@@ -188,5 +189,13 @@ func (r *Revoker) RevokeUser(ctx context.Context, user string, before time.Time)
 func (r *Revoker) RevokeSerial(_ context.Context, serial string) error {
 	r.CA.Revoke(serial)
 	r.Node.EndSessions(func(s Session) bool { return strings.EqualFold(s.Serial, serial) })
+	return nil
+}
+
+// RevokeAgents refuses the cluster's agent certificates issued before
+// before and closes its tunnel here (a re-homed cluster's old agent).
+func (r *Revoker) RevokeAgents(_ context.Context, cluster string, before time.Time) error {
+	r.CA.RevokeAgents(cluster, before)
+	r.Node.cfg.Registry.Disconnect(cluster)
 	return nil
 }

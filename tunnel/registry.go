@@ -259,6 +259,18 @@ func (r *Registry) Len() int {
 	return len(r.sessions)
 }
 
+// Disconnect closes cluster's tunnel, if this registry holds it (its agent
+// was revoked). It reports whether there was one.
+func (r *Registry) Disconnect(cluster string) bool {
+	r.mu.Lock()
+	s := r.sessions[cluster]
+	r.mu.Unlock()
+	if s != nil {
+		s.Close()
+	}
+	return s != nil
+}
+
 // Close closes every tunnel and refuses new ones. Serve calls return as
 // their sessions close. It is idempotent.
 func (r *Registry) Close() error {

@@ -95,7 +95,7 @@ func leadingArgs(args []string) (pos, rest []string) {
 
 func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	usage := func() error {
-		fmt.Fprintln(stderr, "Usage: gatehouse cluster create|list|get|delete|bootstrap [NAME] [flags]")
+		fmt.Fprintln(stderr, "Usage: gatehouse cluster create|list|get|delete|bootstrap|rehome [NAME] [flags]\n  rehome: a rebuilt cluster (new kube-system UID) registers anew; its old agent is revoked")
 		return errUsage
 	}
 	if len(args) == 0 {
@@ -109,7 +109,7 @@ func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	project := fs.String("project", "", "project of the cluster(s)")
 	description := fs.String("description", "", "description of the cluster (create)")
 	defaultOutput := "table"
-	if verb == "create" || verb == "bootstrap" {
+	if verb == "create" || verb == "bootstrap" || verb == "rehome" {
 		defaultOutput = "manifest"
 	}
 	cf.register(fs, defaultOutput)
@@ -153,8 +153,12 @@ func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		return cf.print(stdout, out, header, clusterRows(out.Cluster))
-	case "bootstrap":
-		out, err := c.Bootstrap(ctx, pos[0])
+	case "bootstrap", "rehome":
+		get := c.Bootstrap
+		if verb == "rehome" {
+			get = c.Rehome
+		}
+		out, err := get(ctx, pos[0])
 		if err != nil {
 			return err
 		}

@@ -80,11 +80,21 @@ type Revoker interface {
 	RevokeSerial(ctx context.Context, serial string) error
 }
 
+// AgentRevoker is an optional side interface of Revoker: it refuses a
+// cluster's agent certificates issued before a moment and ends its tunnel.
+type AgentRevoker interface {
+	RevokeAgents(ctx context.Context, cluster string, before time.Time) error
+}
+
 // Certificate lifetimes when neither the person nor the organization sets
 // one: eight hours is a working day; a day is the longest anyone gets.
 const (
 	DefaultCertTTL = 8 * time.Hour
 	MaxCertTTL     = 24 * time.Hour
+	// MaxAgentCertTTL bounds agent certificates (node.Config.AgentCertTTL
+	// is refused above it): a re-homed cluster's old agent stays revoked
+	// until its last certificate has expired.
+	MaxAgentCertTTL = 7 * 24 * time.Hour
 )
 
 // DefaultConfig returns the defaults; Store, Policy, Audit, GatewayURL and
@@ -159,6 +169,7 @@ func (a *API) routes() []route {
 		{"GET /api/v1/clusters/{name}", a.getCluster},
 		{"DELETE /api/v1/clusters/{name}", a.deleteCluster},
 		{"POST /api/v1/clusters/{name}/bootstrap", a.bootstrapCluster},
+		{"POST /api/v1/clusters/{name}/rehome", a.rehomeCluster},
 		{"PUT /api/v1/projects/{name}", a.updateProject},
 		{"GET /api/v1/users", a.listUsers},
 		{"POST /api/v1/users", a.createUser},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -247,9 +248,27 @@ func TestCreateClusterReturnsAWorkingBootstrap(t *testing.T) {
 	if r := e.post("/api/v1/clusters", e.admin, map[string]string{"name": "prod-eu", "project": "web"}); r.code != http.StatusConflict {
 		t.Fatalf("duplicate: %d", r.code)
 	}
-	// A new bootstrap for re-registration, then delete.
-	if r := e.do("POST", "/api/v1/clusters/prod-eu/bootstrap", e.admin, "", nil); r.code != 200 {
+	// A new bootstrap for re-registration: it works for the cluster's own
+	// fingerprint only.
+	r = e.do("POST", "/api/v1/clusters/prod-eu/bootstrap", e.admin, "", nil)
+	var boot api.Bootstrap
+	if r.code != 200 || json.Unmarshal(r.body, &boot) != nil {
 		t.Fatalf("bootstrap: %d %s", r.code, r.body)
+	}
+	if _, err := e.store.Redeem(context.Background(), boot.Token, "uid-2"); !errors.Is(err, store.ErrFingerprintMismatch) {
+		t.Fatalf("another fingerprint: %v", err)
+	}
+	// Re-homing is the admin's explicit act; the next registration may
+	// bring a new fingerprint.
+	if r := e.do("POST", "/api/v1/clusters/prod-eu/rehome", e.viewer, "", nil); r.code != http.StatusForbidden {
+		t.Fatalf("viewer re-homes: %d", r.code)
+	}
+	r = e.do("POST", "/api/v1/clusters/prod-eu/rehome", e.admin, "", nil)
+	if r.code != 200 || json.Unmarshal(r.body, &boot) != nil {
+		t.Fatalf("rehome: %d %s", r.code, r.body)
+	}
+	if name, err := e.store.Redeem(context.Background(), boot.Token, "uid-2"); err != nil || name != "prod-eu" {
+		t.Fatalf("registration after re-homing: %q %v", name, err)
 	}
 	if r := e.do("DELETE", "/api/v1/clusters/prod-eu", e.viewer, "", nil); r.code != http.StatusForbidden {
 		t.Fatalf("viewer delete: %d", r.code)
@@ -267,7 +286,8 @@ func TestCreateClusterReturnsAWorkingBootstrap(t *testing.T) {
 			actions = append(actions, fmt.Sprintf("%s %s %d", ev.Action, ev.Object, ev.Status))
 		}
 	}
-	want := []string{"cluster.create cluster/prod-eu 201", "cluster.bootstrap cluster/prod-eu 200", "cluster.delete cluster/prod-eu 403", "cluster.delete cluster/prod-eu 204"}
+	want := []string{"cluster.create cluster/prod-eu 201", "cluster.bootstrap cluster/prod-eu 200", "cluster.rehome cluster/prod-eu 403", "cluster.rehome cluster/prod-eu 200",
+		"cluster.delete cluster/prod-eu 403", "cluster.delete cluster/prod-eu 204"}
 	if !slices.Equal(actions, want) {
 		t.Fatalf("audit: %v\nwant %v", actions, want)
 	}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -278,6 +279,39 @@ func (a *API) bootstrapCluster(w http.ResponseWriter, r *http.Request, c *Caller
 		return err
 	}
 	a.auditChange(r.Context(), r, c, "cluster.bootstrap", object, http.StatusOK, "")
+	return writeJSON(w, http.StatusOK, boot)
+}
+
+// rehomeCluster moves a registered cluster to a new fingerprint, as an
+// explicit, audited act: a cluster rebuilt with a new kube-system UID. The
+// old fingerprint is forgotten, the old agent's certificates are revoked
+// and its tunnel closed, and a new bootstrap token and manifest come back.
+// Without it, a registered cluster accepts only its own fingerprint.
+func (a *API) rehomeCluster(w http.ResponseWriter, r *http.Request, c *Caller) error {
+	cl, _, err := a.cluster(r, c, r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	object := "cluster/" + cl.Name
+	if !c.decider.Allowed(c.scope(cl.ProjectID), policy.ClusterUpdate) {
+		a.auditChange(r.Context(), r, c, "cluster.rehome", object, http.StatusForbidden, "forbidden")
+		return forbidden(policy.ClusterUpdate)
+	}
+	rev, err := a.cfg.Store.RehomeCluster(r.Context(), cl.ID, time.Now().Add(MaxAgentCertTTL+time.Hour))
+	if err != nil {
+		return err
+	}
+	if ar, ok := a.cfg.Revoker.(AgentRevoker); ok {
+		if err := ar.RevokeAgents(r.Context(), cl.Name, rev.Before); err != nil {
+			a.auditChange(r.Context(), r, c, "cluster.rehome", object, http.StatusInternalServerError, err.Error())
+			return fmt.Errorf("api: re-homing recorded but not applied everywhere: %w", err)
+		}
+	}
+	boot, err := a.bootstrap(r, cl)
+	if err != nil {
+		return err
+	}
+	a.auditChange(r.Context(), r, c, "cluster.rehome", object, http.StatusOK, "fingerprint was "+cl.Fingerprint)
 	return writeJSON(w, http.StatusOK, boot)
 }
 

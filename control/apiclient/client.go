@@ -163,6 +163,14 @@ func (c *Client) DeleteCluster(ctx context.Context, name string) error {
 	return c.call(ctx, http.MethodDelete, "/api/v1/clusters/"+url.PathEscape(name), nil, nil)
 }
 
+// Rehome moves a registered cluster to a new fingerprint (a rebuilt
+// cluster): the old agent is revoked, and the new bootstrap token and
+// manifest register the new one.
+func (c *Client) Rehome(ctx context.Context, name string) (*api.Bootstrap, error) {
+	var out api.Bootstrap
+	return &out, c.call(ctx, http.MethodPost, "/api/v1/clusters/"+url.PathEscape(name)+"/rehome", nil, &out)
+}
+
 // Bootstrap issues a new bootstrap token and manifest for a cluster.
 func (c *Client) Bootstrap(ctx context.Context, name string) (*api.Bootstrap, error) {
 	var out api.Bootstrap

@@ -58,9 +58,10 @@ type Authority struct {
 	now                 func() time.Time
 	root, users, agents *signer
 
-	mu          sync.RWMutex // guards revoked and usersBefore
-	revoked     map[string]time.Time
-	usersBefore map[string]time.Time // user -> certificates issued before are refused
+	mu           sync.RWMutex // guards revoked, usersBefore and agentsBefore
+	revoked      map[string]time.Time
+	usersBefore  map[string]time.Time // user -> certificates issued before are refused
+	agentsBefore map[string]time.Time // cluster -> agent certificates issued before are refused
 }
 
 // New creates an authority with fresh keys.
@@ -68,7 +69,7 @@ func New(cfg Config) (*Authority, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("ca: Name is required")
 	}
-	a := &Authority{now: cfg.Now, revoked: map[string]time.Time{}, usersBefore: map[string]time.Time{}}
+	a := &Authority{now: cfg.Now, revoked: map[string]time.Time{}, usersBefore: map[string]time.Time{}, agentsBefore: map[string]time.Time{}}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -236,6 +237,12 @@ func (a *Authority) VerifyAgent(chain []*x509.Certificate) (cluster string, notA
 	if err != nil {
 		return "", time.Time{}, err
 	}
+	a.mu.RLock()
+	before, revoked := a.agentsBefore[leaf.Subject.CommonName]
+	a.mu.RUnlock()
+	if revoked && !leaf.NotBefore.Add(time.Minute).After(before) {
+		return "", time.Time{}, fmt.Errorf("%w: agent certificates of %s issued before %s", ErrRevoked, leaf.Subject.CommonName, before.UTC().Format(time.RFC3339))
+	}
 	return leaf.Subject.CommonName, leaf.NotAfter, nil
 }
 
@@ -278,6 +285,16 @@ func (a *Authority) RevokeUser(user string, before time.Time) {
 	a.mu.Lock()
 	if before.After(a.usersBefore[user]) {
 		a.usersBefore[user] = before
+	}
+	a.mu.Unlock()
+}
+
+// RevokeAgents refuses every agent certificate of cluster issued at or
+// before before (a re-homed cluster's old agent).
+func (a *Authority) RevokeAgents(cluster string, before time.Time) {
+	a.mu.Lock()
+	if before.After(a.agentsBefore[cluster]) {
+		a.agentsBefore[cluster] = before
 	}
 	a.mu.Unlock()
 }

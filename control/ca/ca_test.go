@@ -122,3 +122,29 @@ func TestRevokeUserRefusesOlderCertificates(t *testing.T) {
 		t.Fatalf("certificate issued after the revocation: %v", err)
 	}
 }
+
+func TestRevokeAgentsRefusesOlderAgentCertificates(t *testing.T) {
+	now := time.Now()
+	a, err := New(Config{Name: "t", Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func() []*x509.Certificate {
+		key, _, _ := pki.NewKey()
+		chain, err := a.IssueAgent("prod", key.Public(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parseChain(t, chain)
+	}
+	old := issue()
+	now = now.Add(2 * time.Minute)
+	a.RevokeAgents("prod", now)
+	if _, _, err := a.VerifyAgent(old); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("old agent certificate: %v", err)
+	}
+	now = now.Add(2 * time.Minute)
+	if c, _, err := a.VerifyAgent(issue()); err != nil || c != "prod" {
+		t.Fatalf("new agent certificate: %q %v", c, err)
+	}
+}
