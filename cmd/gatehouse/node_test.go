@@ -21,10 +21,10 @@ func TestMigrateCommand(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	out, _, err := runCLI(ctx, "migrate", "--state-dir", dir)
-	if err != nil || !strings.Contains(out, "applied migrations [1 2]") {
+	if err != nil || !strings.Contains(out, "applied migrations [1 2 3]") {
 		t.Fatalf("migrate: %v %s", err, out)
 	}
-	if out, _, err := runCLI(ctx, "migrate", "--state-dir", dir); err != nil || !strings.Contains(out, "up to date at version 2") {
+	if out, _, err := runCLI(ctx, "migrate", "--state-dir", dir); err != nil || !strings.Contains(out, "up to date at version 3") {
 		t.Fatalf("migrate again: %v %s", err, out)
 	}
 	pg := testenv.PostgresT(t)

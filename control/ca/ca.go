@@ -1,12 +1,14 @@
-// Package ca is Gatehouse's certificate authority. A root signs the gateway's
-// serving certificates and two intermediates: one for people and one for
-// cluster agents. Each kind of client certificate is verified against its
-// own intermediate alone, so an agent certificate can never pass as a
-// person's, nor the reverse.
+// Package ca is Gatehouse's certificate authority. A root signs three
+// intermediates: one for people, one for cluster agents and one for gateway
+// nodes (their serving certificates). Each kind of client certificate is
+// verified against its own intermediate alone, so an agent certificate can
+// never pass as a person's, nor the reverse.
 //
-// Keys live in memory here; in a gateway cluster the Raft-elected leader runs
-// the authority and its keys are stored encrypted (see
-// docs/design/0001-architecture.md).
+// The durable state (certificates, and private keys sealed under a
+// key-encryption key) lives in the store, shared by every node: Init makes
+// it once, Open loads it (state.go). New makes a throw-away authority in
+// memory, for tests. In a gateway cluster the Raft-elected leader will be
+// the one signer (docs/design/0001-architecture.md).
 package ca
 
 import (
@@ -55,8 +57,8 @@ type signer struct {
 
 // Authority issues and verifies Gatehouse certificates.
 type Authority struct {
-	now                 func() time.Time
-	root, users, agents *signer
+	now                        func() time.Time
+	root, users, agents, nodes *signer
 
 	mu           sync.RWMutex // guards revoked, usersBefore and agentsBefore
 	revoked      map[string]time.Time
@@ -64,15 +66,28 @@ type Authority struct {
 	agentsBefore map[string]time.Time // cluster -> agent certificates issued before are refused
 }
 
-// New creates an authority with fresh keys.
-func New(cfg Config) (*Authority, error) {
-	if cfg.Name == "" {
-		return nil, errors.New("ca: Name is required")
+func (c Config) validate() error {
+	if c.Name == "" {
+		return errors.New("ca: Name is required")
 	}
+	return nil
+}
+
+func newAuthority(cfg Config) *Authority {
 	a := &Authority{now: cfg.Now, revoked: map[string]time.Time{}, usersBefore: map[string]time.Time{}, agentsBefore: map[string]time.Time{}}
 	if a.now == nil {
 		a.now = time.Now
 	}
+	return a
+}
+
+// New creates an authority with fresh keys, in memory only (see Init and
+// Open for one that outlives the process).
+func New(cfg Config) (*Authority, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	a := newAuthority(cfg)
 	var err error
 	// Ten years for the root and intermediates: rotation is an explicit
 	// operation, not something expiry forces at a bad moment.
@@ -83,6 +98,9 @@ func New(cfg Config) (*Authority, error) {
 		return nil, err
 	}
 	if a.agents, err = a.newSigner(a.root, cfg.Name+" agents", 10*365*24*time.Hour); err != nil {
+		return nil, err
+	}
+	if a.nodes, err = a.newSigner(a.root, cfg.Name+" nodes", 10*365*24*time.Hour); err != nil {
 		return nil, err
 	}
 	return a, nil
@@ -172,9 +190,14 @@ func (a *Authority) issueClient(s *signer, subject pkix.Name, pub crypto.PublicK
 	return append(pemBlock("CERTIFICATE", der), certPEM(s.cert)...), nil
 }
 
-// IssueServer returns a serving certificate for hosts (DNS names or IPs),
-// signed by the root, with a fresh key.
+// IssueServer returns a gateway node's certificate for hosts (DNS names or
+// IPs), with a fresh key, signed by the nodes intermediate; the chain
+// (leaf, intermediate) verifies against the root that clients hold. It is
+// good for serving and, later, for node-to-node mutual TLS.
 func (a *Authority) IssueServer(hosts []string, ttl time.Duration) (tls.Certificate, error) {
+	if len(hosts) == 0 || ttl <= 0 {
+		return tls.Certificate{}, errors.New("ca: a server certificate needs hosts and a positive ttl")
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
@@ -186,7 +209,7 @@ func (a *Authority) IssueServer(hosts []string, ttl time.Duration) (tls.Certific
 		NotBefore:    now.Add(-time.Minute),
 		NotAfter:     now.Add(ttl),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
@@ -195,7 +218,7 @@ func (a *Authority) IssueServer(hosts []string, ttl time.Duration) (tls.Certific
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.root.cert, key.Public(), a.root.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.nodes.cert, key.Public(), a.nodes.key)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
@@ -203,7 +226,7 @@ func (a *Authority) IssueServer(hosts []string, ttl time.Duration) (tls.Certific
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+	return tls.Certificate{Certificate: [][]byte{der, a.nodes.cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
 
 // UserIdentity is who a verified person certificate names.

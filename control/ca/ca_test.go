@@ -88,8 +88,20 @@ func TestServerCertChainsToRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Leaf.Verify(x509.VerifyOptions{Roots: a.RootPool(), DNSName: "localhost"}); err != nil {
+	inter := x509.NewCertPool()
+	for _, der := range c.Certificate[1:] {
+		ic, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inter.AddCert(ic)
+	}
+	if _, err := c.Leaf.Verify(x509.VerifyOptions{Roots: a.RootPool(), Intermediates: inter, DNSName: "localhost"}); err != nil {
 		t.Fatal(err)
+	}
+	// Signed by the nodes intermediate, not the root.
+	if _, err := c.Leaf.Verify(x509.VerifyOptions{Roots: a.RootPool(), DNSName: "localhost"}); err == nil {
+		t.Fatal("a node certificate verifies without its intermediate")
 	}
 	var _ tls.Certificate = c
 }

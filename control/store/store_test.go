@@ -1,7 +1,10 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -16,7 +19,9 @@ import (
 	"go.uber.org/goleak"
 	rbacv1 "k8s.io/api/rbac/v1"
 
+	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
@@ -610,4 +615,80 @@ func TestValidEmail(t *testing.T) {
 			t.Errorf("%q accepted (err %v)", bad, err)
 		}
 	}
+}
+
+// The CA's state lives in the store, sealed: Init once (concurrent inits:
+// one wins), Open with the same key-encryption key on any node, a clear
+// refusal with another, no private key in the clear.
+func TestCAState(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, _ *clock) {
+		ctx := context.Background()
+		kek, err := ca.NewLocalKEK(bytes.Repeat([]byte{7}, 32))
+		must(t, err)
+		_, err = ca.Open(ctx, ca.DefaultConfig(), kek, s)
+		wantErr(t, err, ca.ErrNoState)
+
+		var wins atomic.Int32
+		var first atomic.Pointer[ca.Authority]
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a, err := ca.Init(ctx, ca.DefaultConfig(), kek, s)
+				if err == nil {
+					wins.Add(1)
+					first.Store(a)
+				} else if !errors.Is(err, ca.ErrInitialized) {
+					t.Errorf("init: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("%d inits won", wins.Load())
+		}
+		// Another node opens the same authority: same root, and what one
+		// issues the other verifies.
+		b, err := ca.Open(ctx, ca.DefaultConfig(), kek, s)
+		must(t, err)
+		if !bytes.Equal(b.RootPEM(), first.Load().RootPEM()) {
+			t.Fatal("another root after Open")
+		}
+		key, _, err := pki.NewKey()
+		must(t, err)
+		chain, err := first.Load().IssueUser("ada", nil, key.Public(), time.Hour)
+		must(t, err)
+		var certs []*x509.Certificate
+		for rest := chain; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				break
+			}
+			c, err := x509.ParseCertificate(block.Bytes)
+			must(t, err)
+			certs = append(certs, c)
+		}
+		if id, err := b.VerifyUser(certs); err != nil || id.User != "ada" {
+			t.Fatalf("verify on the other node: %v", err)
+		}
+		// Another KEK is refused by name; a tampered key does not open.
+		other, err := ca.NewLocalKEK(bytes.Repeat([]byte{8}, 32))
+		must(t, err)
+		if _, err := ca.Open(ctx, ca.DefaultConfig(), other, s); err == nil || !strings.Contains(err.Error(), "key-encryption key") {
+			t.Fatalf("open with another KEK: %v", err)
+		}
+		_, err = ca.Open(ctx, ca.DefaultConfig(), nil, s)
+		wantErr(t, err, ca.ErrNoKEK)
+		st, err := s.LoadCA(ctx)
+		must(t, err)
+		if len(st.Keys) != 4 {
+			t.Fatalf("%d keys stored, want root, users, agents, nodes", len(st.Keys))
+		}
+		for _, k := range st.Keys {
+			if bytes.Contains(k.SealedKey, []byte("PRIVATE KEY")) || len(k.SealedKey) < 64 {
+				t.Fatalf("the %s key is not sealed", k.Role)
+			}
+		}
+	})
 }
