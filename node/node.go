@@ -69,8 +69,14 @@ type Config struct {
 	// address; it reveals counts, never names. Empty disables it.
 	MetricsAddr string
 
-	// Certificate is the node's serving certificate.
+	// Certificate is the node's serving certificate (leaf, then its
+	// intermediate), unless GetCertificate is set.
 	Certificate tls.Certificate
+
+	// GetCertificate, when set, returns the serving certificate for each
+	// handshake instead of Certificate: a renewed certificate is served
+	// without a restart.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 
 	// Verifier checks people's and agents' certificates.
 	Verifier Verifier
@@ -159,8 +165,8 @@ func (c Config) Validate() error {
 		return errors.New("node: Name is required")
 	case c.ShutdownTimeout <= 0:
 		return errors.New("node: ShutdownTimeout must be positive")
-	case len(c.Certificate.Certificate) == 0:
-		return errors.New("node: Certificate is required")
+	case len(c.Certificate.Certificate) == 0 && c.GetCertificate == nil:
+		return errors.New("node: Certificate or GetCertificate is required")
 	case c.Verifier == nil:
 		return errors.New("node: Verifier is required")
 	case c.Grants == nil:
@@ -330,8 +336,8 @@ func (n *Node) Run(ctx context.Context) error {
 		},
 		ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 		TLSConfig: &tls.Config{
-			Certificates: []tls.Certificate{n.cfg.Certificate},
-			MinVersion:   tls.VersionTLS12,
+			GetCertificate: n.getCertificate,
+			MinVersion:     tls.VersionTLS12,
 			// Certificates are checked by the handlers, against the CA for
 			// their kind, so that a refusal is a clear HTTP error rather
 			// than a failed handshake.
@@ -420,4 +426,12 @@ func (n *Node) serveAgent(ctx context.Context, c *tls.Conn) {
 		}
 	}
 	n.cfg.Registry.Serve(ctx, cluster, c, opts)
+}
+
+// getCertificate serves GetCertificate's certificate, else Certificate.
+func (n *Node) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if n.cfg.GetCertificate != nil {
+		return n.cfg.GetCertificate(hello)
+	}
+	return &n.cfg.Certificate, nil
 }

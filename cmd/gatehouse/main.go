@@ -21,15 +21,12 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
-	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/identity"
-	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/devsetup"
-	"github.com/gatehouse-dev/gatehouse/node"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/gatehouse-dev/gatehouse/internal/gateway"
 	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 
 	"k8s.io/client-go/rest"
@@ -48,6 +45,7 @@ func commands() []command {
 	return []command{
 		{"node", "run a gateway node", runNode},
 		{"migrate", "apply the store's schema migrations", runMigrate},
+		{"ca", "create the certificate authority in the store (ca init)", runCA},
 		{"agent", "run the cluster agent (inside the cluster; configured by the bootstrap manifest)", runAgent},
 		{"dev", "run a whole Gatehouse on this machine: a local cluster behind a gateway, ready for kubectl", runDev},
 		{"login", "sign in (password, invitation or SSO through Kratos) and keep a session for the other commands", runLogin},
@@ -164,8 +162,13 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return nil
 }
 
+// kekEnv is the environment variable that may hold the CA's
+// key-encryption key (base64), when --ca-kek-file is not given.
+const kekEnv = "GATEHOUSE_CA_KEK"
+
 func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
-	cfg := node.DefaultConfig()
+	gcfg := gateway.DefaultConfig()
+	cfg := &gcfg.Node
 	fs := flag.NewFlagSet("gatehouse node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "listen address, host:port")
@@ -175,119 +178,130 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	stateDir := fs.String("state-dir", ".gatehouse/node", "directory for the CA certificate, the audit log and the embedded store")
 	storeCfg := storeFlags(fs, stateDir)
 	migrate := fs.Bool("migrate", false, "apply store migrations at start (else run gatehouse migrate first)")
-	publicURL := fs.String("public-url", "", "URL agents and people reach this gateway at, https://HOST:PORT (default from -addr)")
+	kekFile := fs.String("ca-kek-file", "", "the CA's key-encryption key: 32 random bytes, base64 (openssl rand -base64 32); else $"+kekEnv+"; the same on every node")
+	fs.BoolVar(&gcfg.InitCA, "init-ca", false, "create the certificate authority in the store if it holds none (else run gatehouse ca init first)")
+	fs.StringVar(&gcfg.PublicURL, "public-url", "", "URL agents and people reach this gateway at, https://HOST:PORT (default from -addr)")
 	kratosPublic := fs.String("kratos-public-url", "", "Kratos public URL; empty: API tokens only, no sign-in")
 	kratosAdmin := fs.String("kratos-admin-url", "", "Kratos admin URL (ending a revoked person's sessions, reading SSO links)")
 	ssoFile := fs.String("sso-providers", "", "YAML list of Kratos's OIDC providers whose groups are read at every login (id, preset, issuer, clientID, clientSecret, groupsClaim, provisionOrg)")
 	tokenKeyFile := fs.String("token-key-file", "", "32 random bytes, base64 (openssl rand -base64 32): seals the SSO refresh tokens the store keeps; the same on every node")
-	cacheTTL := fs.Duration("access-cache-ttl", time.Second, "how long the node keeps an access decision (0: ask the store on every request); bounds how late a change made through another node is seen")
+	fs.DurationVar(&gcfg.AccessCacheTTL, "access-cache-ttl", gcfg.AccessCacheTTL, "how long the node keeps an access decision (0: ask the store on every request); bounds how late a change made through another node is seen")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
 	}
-	if *cacheTTL < 0 || *cacheTTL > time.Minute {
-		return fmt.Errorf("--access-cache-ttl %s: from 0 to 1m", *cacheTTL)
+	if gcfg.AccessCacheTTL < 0 || gcfg.AccessCacheTTL > time.Minute {
+		return fmt.Errorf("--access-cache-ttl %s: from 0 to 1m", gcfg.AccessCacheTTL)
 	}
-	host, port, err := net.SplitHostPort(cfg.Addr)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
 		return fmt.Errorf("-addr %q: %w", cfg.Addr, err)
 	}
 	log, err := newLogger(*logLevel, stderr)
 	if err != nil {
 		return err
 	}
-	cfg.Logger = log
-	var sso *api.SSOConfig
+	cfg.Logger, gcfg.Logger = log, log
 	if *ssoFile != "" {
 		if *kratosPublic == "" || *kratosAdmin == "" || *tokenKeyFile == "" {
 			return errors.New("--sso-providers needs --kratos-public-url, --kratos-admin-url and --token-key-file")
 		}
-		if sso, err = loadSSO(*ssoFile, *tokenKeyFile); err != nil {
+		if gcfg.SSO, err = loadSSO(*ssoFile, *tokenKeyFile); err != nil {
 			return err
 		}
+	}
+	if gcfg.KEK, err = ca.LoadLocalKEK(*kekFile, kekEnv); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(*stateDir, 0o700); err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, storeCfg())
+	st, err := openStore(ctx, storeCfg(), *migrate)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	if *migrate {
-		if _, err := st.Migrate(ctx); err != nil {
-			return err
-		}
-	}
-	if v, err := st.SchemaVersion(ctx); err != nil || v == 0 {
-		return errors.New("the store has no schema: run gatehouse migrate (or pass --migrate)")
-	}
-	engine, err := policy.New(st)
-	if err != nil {
-		return err
-	}
-	// Until the Raft-run CA arrives, a node has its own CA, made at start:
-	// agents and people need certificates from this run.
-	auth, err := ca.New(ca.DefaultConfig())
-	if err != nil {
-		return err
-	}
-	caPath := filepath.Join(*stateDir, "ca.crt")
-	if err := os.WriteFile(caPath, auth.RootPEM(), 0o644); err != nil {
-		return err
-	}
-	hosts := []string{"localhost", "127.0.0.1"}
-	if host != "" && host != "localhost" && host != "127.0.0.1" && host != "0.0.0.0" {
-		hosts = append([]string{host}, hosts...)
-	}
-	if cfg.Certificate, err = auth.IssueServer(hosts, 365*24*time.Hour); err != nil {
-		return err
-	}
+	gcfg.Store = st
 	sink, err := audit.OpenFile(filepath.Join(*stateDir, "audit.jsonl"))
 	if err != nil {
 		return err
 	}
 	defer sink.Close()
-	registry := tunnel.NewRegistry(log)
-	defer registry.Close()
-	cfg.Verifier, cfg.Registry, cfg.Audit = auth, registry, sink
-	cfg.Grants = &control.Access{Store: st, Policy: engine, CacheTTL: *cacheTTL}
-	cfg.Registrar, cfg.AgentIssuer = st, auth
-	n, err := node.New(cfg)
-	if err != nil {
-		return err
-	}
-	apiCfg := api.DefaultConfig()
-	apiCfg.Store, apiCfg.Policy, apiCfg.Audit, apiCfg.Node, apiCfg.Logger = st, engine, sink, cfg.Name, log
-	apiCfg.GatewayURL, apiCfg.GatewayCA = *publicURL, auth.RootPEM()
-	if apiCfg.GatewayURL == "" {
-		apiCfg.GatewayURL = "https://" + net.JoinHostPort(hosts[0], port)
-	}
-	apiCfg.Issuer, apiCfg.Revoker, apiCfg.Notify = auth, &node.Revoker{CA: auth, Node: n}, n
+	gcfg.Audit = sink
 	if *kratosPublic != "" {
 		icfg := identity.DefaultConfig()
 		icfg.PublicURL, icfg.AdminURL = *kratosPublic, *kratosAdmin
-		if apiCfg.Identity, err = identity.New(icfg); err != nil {
+		if gcfg.Identity, err = identity.New(icfg); err != nil {
 			return err
 		}
 	}
-	apiCfg.SSO = sso
-	restAPI, err := api.New(apiCfg)
+	g, err := gateway.New(ctx, gcfg)
 	if err != nil {
 		return err
 	}
-	n.SetAPI(restAPI)
-	log.Info("gateway CA written", "path", caPath, "publicURL", apiCfg.GatewayURL)
-	expirer := &control.Expirer{Store: st, Notify: n, Logger: log}
-	ectx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		expirer.Run(ectx)
-	}()
-	err = n.Run(ctx)
-	cancel()
-	<-done
+	defer g.Close()
+	caPath := filepath.Join(*stateDir, "ca.crt")
+	if err := os.WriteFile(caPath, g.CA.RootPEM(), 0o644); err != nil {
+		return err
+	}
+	log.Info("gateway root certificate written", "path", caPath)
+	return g.Run(ctx)
+}
+
+// openStore opens the store, migrating it if asked, and checks it has a
+// schema.
+func openStore(ctx context.Context, cfg store.Config, migrate bool) (*store.Store, error) {
+	if cfg.Driver == store.DriverSQLite {
+		if err := os.MkdirAll(filepath.Dir(cfg.DSN), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	st, err := store.Open(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if migrate {
+		if _, err := st.Migrate(ctx); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
+	if v, err := st.SchemaVersion(ctx); err != nil || v == 0 {
+		st.Close()
+		return nil, errors.New("the store has no schema: run gatehouse migrate (or pass --migrate)")
+	}
+	return st, nil
+}
+
+// runCA runs `gatehouse ca init`: it creates the certificate authority in
+// the store, once.
+func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "init" {
+		fmt.Fprintln(stderr, "Usage: gatehouse ca init [flags]   (creates the certificate authority in the store, once)")
+		return errUsage
+	}
+	fs := flag.NewFlagSet("gatehouse ca init", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state-dir", ".gatehouse/node", "directory of the embedded store")
+	storeCfg := storeFlags(fs, stateDir)
+	kekFile := fs.String("ca-kek-file", "", "the key-encryption key: 32 random bytes, base64 (openssl rand -base64 32); else $"+kekEnv)
+	if ok, err := parseFlags(fs, args[1:], stderr); !ok {
+		return err
+	}
+	kek, err := ca.LoadLocalKEK(*kekFile, kekEnv)
+	if err != nil {
+		return err
+	}
+	st, err := openStore(ctx, storeCfg(), false)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	a, err := ca.Init(ctx, ca.DefaultConfig(), kek, st)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "certificate authority created in the store, sealed with key-encryption key %s\n", kek.ID())
+	_, err = stdout.Write(a.RootPEM())
 	return err
 }
 

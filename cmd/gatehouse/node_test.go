@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -14,17 +15,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
 func TestMigrateCommand(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
+	all := store.Migrations()
+	if len(all) < 4 || all[0] != 1 {
+		t.Fatalf("embedded migrations %v", all)
+	}
 	out, _, err := runCLI(ctx, "migrate", "--state-dir", dir)
-	if err != nil || !strings.Contains(out, "applied migrations [1 2 3]") {
+	if err != nil || !strings.Contains(out, fmt.Sprintf("applied migrations %v", all)) {
 		t.Fatalf("migrate: %v %s", err, out)
 	}
-	if out, _, err := runCLI(ctx, "migrate", "--state-dir", dir); err != nil || !strings.Contains(out, "up to date at version 3") {
+	if out, _, err := runCLI(ctx, "migrate", "--state-dir", dir); err != nil || !strings.Contains(out, fmt.Sprintf("up to date at version %d", all[len(all)-1])) {
 		t.Fatalf("migrate again: %v %s", err, out)
 	}
 	pg := testenv.PostgresT(t)
@@ -38,8 +44,32 @@ func TestMigrateCommand(t *testing.T) {
 
 func TestNodeCommandServes(t *testing.T) {
 	dir := t.TempDir()
-	if _, _, err := runCLI(context.Background(), "node", "--state-dir", dir, "--addr", "127.0.0.1:0"); err == nil || !strings.Contains(err.Error(), "gatehouse migrate") {
+	t.Setenv("GATEHOUSE_CA_KEK", "")
+	if _, _, err := runCLI(context.Background(), "node", "--state-dir", dir, "--addr", "127.0.0.1:0"); err == nil || !strings.Contains(err.Error(), "key-encryption key") {
+		t.Fatalf("node without a KEK: %v", err)
+	}
+	kek := filepath.Join(dir, "kek")
+	os.WriteFile(kek, []byte(base64.StdEncoding.EncodeToString(make([]byte, 31))+"\n"), 0o600)
+	if _, _, err := runCLI(context.Background(), "node", "--state-dir", dir, "--ca-kek-file", kek); err == nil || !strings.Contains(err.Error(), "32 bytes") {
+		t.Fatalf("node with a short KEK: %v", err)
+	}
+	os.WriteFile(kek, []byte(base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))+"\n"), 0o600)
+	if _, _, err := runCLI(context.Background(), "node", "--state-dir", dir, "--addr", "127.0.0.1:0", "--ca-kek-file", kek); err == nil || !strings.Contains(err.Error(), "gatehouse migrate") {
 		t.Fatalf("node on an empty store: %v", err)
+	}
+	if _, _, err := runCLI(context.Background(), "node", "--state-dir", dir, "--addr", "127.0.0.1:0", "--ca-kek-file", kek, "--migrate"); err == nil || !strings.Contains(err.Error(), "gatehouse ca init") {
+		t.Fatalf("node on a store without a CA: %v", err)
+	}
+	out, _, err := runCLI(context.Background(), "ca", "init", "--state-dir", dir, "--ca-kek-file", kek)
+	if err != nil || !strings.Contains(out, "BEGIN CERTIFICATE") {
+		t.Fatalf("ca init: %v %s", err, out)
+	}
+	if _, _, err := runCLI(context.Background(), "ca", "init", "--state-dir", dir, "--ca-kek-file", kek); err == nil || !strings.Contains(err.Error(), "already") {
+		t.Fatalf("ca init twice: %v", err)
+	}
+	t.Setenv("GATEHOUSE_CA_KEK", base64.StdEncoding.EncodeToString([]byte("another key, 32 bytes long......")))
+	if _, _, err := runCLI(context.Background(), "node", "--state-dir", dir, "--addr", "127.0.0.1:0"); err == nil || !strings.Contains(err.Error(), "key-encryption key") {
+		t.Fatalf("node with another KEK: %v", err)
 	}
 	if _, _, err := runCLI(context.Background(), "node", "--state-dir", dir, "--access-cache-ttl", "1h"); err == nil || !strings.Contains(err.Error(), "access-cache-ttl") {
 		t.Fatalf("node with an hour's access cache: %v", err)
@@ -53,7 +83,7 @@ func TestNodeCommandServes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, stderr, err := runCLI(ctx, "node", "--state-dir", dir, "--addr", addr, "--migrate", "--log-level", "warn")
+		_, stderr, err := runCLI(ctx, "node", "--state-dir", dir, "--addr", addr, "--ca-kek-file", kek, "--log-level", "warn")
 		if err != nil {
 			err = &cliError{err, stderr}
 		}

@@ -98,6 +98,20 @@ type Store struct {
 //go:embed migrations/*.sql
 var migrations embed.FS
 
+// Migrations returns the versions of the migrations this binary carries, in
+// order.
+func Migrations() []int64 {
+	entries, _ := migrations.ReadDir("migrations")
+	var out []int64
+	for _, e := range entries {
+		var v int64
+		if _, err := fmt.Sscanf(e.Name(), "%05d_", &v); err == nil {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 // Open connects to the store. It does not migrate; call Migrate.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := cfg.Validate(); err != nil {

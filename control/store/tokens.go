@@ -312,11 +312,14 @@ type Revocation struct {
 	Serial    string
 	UserID    string
 	ClusterID string
-	TokenID   string
-	Before    time.Time
-	Until     time.Time
-	Reason    string
-	Created   time.Time
+	// ClusterName is the name of ClusterID (agent certificates name it),
+	// filled in by Revocations; empty once the cluster is deleted.
+	ClusterName string
+	TokenID     string
+	Before      time.Time
+	Until       time.Time
+	Reason      string
+	Created     time.Time
 }
 
 // Revoke records a revocation. Revoking a person also revokes every API
@@ -376,7 +379,9 @@ func (s *Store) Revoked(ctx context.Context, serial, userID string, issued time.
 // Revocations returns the revocations made at or after since that are
 // still in force: what a node loads at start and adds to its set.
 func (s *Store) Revocations(ctx context.Context, since time.Time) ([]*Revocation, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, serial, user_id, cluster_id, token_id, before_us, until_us, reason, created_us FROM revocations WHERE created_us >= $1 AND until_us > $2 ORDER BY created_us`,
+	rows, err := s.db.QueryContext(ctx, `SELECT r.id, r.serial, r.user_id, r.cluster_id, COALESCE(c.name, ''), r.token_id, r.before_us, r.until_us, r.reason, r.created_us
+		FROM revocations r LEFT JOIN clusters c ON c.id = r.cluster_id AND r.cluster_id <> ''
+		WHERE r.created_us >= $1 AND r.until_us > $2 ORDER BY r.created_us, r.id`,
 		micros(since), micros(s.now()))
 	if err != nil {
 		return nil, fmt.Errorf("store: revocations: %w", err)
@@ -386,7 +391,7 @@ func (s *Store) Revocations(ctx context.Context, since time.Time) ([]*Revocation
 	for rows.Next() {
 		var r Revocation
 		var before, until, created int64
-		if err := rows.Scan(&r.ID, &r.Serial, &r.UserID, &r.ClusterID, &r.TokenID, &before, &until, &r.Reason, &created); err != nil {
+		if err := rows.Scan(&r.ID, &r.Serial, &r.UserID, &r.ClusterID, &r.ClusterName, &r.TokenID, &before, &until, &r.Reason, &created); err != nil {
 			return nil, err
 		}
 		r.Before, r.Until, r.Created = fromMicros(before), fromMicros(until), fromMicros(created)

@@ -1,6 +1,7 @@
 // Package devsetup is `gatehouse dev`: a whole Gatehouse on one machine for
 // a newcomer's first contact. It starts (or fronts) a cluster, a gateway node
-// with an in-memory store and CA, registers the cluster by applying the real
+// with an embedded store and a CA kept in the state directory (so that a
+// restart keeps every credential working), registers the cluster by applying the real
 // bootstrap manifest, runs the agent with the manifest's least-privilege
 // service account, creates an admin and writes their kubeconfig.
 package devsetup
@@ -9,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,17 +33,14 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
-	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/identity"
-	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/deploy/bootstrap"
+	"github.com/gatehouse-dev/gatehouse/internal/gateway"
 	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
-	"github.com/gatehouse-dev/gatehouse/node"
-	"github.com/gatehouse-dev/gatehouse/tunnel"
 	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 )
 
@@ -185,32 +185,15 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		say("fronting the cluster of %s", kubeconfig)
 	}
 
-	// 2. The gateway node.
-	auth, err := ca.New(ca.DefaultConfig())
-	if err != nil {
-		return nil, err
-	}
-	host, _, _ := net.SplitHostPort(cfg.Addr)
-	hosts := []string{"127.0.0.1", "localhost"}
-	if host != "" && host != "127.0.0.1" && host != "localhost" && host != "0.0.0.0" {
-		hosts = append([]string{host}, hosts...)
-	}
-	serverCert, err := auth.IssueServer(hosts, 365*24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
+	// 2. The gateway node. The store, the CA (sealed with a key kept in the
+	// state directory) and Kratos persist across restarts, so the previous
+	// run's kubeconfigs and sessions keep working.
 	sink, err := audit.OpenFile(filepath.Join(cfg.StateDir, "audit.jsonl"))
 	if err != nil {
 		return nil, err
 	}
 	e.closers = append(e.closers, func() { sink.Close() })
-	registry := tunnel.NewRegistry(e.log)
-	e.closers = append(e.closers, func() { registry.Close() })
-	// The embedded store, fresh each start like the cluster and the CA.
 	dbPath := filepath.Join(cfg.StateDir, "gatehouse.db")
-	for _, suffix := range []string{"", "-wal", "-shm"} {
-		os.Remove(dbPath + suffix)
-	}
 	scfg := store.DefaultConfig()
 	scfg.DSN = dbPath
 	st, err := store.Open(ctx, scfg)
@@ -221,13 +204,14 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if _, err := st.Migrate(ctx); err != nil {
 		return nil, err
 	}
-	engine, err := policy.New(st)
+	kek, err := devKEK(filepath.Join(cfg.StateDir, "ca.kek"))
 	if err != nil {
 		return nil, err
 	}
 	// Kratos, on SQLite in the state directory: people sign in through it.
 	say("starting Kratos (identity)...")
 	kcfg := testenv.DefaultKratosConfig()
+	kcfg.Dir = filepath.Join(cfg.StateDir, "kratos")
 	for _, p := range cfg.SSO {
 		kcfg.OIDC = append(kcfg.OIDC, p.KratosConfig())
 	}
@@ -254,74 +238,49 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// The admin is a Kratos identity with a generated password, linked to
-	// the store's person.
-	e.AdminPassword = rand.Text()
-	kratosID, err := kratos.CreatePerson(ctx, seeded.Email, "Admin", e.AdminPassword)
+	admin, err := e.admin(ctx, st, kratos, seeded)
 	if err != nil {
-		return nil, err
-	}
-	admin, err := st.RecordLogin(ctx, seeded.Email, kratosID, nil)
-	if err != nil {
-		return nil, err
-	}
-	e.AdminPasswordFile, _ = filepath.Abs(filepath.Join(cfg.StateDir, "admin.password"))
-	if err := os.WriteFile(e.AdminPasswordFile, []byte(e.AdminPassword+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	e.AdminID = admin.ID
 	say("store: %s (organization %q, project %q, admin %s with ADMIN)", dbPath, org.Name, project.Name, admin.Email)
-	ncfg := node.DefaultConfig()
-	ncfg.Name, ncfg.Addr, ncfg.Certificate, ncfg.Verifier, ncfg.Grants = "dev-node", cfg.Addr, serverCert, auth, &control.Access{Store: st, Policy: engine, CacheTTL: time.Second}
-	ncfg.Registry, ncfg.Audit, ncfg.Registrar, ncfg.AgentIssuer, ncfg.Logger = registry, sink, st, auth, cfg.Logger
-	ncfg.ShutdownTimeout = 5 * time.Second
-	n, err := node.New(ncfg)
-	if err != nil {
-		return nil, err
-	}
-	e.run(ctx, "node", n.Run)
-	addrCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	addr, err := n.Addr(addrCtx)
-	cancel()
-	if err != nil {
-		return nil, err
-	}
-	gwHost := "127.0.0.1"
-	if hosts[0] != "127.0.0.1" {
-		gwHost = hosts[0]
-	}
-	_, port, _ := net.SplitHostPort(addr.String())
-	e.GatewayURL = "https://" + net.JoinHostPort(gwHost, port)
-	say("gateway listening on %s", e.GatewayURL)
 
-	// The REST API on the same port, and an API token for the admin.
-	apiCfg := api.DefaultConfig()
-	apiCfg.Store, apiCfg.Policy, apiCfg.Audit, apiCfg.Node, apiCfg.Logger = st, engine, sink, ncfg.Name, cfg.Logger
-	apiCfg.GatewayURL, apiCfg.GatewayCA = e.GatewayURL, auth.RootPEM()
-	apiCfg.Identity, apiCfg.Issuer, apiCfg.Revoker, apiCfg.Notify = kratos, auth, &node.Revoker{CA: auth, Node: n}, n
+	gcfg := gateway.DefaultConfig()
+	gcfg.Node.Name, gcfg.Node.Addr, gcfg.Node.Logger, gcfg.Node.ShutdownTimeout = "dev-node", cfg.Addr, cfg.Logger, 5*time.Second
+	gcfg.Store, gcfg.KEK, gcfg.InitCA, gcfg.Audit, gcfg.Identity, gcfg.Logger = st, kek, true, sink, kratos, cfg.Logger
 	if len(cfg.SSO) > 0 {
-		// The store is new at each start, so the refresh tokens it keeps
-		// need no key that outlives the process.
 		reader, err := identity.NewSSOProviders(cfg.SSO, nil)
 		if err != nil {
 			return nil, err
 		}
-		key := make([]byte, 32)
-		rand.Read(key)
-		sealer, err := identity.NewSealer(key)
+		// The SSO refresh tokens the store keeps are sealed with a key that
+		// lives beside it, like the CA's.
+		tokenKey, err := devKey(filepath.Join(cfg.StateDir, "token.key"))
 		if err != nil {
 			return nil, err
 		}
-		apiCfg.SSO = &api.SSOConfig{Providers: reader, Sealer: sealer}
+		sealer, err := identity.NewSealer(tokenKey)
+		if err != nil {
+			return nil, err
+		}
+		gcfg.SSO = &api.SSOConfig{Providers: reader, Sealer: sealer}
 	}
-	// Time-bound grants leave the cluster when they expire.
-	e.run(ctx, "expirer", (&control.Expirer{Store: st, Notify: n, Logger: e.log}).Run)
-	restAPI, err := api.New(apiCfg)
+	g, err := gateway.New(ctx, gcfg)
 	if err != nil {
 		return nil, err
 	}
-	n.SetAPI(restAPI)
-	apiToken, err := st.CreateAPIToken(ctx, &store.APIToken{UserID: admin.ID, Name: "gatehouse-dev", Expires: time.Now().Add(7 * 24 * time.Hour)})
+	e.closers = append(e.closers, func() { g.Close() })
+	e.run(ctx, "gateway", g.Run)
+	readyCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	e.GatewayURL, err = g.Ready(readyCtx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	auth, registry := g.CA, g.Registry
+	say("gateway listening on %s", e.GatewayURL)
+
+	apiToken, err := st.CreateAPIToken(ctx, &store.APIToken{UserID: admin.ID, Name: "gatehouse-dev-" + strings.ToLower(rand.Text()[:8]), Expires: time.Now().Add(7 * 24 * time.Hour)})
 	if err != nil {
 		return nil, err
 	}
@@ -335,7 +294,12 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		return nil, err
 	}
 
-	// 3. Register the cluster with the real bootstrap manifest.
+	// 3. Register the cluster with the real bootstrap manifest. A local
+	// cluster is new at every start (a new kube-system UID): the dev
+	// setup, its admin, re-homes the Gatehouse cluster to it.
+	if err := rehomeIfNew(ctx, st, kube, cluster, say); err != nil {
+		return nil, err
+	}
 	token, err := st.CreateBootstrapToken(ctx, cluster.ID, store.DefaultBootstrapTTL)
 	if err != nil {
 		return nil, err
@@ -363,10 +327,6 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	}
 	acfg := agent.DefaultConfig()
 	acfg.Kube, acfg.Namespace, acfg.GatewayURL, acfg.GatewayCA, acfg.BootstrapToken, acfg.Logger = agentKube, ns, e.GatewayURL, auth.RootPEM(), token, cfg.Logger
-	// A previous run's identity was issued by a CA that no longer exists.
-	if cs, err := kubernetes.NewForConfig(kube); err == nil {
-		cs.CoreV1().Secrets(ns).Delete(ctx, acfg.IdentitySecret, metav1.DeleteOptions{})
-	}
 	ag, err := agent.New(acfg)
 	if err != nil {
 		return nil, err
@@ -398,8 +358,25 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 }
 
 // seed creates what a first contact needs: an organization, a project, the
-// cluster, and an admin bound to ADMIN.
+// cluster, and an admin bound to ADMIN. On a later start it finds them.
 func seed(ctx context.Context, st *store.Store, cfg Config) (*store.Org, *store.Project, *store.Cluster, *store.User, error) {
+	if org, err := st.GetOrg(ctx, "default"); err == nil {
+		project, err := st.GetProject(ctx, org.ID, "default")
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		cluster, err := st.GetCluster(ctx, cfg.Cluster)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		admin, err := st.GetUser(ctx, cfg.Admin)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		return org, project, cluster, admin, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, nil, nil, nil, err
+	}
 	org := &store.Org{Name: "default"}
 	if err := st.CreateOrg(ctx, org); err != nil {
 		return nil, nil, nil, nil, err
@@ -420,6 +397,84 @@ func seed(ctx context.Context, st *store.Store, cfg Config) (*store.Org, *store.
 		return nil, nil, nil, nil, err
 	}
 	return org, project, cluster, admin, nil
+}
+
+// admin makes sure the admin has a Kratos identity with the password in
+// AdminPasswordFile: made at the first start, found at later ones.
+func (e *Env) admin(ctx context.Context, st *store.Store, kratos *identity.Kratos, u *store.User) (*store.User, error) {
+	e.AdminPasswordFile, _ = filepath.Abs(filepath.Join(e.cfg.StateDir, "admin.password"))
+	if pw, err := os.ReadFile(e.AdminPasswordFile); err == nil && u.KratosID != "" {
+		e.AdminPassword = strings.TrimSpace(string(pw))
+		return u, nil
+	}
+	e.AdminPassword = rand.Text()
+	kratosID, err := kratos.CreatePerson(ctx, u.Email, "Admin", e.AdminPassword)
+	if err != nil {
+		return nil, err
+	}
+	admin, err := st.RecordLogin(ctx, u.Email, kratosID, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(e.AdminPasswordFile, []byte(e.AdminPassword+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	return admin, nil
+}
+
+// rehomeIfNew re-homes the cluster when the API server behind kube is not
+// the one it was registered from.
+func rehomeIfNew(ctx context.Context, st *store.Store, kube *rest.Config, cluster *store.Cluster, say func(string, ...any)) error {
+	if cluster.Fingerprint == "" {
+		return nil
+	}
+	cs, err := kubernetes.NewForConfig(kube)
+	if err != nil {
+		return err
+	}
+	ns, err := cs.CoreV1().Namespaces().Get(ctx, "kube-system", metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("dev: the cluster's fingerprint: %w", err)
+	}
+	if string(ns.UID) == cluster.Fingerprint {
+		return nil
+	}
+	if _, err := st.RehomeCluster(ctx, cluster.ID, time.Now().Add(api.MaxAgentCertTTL+time.Hour)); err != nil {
+		return err
+	}
+	say("the local cluster is new (kube-system %s); re-homed cluster %q to it", ns.UID, cluster.Name)
+	return nil
+}
+
+// devKEK returns the dev setup's CA key-encryption key, kept in path (made
+// at the first start). A production node takes it from a secret instead
+// (--ca-kek-file or GATEHOUSE_CA_KEK), never beside the store.
+func devKEK(path string) (*ca.LocalKEK, error) {
+	key, err := devKey(path)
+	if err != nil {
+		return nil, err
+	}
+	return ca.NewLocalKEK(key)
+}
+
+// devKey reads 32 random bytes (base64) from path, making them first if
+// the file does not exist.
+func devKey(path string) ([]byte, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+		if err != nil || len(key) != 32 {
+			return nil, fmt.Errorf("dev: %s does not hold 32 bytes of base64", path)
+		}
+		return key, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	return key, nil
 }
 
 // run starts fn in a goroutine owned by e; its failure is reported on errc.

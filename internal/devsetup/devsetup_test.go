@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,10 +31,22 @@ func TestMain(m *testing.M) {
 
 // TestDevEndsWithWorkingKubeconfig is what `make run` promises: the admin
 // kubeconfig works with stock kubectl, through the gateway and the agent.
+// freeAddr returns a loopback address with a port free now, for a gateway
+// that must keep its port across a restart.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	cfg := devsetup.DefaultConfig()
 	cfg.StateDir = t.TempDir()
-	cfg.Addr, cfg.KratosPort = "127.0.0.1:0", 0
+	cfg.Addr, cfg.KratosPort = freeAddr(t), 0
 	var out bytes.Buffer
 	cfg.Out = &out
 	ctx := context.Background()
@@ -40,7 +54,7 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer env.Close()
+	defer func() { env.Close() }()
 	if !strings.Contains(out.String(), "kubectl get pods -A") {
 		t.Fatalf("no instructions printed:\n%s", out.String())
 	}
@@ -48,18 +62,34 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		cmd := exec.Command(kubectl, "get", "pods", "-A", "--no-headers")
-		cmd.Env = append(os.Environ(), "KUBECONFIG="+env.AdminKubeconfig, "HOME="+cfg.StateDir)
-		got, err := cmd.CombinedOutput()
-		if err == nil && strings.Count(string(got), "Running") >= 3 && strings.Contains(string(got), "demo") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kubectl get pods -A: %v\n%s", err, got)
-		}
-		time.Sleep(200 * time.Millisecond)
+	podsVisible := func(kubeconfig string) {
+		t.Helper()
+		eventually(t, 60*time.Second, func() error {
+			cmd := exec.Command(kubectl, "get", "pods", "-A", "--no-headers")
+			cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "HOME="+cfg.StateDir)
+			got, err := cmd.CombinedOutput()
+			if err == nil && strings.Count(string(got), "Running") >= 3 && strings.Contains(string(got), "demo") {
+				return nil
+			}
+			return fmt.Errorf("kubectl get pods -A: %v\n%s", err, got)
+		})
+	}
+	podsVisible(env.AdminKubeconfig)
+
+	// A restart on the same state directory keeps the CA and the store:
+	// the previous run's kubeconfig still works (issue 9).
+	previous := filepath.Join(t.TempDir(), "previous.kubeconfig")
+	if err := os.WriteFile(previous, mustReadFile(t, env.AdminKubeconfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env.Close()
+	out.Reset()
+	if env, err = devsetup.Start(ctx, cfg); err != nil {
+		t.Fatalf("restart: %v\n%s", err, out.String())
+	}
+	podsVisible(previous)
+	if !strings.Contains(out.String(), "re-homed") {
+		t.Fatalf("the new local cluster was not re-homed:\n%s", out.String())
 	}
 	// The admin's API token reaches the REST API on the gateway's port.
 	token, err := os.ReadFile(env.AdminTokenFile)
@@ -286,4 +316,21 @@ func mustReadFile(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// eventually calls cond until it returns nil, failing the test with its
+// last error after timeout.
+func eventually(t *testing.T, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

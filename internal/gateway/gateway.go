@@ -1,0 +1,327 @@
+// Package gateway assembles a gateway node from its parts: the store, the
+// policy, the certificate authority (loaded from the store and unsealed
+// with the key-encryption key), the tunnel registry, the node, the REST API,
+// the expirer of time-bound grants and the renewal of the node's serving
+// certificate. It is the one composition root: `gatehouse node` and
+// `gatehouse dev` both build their gateway here.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control"
+	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/control/identity"
+	"github.com/gatehouse-dev/gatehouse/control/policy"
+	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/node"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+// Config configures a gateway.
+type Config struct {
+	// Node is the node's configuration; New fills in its certificate,
+	// verifier, grants, registry, audit sink and registrar.
+	Node node.Config
+	// Store is the open, migrated store. The gateway does not close it.
+	Store *store.Store
+	// KEK unseals the CA's keys.
+	KEK ca.KEK
+	// InitCA creates the CA in the store if it holds none (the first node
+	// of an installation; `gatehouse ca init` does the same on its own).
+	InitCA bool
+	// Audit receives the node's and the API's events. The gateway does not
+	// close it.
+	Audit audit.Sink
+	// PublicURL is where agents and people reach the gateway
+	// (https://HOST:PORT); empty means https://HOSTS[0]:PORT of the bound
+	// address.
+	PublicURL string
+	// Hosts are the names and addresses the serving certificate is for.
+	Hosts []string
+	// ServingCertTTL is the lifetime of the node's serving certificate. A
+	// week: short enough that a stolen key soon dies, long enough that a
+	// CA outage of days does not stop the node; it is renewed at two
+	// thirds of its life, without a restart.
+	ServingCertTTL time.Duration
+	// AccessCacheTTL is how long the node keeps an access decision.
+	AccessCacheTTL time.Duration
+	// Identity validates Kratos sessions; nil accepts API tokens only.
+	Identity *identity.Kratos
+	// SSO reads SSO groups at login; nil keeps Kratos's.
+	SSO *api.SSOConfig
+	// Logger receives the gateway's logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// DefaultConfig returns the defaults; Store, KEK and Audit must be set.
+func DefaultConfig() Config {
+	return Config{Node: node.DefaultConfig(), ServingCertTTL: 7 * 24 * time.Hour, AccessCacheTTL: time.Second}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	switch {
+	case c.Store == nil || c.Audit == nil:
+		return errors.New("gateway: Store and Audit are required")
+	case c.KEK == nil:
+		return ca.ErrNoKEK
+	case c.ServingCertTTL < time.Minute:
+		return errors.New("gateway: ServingCertTTL must be at least a minute")
+	case c.AccessCacheTTL < 0 || c.AccessCacheTTL > time.Minute:
+		return errors.New("gateway: AccessCacheTTL must be from 0 to 1m")
+	}
+	if _, _, err := net.SplitHostPort(c.Node.Addr); err != nil {
+		return fmt.Errorf("gateway: Addr %q: %w", c.Node.Addr, err)
+	}
+	return nil
+}
+
+// Gateway is an assembled gateway node.
+type Gateway struct {
+	// CA is the certificate authority, unsealed.
+	CA *ca.Authority
+	// Node is the gateway node.
+	Node *node.Node
+	// Registry holds the tunnels of the agents connected here.
+	Registry *tunnel.Registry
+
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	policy *policy.Engine
+	cert   atomic.Pointer[tls.Certificate]
+
+	ready   chan struct{} // closed once the API serves
+	url     string        // set before ready closes
+	running atomic.Bool
+	wg      sync.WaitGroup
+
+	closeOnce sync.Once
+}
+
+// New opens (or, with InitCA, creates) the CA and assembles the gateway.
+// It does not listen until Run.
+func New(ctx context.Context, cfg Config) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{})}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	if g.now == nil {
+		g.now = time.Now
+	}
+	if len(cfg.Hosts) == 0 {
+		cfg.Hosts = DefaultHosts(cfg.Node.Addr)
+		g.cfg.Hosts = cfg.Hosts
+	}
+	var err error
+	caCfg := ca.DefaultConfig()
+	caCfg.Now = g.now
+	g.CA, err = ca.Open(ctx, caCfg, cfg.KEK, cfg.Store)
+	if errors.Is(err, ca.ErrNoState) && cfg.InitCA {
+		g.CA, err = ca.Init(ctx, caCfg, cfg.KEK, cfg.Store)
+		if errors.Is(err, ca.ErrInitialized) { // another node won the race
+			g.CA, err = ca.Open(ctx, caCfg, cfg.KEK, cfg.Store)
+		} else if err == nil {
+			g.log.Info("certificate authority created in the store")
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := LoadRevocations(ctx, cfg.Store, g.CA); err != nil {
+		return nil, err
+	}
+	if err := g.renewCert(); err != nil {
+		return nil, err
+	}
+	if g.policy, err = policy.New(cfg.Store); err != nil {
+		return nil, err
+	}
+	g.Registry = tunnel.NewRegistry(g.log)
+	ncfg := cfg.Node
+	ncfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return g.cert.Load(), nil }
+	ncfg.Verifier, ncfg.Registry, ncfg.Audit = g.CA, g.Registry, cfg.Audit
+	ncfg.Grants = &control.Access{Store: cfg.Store, Policy: g.policy, CacheTTL: cfg.AccessCacheTTL, Now: cfg.Now}
+	ncfg.Registrar, ncfg.AgentIssuer = cfg.Store, g.CA
+	if ncfg.Logger == nil {
+		ncfg.Logger = cfg.Logger
+	}
+	if ncfg.Now == nil {
+		ncfg.Now = cfg.Now
+	}
+	if g.Node, err = node.New(ncfg); err != nil {
+		g.Registry.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// DefaultHosts returns the names a node listening on addr serves: its host
+// if it names one, then localhost and 127.0.0.1.
+func DefaultHosts(addr string) []string {
+	host, _, _ := net.SplitHostPort(addr)
+	hosts := []string{"127.0.0.1", "localhost"}
+	if host != "" && host != "localhost" && host != "127.0.0.1" && host != "0.0.0.0" && host != "::" {
+		hosts = append([]string{host}, hosts...)
+	}
+	return hosts
+}
+
+// LoadRevocations applies the store's revocations in force to the CA: a
+// node that starts refuses what was revoked before it did.
+func LoadRevocations(ctx context.Context, st *store.Store, auth *ca.Authority) error {
+	revs, err := st.Revocations(ctx, time.Time{})
+	if err != nil {
+		return err
+	}
+	for _, r := range revs {
+		applyRevocation(auth, r)
+	}
+	return nil
+}
+
+func applyRevocation(auth *ca.Authority, r *store.Revocation) {
+	switch {
+	case r.Serial != "":
+		auth.Revoke(r.Serial)
+	case r.UserID != "":
+		auth.RevokeUser(r.UserID, r.Before)
+	case r.ClusterID != "":
+		// Agent certificates name the cluster by its name; the store's
+		// revocation by its id.
+		auth.RevokeAgents(r.ClusterName, r.Before)
+	}
+}
+
+// renewCert issues a new serving certificate from the nodes intermediate.
+func (g *Gateway) renewCert() error {
+	c, err := g.CA.IssueServer(g.cfg.Hosts, g.cfg.ServingCertTTL)
+	if err != nil {
+		return fmt.Errorf("gateway: serving certificate: %w", err)
+	}
+	g.cert.Store(&c)
+	return nil
+}
+
+// ServingCertificate returns the certificate the node serves now.
+func (g *Gateway) ServingCertificate() *tls.Certificate { return g.cert.Load() }
+
+// renewLoop renews the serving certificate at two thirds of its life.
+func (g *Gateway) renewLoop(ctx context.Context) {
+	for {
+		c := g.cert.Load()
+		wait := c.Leaf.NotAfter.Sub(g.now()) - g.cfg.ServingCertTTL/3
+		t := time.NewTimer(max(wait, time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if err := g.renewCert(); err != nil {
+			g.log.Error("serving certificate not renewed; retrying in a minute", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Minute):
+			}
+			continue
+		}
+		g.log.Info("serving certificate renewed", "notAfter", g.cert.Load().Leaf.NotAfter)
+	}
+}
+
+// Run serves until ctx ends: the node (with the API once it has its
+// address), the expirer and the certificate renewal. It returns once all of
+// them have stopped.
+func (g *Gateway) Run(ctx context.Context) error {
+	if !g.running.CompareAndSwap(false, true) {
+		return node.ErrRunning
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		errc <- g.Node.Run(ctx)
+	}()
+	addr, err := g.Node.Addr(ctx)
+	if err != nil {
+		cancel()
+		g.wg.Wait()
+		return <-errc
+	}
+	if err := g.startAPI(addr); err != nil {
+		cancel()
+		g.wg.Wait()
+		<-errc
+		return err
+	}
+	close(g.ready)
+	g.wg.Add(2)
+	go func() {
+		defer g.wg.Done()
+		(&control.Expirer{Store: g.cfg.Store, Notify: g.Node, Logger: g.log}).Run(ctx)
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.renewLoop(ctx)
+	}()
+	err = <-errc // the node stops when ctx ends (or fails)
+	cancel()
+	g.wg.Wait()
+	return err
+}
+
+func (g *Gateway) startAPI(addr net.Addr) error {
+	g.url = g.cfg.PublicURL
+	if g.url == "" {
+		_, port, _ := net.SplitHostPort(addr.String())
+		g.url = "https://" + net.JoinHostPort(g.cfg.Hosts[0], port)
+	}
+	acfg := api.DefaultConfig()
+	acfg.Store, acfg.Policy, acfg.Audit, acfg.Node, acfg.Logger = g.cfg.Store, g.policy, g.cfg.Audit, g.cfg.Node.Name, g.log
+	acfg.GatewayURL, acfg.GatewayCA = g.url, g.CA.RootPEM()
+	acfg.Identity, acfg.SSO = g.cfg.Identity, g.cfg.SSO
+	acfg.Issuer, acfg.Revoker, acfg.Notify = g.CA, &node.Revoker{CA: g.CA, Node: g.Node}, g.Node
+	a, err := api.New(acfg)
+	if err != nil {
+		return err
+	}
+	g.Node.SetAPI(a)
+	return nil
+}
+
+// Ready waits until the gateway serves its API, and returns its public URL.
+func (g *Gateway) Ready(ctx context.Context) (string, error) {
+	select {
+	case <-g.ready:
+		return g.url, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// Close releases what New made (the tunnel registry). Run must have
+// returned. It is idempotent.
+func (g *Gateway) Close() error {
+	g.closeOnce.Do(func() { g.Registry.Close() })
+	return nil
+}
