@@ -106,6 +106,13 @@ func (s *Store) UpdateRole(ctx context.Context, r *Role) error {
 		if err := updated(ctx, tx, res, "roles", r.ID); err != nil {
 			return err
 		}
+		var orgID, name string
+		if err := tx.QueryRowContext(ctx, `SELECT org_id, name FROM roles WHERE id = $1`, r.ID).Scan(&orgID, &name); err != nil {
+			return err
+		}
+		if err := s.changedBindings(ctx, tx, `org_id = $1 AND role = $2`, orgID, name); err != nil {
+			return err
+		}
 		r.Version++
 		return nil
 	})
@@ -117,6 +124,11 @@ func (s *Store) DeleteRole(ctx context.Context, orgID, id string) error {
 		var name string
 		err := tx.QueryRowContext(ctx, `SELECT name FROM roles WHERE org_id = $1 AND id = $2`, orgID, id).Scan(&name)
 		if err := one(err, "role "+id); err != nil {
+			return err
+		}
+		// Every person the role reached, however many: the feed misses
+		// no one.
+		if err := s.changedBindings(ctx, tx, `org_id = $1 AND role = $2`, orgID, name); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM role_bindings WHERE org_id = $1 AND role = $2`, orgID, name); err != nil {
@@ -184,7 +196,10 @@ func (s *Store) CreateBinding(ctx context.Context, b *Binding) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO role_bindings (id, org_id, subject_kind, subject_id, role, project_id, namespace, expires_us, created_by, created_us)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 			b.ID, b.OrgID, b.SubjectKind, b.SubjectID, b.Role, b.ProjectID, b.Namespace, micros(b.Expires), b.CreatedBy, micros(b.Created))
-		return err
+		if err != nil {
+			return err
+		}
+		return s.changedSubject(ctx, tx, b.SubjectKind, b.SubjectID)
 	})
 }
 
@@ -268,6 +283,9 @@ func (s *Store) ActiveBindings(ctx context.Context, userID string, groupIDs []st
 // DeleteBinding deletes a binding.
 func (s *Store) DeleteBinding(ctx context.Context, id string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.changedBindings(ctx, tx, `id = $1`, id); err != nil {
+			return err
+		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM role_bindings WHERE id = $1`, id)
 		if err != nil {
 			return err
@@ -297,6 +315,9 @@ func (s *Store) DeleteExpiredBindings(ctx context.Context) ([]*Binding, error) {
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
+			return err
+		}
+		if err := s.changedBindings(ctx, tx, `expires_us <> 0 AND expires_us <= $1`, now); err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `DELETE FROM role_bindings WHERE expires_us <> 0 AND expires_us <= $1`, now)

@@ -161,7 +161,10 @@ func (s *Store) DeleteProject(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		return deleted(res, "project "+id)
+		if err := deleted(res, "project "+id); err != nil {
+			return err
+		}
+		return s.recordChange(ctx, tx, ChangeAll, "", time.Time{})
 	})
 }
 
@@ -298,7 +301,8 @@ func (s *Store) UpdateCluster(ctx context.Context, c *Cluster) error {
 			return err
 		}
 		c.Version++
-		return nil
+		// Shares decide who reaches the cluster.
+		return s.recordChange(ctx, tx, ChangeAll, "", time.Time{})
 	})
 }
 
@@ -309,6 +313,9 @@ func (s *Store) DeleteCluster(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		return deleted(res, "cluster "+id)
+		if err := deleted(res, "cluster "+id); err != nil {
+			return err
+		}
+		return s.recordChange(ctx, tx, ChangeAll, "", time.Time{})
 	})
 }

@@ -180,7 +180,7 @@ func (s *Store) RecordLogin(ctx context.Context, email, kratosID string, idpGrou
 			}
 		}
 		u.KratosID, u.LastLogin, u.Version = kratosID, fromMicros(now), u.Version+1
-		return nil
+		return s.recordChange(ctx, tx, ChangeAccess, u.ID, time.Time{})
 	})
 	return u, err
 }
@@ -196,7 +196,10 @@ func (s *Store) DeleteUser(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		return deleted(res, "user "+id)
+		if err := deleted(res, "user "+id); err != nil {
+			return err
+		}
+		return s.recordChange(ctx, tx, ChangeAccess, id, time.Time{})
 	})
 }
 
@@ -256,6 +259,10 @@ func (s *Store) ListGroups(ctx context.Context, orgID string, p Page) ([]*Group,
 // DeleteGroup deletes a group, its memberships and the bindings naming it.
 func (s *Store) DeleteGroup(ctx context.Context, id string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		// The members as they are before the group goes.
+		if err := s.changedSubject(ctx, tx, SubjectGroup, id); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM role_bindings WHERE subject_kind = 'group' AND subject_id = $1`, id); err != nil {
 			return err
 		}
@@ -270,8 +277,10 @@ func (s *Store) DeleteGroup(ctx context.Context, id string) error {
 // AddMember makes a person a local member of a group (idempotent).
 func (s *Store) AddMember(ctx context.Context, groupID, userID string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO group_members (group_id, user_id, source) VALUES ($1, $2, 'local') ON CONFLICT DO NOTHING`, groupID, userID)
-		return err
+		if _, err := tx.ExecContext(ctx, `INSERT INTO group_members (group_id, user_id, source) VALUES ($1, $2, 'local') ON CONFLICT DO NOTHING`, groupID, userID); err != nil {
+			return err
+		}
+		return s.recordChange(ctx, tx, ChangeAccess, userID, time.Time{})
 	})
 }
 
@@ -282,7 +291,10 @@ func (s *Store) RemoveMember(ctx context.Context, groupID, userID string) error 
 		if err != nil {
 			return err
 		}
-		return deleted(res, "membership")
+		if err := deleted(res, "membership"); err != nil {
+			return err
+		}
+		return s.recordChange(ctx, tx, ChangeAccess, userID, time.Time{})
 	})
 }
 

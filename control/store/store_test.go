@@ -692,3 +692,83 @@ func TestCAState(t *testing.T) {
 		}
 	})
 }
+
+// Every change of access writes the feed in its own transaction, one row
+// per person it touches (groups expanded), however many there are.
+func TestChangeFeed(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, clk *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		start := clk.Now().Add(-time.Second)
+		var people []string
+		for i := range 3 {
+			u := &store.User{OrgID: f.org.ID, Email: fmt.Sprintf("p%d@example.com", i)}
+			must(t, s.CreateUser(ctx, u))
+			people = append(people, u.ID)
+		}
+		g := &store.Group{OrgID: f.org.ID, Name: "sre"}
+		must(t, s.CreateGroup(ctx, g))
+		must(t, s.AddMember(ctx, g.ID, people[0]))
+		must(t, s.AddMember(ctx, g.ID, people[1]))
+		role := &store.Role{OrgID: f.org.ID, Name: "reader", Scope: store.ScopeProject, Rules: []rbacv1.PolicyRule{{Verbs: []string{"get"}, APIGroups: []string{""}, Resources: []string{"pods"}}}}
+		must(t, s.CreateRole(ctx, role))
+		gb := &store.Binding{OrgID: f.org.ID, SubjectKind: store.SubjectGroup, SubjectID: g.ID, Role: "reader", ProjectID: f.project.ID}
+		must(t, s.CreateBinding(ctx, gb))
+		ub := &store.Binding{OrgID: f.org.ID, SubjectKind: store.SubjectUser, SubjectID: people[2], Role: "reader", ProjectID: f.project.ID, Expires: clk.Now().Add(time.Minute)}
+		must(t, s.CreateBinding(ctx, ub))
+		all := func() []store.Change {
+			t.Helper()
+			var out []store.Change
+			var lastAt time.Time
+			lastID := ""
+			for {
+				page, err := s.Changes(ctx, start, lastAt, lastID, 2)
+				must(t, err)
+				out = append(out, page...)
+				if len(page) < 2 {
+					return out
+				}
+				lastAt, lastID = page[len(page)-1].At, page[len(page)-1].ID
+			}
+		}
+		count := func(cs []store.Change, kind, subject string) int {
+			n := 0
+			for _, c := range cs {
+				if c.Kind == kind && c.Subject == subject {
+					n++
+				}
+			}
+			return n
+		}
+		before := all()
+		// The group binding reached both members; memberships too.
+		if count(before, store.ChangeAccess, people[0]) != 2 || count(before, store.ChangeAccess, people[1]) != 2 || count(before, store.ChangeAccess, people[2]) != 1 {
+			t.Fatalf("changes after bindings: %+v", before)
+		}
+		// Deleting the role reaches everyone it was bound to.
+		must(t, s.DeleteRole(ctx, f.org.ID, role.ID))
+		after := all()[len(before):]
+		for _, p := range people {
+			if count(after, store.ChangeAccess, p) != 1 {
+				t.Fatalf("role deletion: changes %+v miss %s", after, p)
+			}
+		}
+		// Revocations of each kind.
+		n := len(all())
+		must(t, s.Revoke(ctx, &store.Revocation{Serial: "ABCD", Until: clk.Now().Add(time.Hour)}))
+		must(t, s.Revoke(ctx, &store.Revocation{UserID: people[0], Until: clk.Now().Add(time.Hour)}))
+		_, err := s.RehomeCluster(ctx, f.cluster.ID, clk.Now().Add(time.Hour))
+		must(t, err)
+		revs := all()[n:]
+		if count(revs, store.ChangeRevokeSerial, "abcd") != 1 || count(revs, store.ChangeRevokeUser, people[0]) != 1 || count(revs, store.ChangeRevokeCluster, f.cluster.Name) != 1 {
+			t.Fatalf("revocation changes: %+v", revs)
+		}
+		// Old changes are pruned.
+		clk.Advance(2 * store.ChangeRetention)
+		pruned, err := s.PruneChanges(ctx)
+		must(t, err)
+		if pruned == 0 || len(all()) != 0 {
+			t.Fatalf("pruned %d, %d left", pruned, len(all()))
+		}
+	})
+}

@@ -177,6 +177,14 @@ func (s *Store) RehomeCluster(ctx context.Context, clusterID string, until time.
 		if err := deleted(res, "cluster "+clusterID); err != nil {
 			return err
 		}
+		var name string
+		if err := tx.QueryRowContext(ctx, `SELECT name FROM clusters WHERE id = $1`, clusterID).Scan(&name); err != nil {
+			return err
+		}
+		r.ClusterName = name
+		if err := s.recordChange(ctx, tx, ChangeRevokeCluster, name, r.Before); err != nil {
+			return err
+		}
 		return insertRevocation(ctx, tx, r)
 	})
 	if err != nil {
@@ -298,7 +306,10 @@ func (s *Store) RevokeAPIToken(ctx context.Context, userID, id string) error {
 		if err != nil {
 			return err
 		}
-		return deleted(res, "api token "+id)
+		if err := deleted(res, "api token "+id); err != nil {
+			return err
+		}
+		return s.recordChange(ctx, tx, ChangeRevokeToken, id, time.Time{})
 	})
 }
 
@@ -352,6 +363,26 @@ func (s *Store) Revoke(ctx context.Context, r *Revocation) error {
 			if _, err := tx.ExecContext(ctx, `UPDATE api_tokens SET revoked_us = $1 WHERE id = $2 AND revoked_us = 0`, now, r.TokenID); err != nil {
 				return err
 			}
+		}
+		var err error
+		switch {
+		case r.Serial != "":
+			err = s.recordChange(ctx, tx, ChangeRevokeSerial, r.Serial, time.Time{})
+		case r.UserID != "":
+			err = s.recordChange(ctx, tx, ChangeRevokeUser, r.UserID, r.Before)
+		case r.ClusterID != "":
+			var name string
+			if err = tx.QueryRowContext(ctx, `SELECT name FROM clusters WHERE id = $1`, r.ClusterID).Scan(&name); err == nil {
+				r.ClusterName = name
+				err = s.recordChange(ctx, tx, ChangeRevokeCluster, name, r.Before)
+			} else if errors.Is(err, sql.ErrNoRows) {
+				err = nil // the cluster is gone; nothing of it connects
+			}
+		case r.TokenID != "":
+			err = s.recordChange(ctx, tx, ChangeRevokeToken, r.TokenID, time.Time{})
+		}
+		if err != nil {
+			return err
 		}
 		return insertRevocation(ctx, tx, r)
 	})
