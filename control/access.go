@@ -50,6 +50,13 @@ func (a *Access) Invalidate(user string) {
 	a.mu.Unlock()
 }
 
+// InvalidateAll forgets every cached answer.
+func (a *Access) InvalidateAll() {
+	a.mu.Lock()
+	a.cache = nil
+	a.mu.Unlock()
+}
+
 func (a *Access) now() time.Time {
 	if a.Now != nil {
 		return a.Now()

@@ -199,3 +199,20 @@ func rulesAllow(rules []rbacv1.PolicyRule, r Request) bool {
 	}
 	return false
 }
+
+// Covers reports whether grants still allow a request that is in flight
+// (a watch, exec, attach or port-forward): Permits, and a grant that
+// reaches the request's namespace (a cluster-wide one for a request across
+// every namespace or of a cluster-scoped resource). A stream that its
+// person's new grants no longer cover is ended by the gateway.
+func Covers(grants []Grant, r Request) bool {
+	if !Permits(grants, r) {
+		return false
+	}
+	for _, g := range grants {
+		if g.Namespace == "" || g.Namespace == r.Namespace {
+			return true
+		}
+	}
+	return false
+}

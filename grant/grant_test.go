@@ -70,3 +70,26 @@ func TestPermits(t *testing.T) {
 		}
 	}
 }
+
+func TestCovers(t *testing.T) {
+	watchDemo := Request{Verb: "watch", Resource: "pods", Namespace: "demo"}
+	watchAll := Request{Verb: "watch", Resource: "pods"}
+	exec := Request{Verb: "create", Resource: "pods", Subresource: "exec", Namespace: "demo"}
+	for _, tc := range []struct {
+		name   string
+		grants []Grant
+		req    Request
+		want   bool
+	}{
+		{"cluster-wide view, a namespace's watch", []Grant{{Role: View}}, watchDemo, true},
+		{"narrowed to another namespace", []Grant{{Role: View, Namespace: "other"}}, watchDemo, false},
+		{"narrowed to the namespace", []Grant{{Role: View, Namespace: "demo"}}, watchDemo, true},
+		{"narrowed, a watch across namespaces", []Grant{{Role: View, Namespace: "demo"}}, watchAll, false},
+		{"edit down to view, an exec", []Grant{{Role: View}}, exec, false},
+		{"nothing left", nil, watchDemo, false},
+	} {
+		if got := Covers(tc.grants, tc.req); got != tc.want {
+			t.Errorf("%s: Covers = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -134,12 +134,13 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Defence in depth (design 0001): what a read-only grant never gives
 	// is refused here, before anything reaches the cluster, whatever the
 	// cluster's RBAC says.
-	if req := (grant.Request{Verb: ri.Verb, APIGroup: ri.APIGroup, Resource: ri.Resource, Subresource: ri.Subresource, Namespace: ri.Namespace}); !grant.Permits(grants, req) {
+	req := grant.Request{Verb: ri.Verb, APIGroup: ri.APIGroup, Resource: ri.Resource, Subresource: ri.Subresource, Namespace: ri.Namespace}
+	if !grant.Permits(grants, req) {
 		what := ri.Resource
 		if ri.Subresource != "" {
 			what += "/" + ri.Subresource
 		}
-		refuse(http.StatusForbidden, metav1.StatusReasonForbidden, fmt.Sprintf("gatehouse: your access to cluster %q does not include %s %s here (secrets, exec, attach, port-forward and proxy need edit, admin or a role that names them)", cluster, ri.Verb, what))
+		refuse(http.StatusForbidden, metav1.StatusReasonForbidden, fmt.Sprintf("gatehouse: forbidden: your access to cluster %q does not include %s %s here (secrets, exec, attach, port-forward and proxy need edit, admin or a role that names them)", cluster, ri.Verb, what))
 		return
 	}
 
@@ -157,7 +158,7 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithDeadline(ctx, id.NotAfter)
 	defer cancel()
 	// A revocation ends the request through cancel.
-	defer n.sessions.add(Session{RequestID: ev.RequestID, User: id.User, Groups: id.Groups, Serial: id.Serial, Cluster: cluster}, cancel)()
+	defer n.sessions.add(Session{RequestID: ev.RequestID, User: id.User, Groups: id.Groups, Serial: id.Serial, Cluster: cluster, Request: req}, cancel)()
 	// Deferred: ReverseProxy ends a stream whose client has gone by
 	// panicking with http.ErrAbortHandler, and the event must be written
 	// all the same (the panic then goes on to the server).

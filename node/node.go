@@ -128,6 +128,12 @@ type Config struct {
 	// ENHANCE_YOUR_CALM: the rapid-reset defence (CVE-2023-44487).
 	MaxConcurrentStreams int
 
+	// ControlTimeout bounds how long a control message (revoke, sync) may
+	// take to reach one agent and be carried out. An agent deletes or
+	// binds a few RBAC objects: 5 s is generous, and a caller (an API
+	// request) waits at most that long for a wedged agent.
+	ControlTimeout time.Duration
+
 	// ShutdownTimeout bounds how long Run waits for in-flight requests after
 	// its context ends. Kubernetes gives a pod 30 s by default before it is
 	// killed; 20 s leaves room for the rest of the shutdown.
@@ -146,7 +152,7 @@ func DefaultConfig() Config {
 	return Config{
 		Name: "node-1", Addr: "127.0.0.1:8443", ShutdownTimeout: 20 * time.Second, AgentCertTTL: 24 * time.Hour,
 		UnauthenticatedReadTimeout: 10 * time.Second, UnauthenticatedRate: 5, UnauthenticatedBurst: 20,
-		MaxHeaderBytes: 64 << 10, MaxConcurrentStreams: 250,
+		MaxHeaderBytes: 64 << 10, MaxConcurrentStreams: 250, ControlTimeout: 5 * time.Second,
 	}
 }
 
@@ -187,6 +193,8 @@ func (c Config) Validate() error {
 		return errors.New("node: MaxHeaderBytes must be at least 4 KiB")
 	case c.MaxConcurrentStreams < 1:
 		return errors.New("node: MaxConcurrentStreams must be positive")
+	case c.ControlTimeout <= 0:
+		return errors.New("node: ControlTimeout must be positive")
 	}
 	return nil
 }
@@ -213,6 +221,12 @@ type Node struct {
 	metrics  *metrics
 	limiter  *addrLimiter                 // of unauthenticated endpoints
 	api      atomic.Pointer[http.Handler] // the control-plane API, if any
+
+	// bg owns the control messages in flight to agents (fanOut); bgCtx
+	// ends them when Run returns.
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 }
 
 // SetAPI serves h under /api/ on the node's port (the REST API,
@@ -237,6 +251,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.metrics = newMetrics(n)
 	n.limiter = newAddrLimiter(rate.Limit(cfg.UnauthenticatedRate), cfg.UnauthenticatedBurst, cfg.Now)
+	n.bgCtx, n.bgCancel = context.WithCancel(context.Background())
 	return n, nil
 }
 
@@ -395,6 +410,8 @@ func (n *Node) Run(ctx context.Context) error {
 		srv.Close()
 	}
 	n.agents.Wait()
+	n.bgCancel()
+	n.bg.Wait()
 	if err != nil {
 		return fmt.Errorf("node: shutdown: %w", err)
 	}

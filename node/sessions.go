@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
@@ -16,6 +17,12 @@ import (
 // answers forgets a person's when their access changes.
 type Invalidator interface {
 	Invalidate(user string)
+}
+
+// AllInvalidator is an optional side interface of Grants: one that caches
+// answers forgets every one (a change that may touch anyone).
+type AllInvalidator interface {
+	InvalidateAll()
 }
 
 // Session describes a request in flight on this node: every request, and
@@ -26,6 +33,9 @@ type Session struct {
 	Groups    []string
 	Serial    string // of the client certificate, hex
 	Cluster   string
+	// Request is what the request asks of the cluster: a change of the
+	// person's grants that no longer covers it ends it.
+	Request grant.Request
 }
 
 // sessions tracks this node's requests in flight so that a revocation can
@@ -101,14 +111,16 @@ func (n *Node) EndSessions(match func(Session) bool) int {
 // AccessChanged brings the node and the connected agents in line with a
 // change to user's access (a grant added, narrowed, expired or revoked, or
 // the person removed); groups are the person's groups now. For each cluster
-// connected here it asks Grants again: where the person has nothing left,
-// their requests in flight are ended and the agent deletes their service
-// account and bindings; elsewhere the agent makes their bindings match the
-// new grants before their next request.
+// connected here it asks Grants again: their requests in flight that the
+// new grants no longer cover are ended (all of them where nothing is left),
+// and the agent deletes their service account and bindings, or makes their
+// bindings match the new grants before their next request.
 //
 // The node refuses the person's next request on its own (grants are read on
 // every request); AccessChanged is what makes the change reach live streams
-// and the clusters' RBAC at once.
+// and the clusters' RBAC at once. The agents are told in parallel, each
+// within ControlTimeout: AccessChanged returns when they have answered or
+// that has passed, so one wedged agent cannot hold the caller.
 func (n *Node) AccessChanged(ctx context.Context, user string, groups []string) error {
 	if inv, ok := n.cfg.Grants.(Invalidator); ok {
 		inv.Invalidate(user)
@@ -122,16 +134,16 @@ func (n *Node) AccessChanged(ctx context.Context, user string, groups []string) 
 	var errs []error
 	var controls []*tunnel.Control
 	var where []string
-	revoked := map[string]bool{}
+	now := map[string][]grant.Grant{}
 	for _, cluster := range clusters {
 		grants, err := n.cfg.Grants.Grants(ctx, user, groups, cluster)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("node: grants of %q on %q: %w", user, cluster, err))
 			continue
 		}
+		now[cluster] = grants
 		c := &tunnel.Control{RequestID: newRequestID(), Op: tunnel.OpSync, User: user, Grants: grants}
 		if len(grants) == 0 {
-			revoked[cluster] = true
 			c = &tunnel.Control{RequestID: c.RequestID, Op: tunnel.OpRevoke, User: user}
 		}
 		if n.cfg.Registry.Connected(cluster) {
@@ -139,11 +151,68 @@ func (n *Node) AccessChanged(ctx context.Context, user string, groups []string) 
 		}
 	}
 	// Live streams first: they are what a revoked person still holds.
-	n.EndSessions(func(s Session) bool { return s.User == user && revoked[s.Cluster] })
+	n.EndSessions(func(s Session) bool {
+		grants, known := now[s.Cluster]
+		return s.User == user && known && !grant.Covers(grants, s.Request)
+	})
+	errs = append(errs, n.fanOut(ctx, where, controls))
+	return errors.Join(errs...)
+}
+
+// fanOut sends each control to its cluster's agent in parallel, each within
+// ControlTimeout, and waits for them until they have answered, that
+// timeout has passed, or ctx ends. The sends are the node's goroutines:
+// Run waits for them at shutdown.
+func (n *Node) fanOut(ctx context.Context, clusters []string, controls []*tunnel.Control) error {
+	if len(controls) == 0 {
+		return nil
+	}
+	results := make(chan error, len(controls))
 	for i, c := range controls {
-		if err := n.cfg.Registry.Control(ctx, where[i], c); err != nil {
-			errs = append(errs, fmt.Errorf("node: %s %q on %q: %w", c.Op, user, where[i], err))
+		cluster := clusters[i]
+		n.bg.Add(1)
+		go func() {
+			defer n.bg.Done()
+			cctx, cancel := context.WithTimeout(n.bgCtx, n.cfg.ControlTimeout)
+			defer cancel()
+			err := n.cfg.Registry.Control(cctx, cluster, c)
+			if err != nil {
+				n.log.Warn("agent control failed", "cluster", cluster, "op", c.Op, "user", c.User, "err", err)
+				err = fmt.Errorf("node: %s %q on %q: %w", c.Op, c.User, cluster, err)
+			}
+			results <- err
+		}()
+	}
+	wait := time.NewTimer(n.cfg.ControlTimeout)
+	defer wait.Stop()
+	var errs []error
+	for range controls {
+		select {
+		case err := <-results:
+			errs = append(errs, err)
+		case <-wait.C:
+			return errors.Join(append(errs, fmt.Errorf("node: some agents did not answer within %s", n.cfg.ControlTimeout))...)
+		case <-ctx.Done():
+			return errors.Join(append(errs, ctx.Err())...)
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// AccessChangedAll looks again at every person with a request in flight
+// here, after a change that may touch anyone (a cluster shared or
+// deleted).
+func (n *Node) AccessChangedAll(ctx context.Context) error {
+	if inv, ok := n.cfg.Grants.(AllInvalidator); ok {
+		inv.InvalidateAll()
+	}
+	users := map[string]bool{}
+	for _, ls := range n.sessions.snapshot() {
+		users[ls.User] = true
+	}
+	var errs []error
+	for u := range users {
+		errs = append(errs, n.AccessChanged(ctx, u, nil))
 	}
 	return errors.Join(errs...)
 }
@@ -152,14 +221,16 @@ func (n *Node) AccessChanged(ctx context.Context, user string, groups []string) 
 // every connected agent to delete their service account and bindings. The
 // caller has already made the person's certificates fail verification.
 func (n *Node) RevokeUser(ctx context.Context, user string) error {
-	n.EndSessions(func(s Session) bool { return s.User == user })
-	var errs []error
-	for _, cluster := range n.cfg.Registry.Clusters() {
-		if err := n.cfg.Registry.Control(ctx, cluster, &tunnel.Control{RequestID: newRequestID(), Op: tunnel.OpRevoke, User: user}); err != nil {
-			errs = append(errs, fmt.Errorf("node: revoke %q on %q: %w", user, cluster, err))
-		}
+	if inv, ok := n.cfg.Grants.(Invalidator); ok {
+		inv.Invalidate(user)
 	}
-	return errors.Join(errs...)
+	n.EndSessions(func(s Session) bool { return s.User == user })
+	clusters := n.cfg.Registry.Clusters()
+	controls := make([]*tunnel.Control, len(clusters))
+	for i := range clusters {
+		controls[i] = &tunnel.Control{RequestID: newRequestID(), Op: tunnel.OpRevoke, User: user}
+	}
+	return n.fanOut(ctx, clusters, controls)
 }
 
 // CertRevoker is the part of the CA that refuses revoked certificates.

@@ -56,6 +56,12 @@ type Config struct {
 	ServingCertTTL time.Duration
 	// AccessCacheTTL is how long the node keeps an access decision.
 	AccessCacheTTL time.Duration
+	// FeedInterval is how often the node polls the change feed; zero
+	// means control.Follower's default (100 ms).
+	FeedInterval time.Duration
+	// ExpiryInterval is how often the node looks for expired grants; zero
+	// means control.DefaultExpiryInterval.
+	ExpiryInterval time.Duration
 	// Identity validates Kratos sessions; nil accepts API tokens only.
 	Identity *identity.Kratos
 	// SSO reads SSO groups at login; nil keeps Kratos's.
@@ -103,6 +109,7 @@ type Gateway struct {
 	now    func() time.Time
 	policy *policy.Engine
 	cert   atomic.Pointer[tls.Certificate]
+	feed   *control.Follower
 
 	ready   chan struct{} // closed once the API serves
 	url     string        // set before ready closes
@@ -144,6 +151,10 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The feed's position first, then the revocations: a revocation made
+	// between the two is both loaded and applied, never neither.
+	g.feed = &control.Follower{Store: cfg.Store, Handler: applier{g}, Interval: cfg.FeedInterval, Logger: g.log, Now: cfg.Now}
+	g.feed.Start()
 	if err := LoadRevocations(ctx, cfg.Store, g.CA); err != nil {
 		return nil, err
 	}
@@ -248,7 +259,8 @@ func (g *Gateway) renewLoop(ctx context.Context) {
 }
 
 // Run serves until ctx ends: the node (with the API once it has its
-// address), the expirer and the certificate renewal. It returns once all of
+// address), the follower of the change feed, the expirer and the
+// certificate renewal. It returns once all of
 // them have stopped.
 func (g *Gateway) Run(ctx context.Context) error {
 	if !g.running.CompareAndSwap(false, true) {
@@ -275,10 +287,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return err
 	}
 	close(g.ready)
-	g.wg.Add(2)
+	g.wg.Add(3)
 	go func() {
 		defer g.wg.Done()
-		(&control.Expirer{Store: g.cfg.Store, Notify: g.Node, Logger: g.log}).Run(ctx)
+		// Every node looks for expired grants; the change feed tells them
+		// all (this one included) whose access changed.
+		(&control.Expirer{Store: g.cfg.Store, Interval: g.cfg.ExpiryInterval, Logger: g.log}).Run(ctx)
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.feed.Run(ctx)
 	}()
 	go func() {
 		defer g.wg.Done()
@@ -323,5 +341,33 @@ func (g *Gateway) Ready(ctx context.Context) (string, error) {
 // returned. It is idempotent.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() { g.Registry.Close() })
+	return nil
+}
+
+// applier applies the change feed on this node.
+type applier struct{ g *Gateway }
+
+var _ control.ChangeHandler = applier{}
+
+// ApplyChange implements control.ChangeHandler. The node that made a change
+// has applied it already; applying it again does no harm.
+func (a applier) ApplyChange(ctx context.Context, c store.Change) error {
+	g := a.g
+	rev := &node.Revoker{CA: g.CA, Node: g.Node}
+	switch c.Kind {
+	case store.ChangeAccess:
+		return g.Node.AccessChanged(ctx, c.Subject, nil)
+	case store.ChangeAll:
+		return g.Node.AccessChangedAll(ctx)
+	case store.ChangeRevokeSerial:
+		return rev.RevokeSerial(ctx, c.Subject)
+	case store.ChangeRevokeUser:
+		return rev.RevokeUser(ctx, c.Subject, c.Before)
+	case store.ChangeRevokeCluster:
+		return rev.RevokeAgents(ctx, c.Subject, c.Before)
+	case store.ChangeRevokeToken:
+		return nil // tokens are checked in the store at every use
+	}
+	g.log.Warn("change feed: unknown kind, ignored", "kind", c.Kind, "id", c.ID)
 	return nil
 }

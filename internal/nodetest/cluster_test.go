@@ -1,0 +1,204 @@
+package nodetest_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/internal/nodetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"),
+	)
+}
+
+// fakeAPI stands for a cluster's API server: namespaces to list, and a
+// watch of pods that sends an event every 50 ms until the client goes.
+func fakeAPI() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/api/v1/namespaces", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"kind":"NamespaceList","apiVersion":"v1","items":[{"metadata":{"name":"demo"}}]}`)
+	})
+	mux.HandleFunc("/api/v1/namespaces/demo/pods", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Query().Get("watch") != "true" {
+			fmt.Fprint(w, `{"kind":"PodList","apiVersion":"v1","items":[]}`)
+			return
+		}
+		rc := http.NewResponseController(w)
+		for i := 0; ; i++ {
+			fmt.Fprintf(w, `{"type":"ADDED","object":{"kind":"Pod","metadata":{"name":"p%d"}}}`+"\n", i)
+			rc.Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
+	return mux
+}
+
+func get(t *testing.T, c *nodetest.Cluster, n *nodetest.Node, cert tls.Certificate, path string) int {
+	t.Helper()
+	hc := c.HTTPClient(&cert)
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get(n.URL() + path)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Restarting a `gatehouse node` process keeps every identity: the agent
+// reconnects with the certificate it had (no new token), and a person's
+// certificate issued before the restart still works (issue 9, section 2).
+func TestNodeRestartKeepsIdentities(t *testing.T) {
+	c := nodetest.Start(t, 1)
+	n := c.Nodes[0]
+	agent := c.StartAgent("prod", n, fakeAPI())
+	ada, token := c.Person("ada@acme.test", "PROJECT_READ_ONLY", c.Project.ID, "")
+	cert := c.Credential(n, token)
+	eventually(t, 10*time.Second, "a request through the tunnel", func() bool { return get(t, c, n, cert, "/k8s/prod/api/v1/namespaces") == http.StatusOK })
+	root := c.RootPEM()
+
+	n.Stop()
+	n.Start()
+	if string(c.RootPEM()) != string(root) {
+		t.Fatal("the node came back with another root")
+	}
+	start := time.Now()
+	eventually(t, 30*time.Second, "the same certificate works after the restart", func() bool {
+		return get(t, c, n, cert, "/k8s/prod/api/v1/namespaces") == http.StatusOK
+	})
+	t.Logf("the person's request went through %s after the node was back (agent reconnect)", time.Since(start))
+	if agent.Sessions() < 2 {
+		t.Fatalf("the agent has had %d tunnel sessions; it should have reconnected", agent.Sessions())
+	}
+	// Revocations outlive the process too: revoke, restart, still refused.
+	code, body := c.Do(n, http.MethodPost, "/api/v1/revocations", c.AdminToken, api.RevocationRequest{User: ada.ID})
+	if code != http.StatusNoContent {
+		t.Fatalf("revoke: %d %s", code, body)
+	}
+	n.Stop()
+	n.Start()
+	if code := get(t, c, n, cert, "/k8s/prod/api/v1/namespaces"); code != http.StatusUnauthorized {
+		t.Fatalf("a revoked certificate after a restart: %d", code)
+	}
+}
+
+// watch opens a watch through node n with cert and returns a channel closed
+// when it ends.
+func watch(t *testing.T, c *nodetest.Cluster, n *nodetest.Node, cert tls.Certificate) <-chan struct{} {
+	t.Helper()
+	hc := c.HTTPClient(&cert)
+	resp, err := hc.Get(n.URL() + "/k8s/prod/api/v1/namespaces/demo/pods?watch=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("watch: %d", resp.StatusCode)
+	}
+	done := make(chan struct{})
+	lines := bufio.NewScanner(resp.Body)
+	if !lines.Scan() {
+		t.Fatal("the watch sent nothing")
+	}
+	go func() {
+		defer close(done)
+		defer hc.CloseIdleConnections()
+		defer resp.Body.Close()
+		for lines.Scan() {
+		}
+	}()
+	t.Cleanup(func() { resp.Body.Close() })
+	return done
+}
+
+func waitEnded(t *testing.T, done <-chan struct{}, since time.Time, what string) time.Duration {
+	t.Helper()
+	select {
+	case <-done:
+		took := time.Since(since)
+		t.Logf("%s: the watch through the other node ended %s later", what, took.Round(time.Millisecond))
+		return took
+	case <-time.After(15 * time.Second):
+		t.Fatalf("%s: the watch through the other node is still open after 15 s", what)
+	}
+	return 0
+}
+
+// Every change reaches every node (issue 9, section 3): two node processes
+// on one PostgreSQL; a person watches through node B; a revocation, a
+// narrowed grant and an expiring grant made through node A (or the store)
+// end the watch. The times are logged, not asserted.
+func TestChangesReachEveryNode(t *testing.T) {
+	c := nodetest.Start(t, 2)
+	a, b := c.Nodes[0], c.Nodes[1]
+	c.StartAgent("prod", b, fakeAPI())
+
+	t.Run("revocation", func(t *testing.T) {
+		u, token := c.Person("rev@acme.test", "PROJECT_READ_ONLY", c.Project.ID, "")
+		cert := c.Credential(a, token)
+		done := watch(t, c, b, cert)
+		start := time.Now()
+		if code, body := c.Do(a, http.MethodPost, "/api/v1/revocations", c.AdminToken, api.RevocationRequest{User: u.ID}); code != http.StatusNoContent {
+			t.Fatalf("revoke through node A: %d %s", code, body)
+		}
+		waitEnded(t, done, start, "revocation through node A")
+		if code := get(t, c, b, cert, "/k8s/prod/api/v1/namespaces"); code != http.StatusUnauthorized {
+			t.Fatalf("node B after the revocation: %d", code)
+		}
+	})
+
+	t.Run("narrowed grant", func(t *testing.T) {
+		u, token := c.Person("narrow@acme.test", "", "", "")
+		wide := c.Bind(u.ID, "PROJECT_READ_ONLY", c.Project.ID, "", time.Time{})
+		c.Bind(u.ID, "NAMESPACE_READ_ONLY", c.Project.ID, "other", time.Time{})
+		cert := c.Credential(a, token)
+		done := watch(t, c, b, cert)
+		start := time.Now()
+		if code, body := c.Do(a, http.MethodDelete, "/api/v1/rolebindings/"+wide.ID, c.AdminToken, nil); code != http.StatusNoContent {
+			t.Fatalf("narrow through node A: %d %s", code, body)
+		}
+		waitEnded(t, done, start, "grant narrowed through node A")
+		if code := get(t, c, b, cert, "/k8s/prod/api/v1/namespaces/other/pods"); code != http.StatusOK && code != http.StatusNotFound {
+			t.Fatalf("the narrowed grant should still reach its namespace: %d", code)
+		}
+	})
+
+	t.Run("expiring grant", func(t *testing.T) {
+		u, token := c.Person("brief@acme.test", "", "", "")
+		expires := time.Now().Add(3 * time.Second)
+		c.Bind(u.ID, "PROJECT_READ_ONLY", c.Project.ID, "", expires)
+		cert := c.Credential(a, token)
+		done := watch(t, c, b, cert)
+		waitEnded(t, done, expires, "grant expired")
+		if code := get(t, c, b, cert, "/k8s/prod/api/v1/namespaces"); code != http.StatusForbidden {
+			t.Fatalf("after expiry: %d", code)
+		}
+	})
+}

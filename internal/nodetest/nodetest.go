@@ -1,0 +1,443 @@
+// Package nodetest is the multi-node harness: it starts N `gatehouse node`
+// processes (the real binary) on one PostgreSQL store, with the CA made once
+// by `gatehouse ca init`, and in-process fake agents: the real tunnel client
+// in front of an HTTP handler that stands for a cluster's API server. Tests
+// about the gateway cluster (the change feed, restarts, later the ring) run
+// in seconds without a Kubernetes control plane; the real one stays for
+// end-to-end tests (internal/testenv).
+//
+// It is for tests only: it imports package testing, and the release binary
+// never links it (a test in cmd/gatehouse checks).
+package nodetest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/gatehouse-dev/gatehouse/node"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+var build struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// Binary builds the gatehouse binary once per test process and returns its
+// path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	build.once.Do(func() {
+		dir, err := os.MkdirTemp("", "gatehouse-bin-")
+		if err != nil {
+			build.err = err
+			return
+		}
+		build.bin = filepath.Join(dir, "gatehouse")
+		root, err := moduleRoot()
+		if err != nil {
+			build.err = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", build.bin, "./cmd/gatehouse")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("nodetest: go build: %v\n%s", err, out)
+		}
+	})
+	if build.err != nil {
+		t.Fatal(build.err)
+	}
+	return build.bin
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// Cluster is N gateway nodes on one store.
+type Cluster struct {
+	t       testing.TB
+	Bin     string
+	Dir     string
+	DSN     string
+	KEKFile string
+	// Store is the shared store, opened in the test process too: tests
+	// seed and change it directly, as another node's API would.
+	Store   *store.Store
+	Org     *store.Org
+	Project *store.Project
+	// Admin is an ADMIN of Org, and AdminToken an API token of theirs.
+	Admin      *store.User
+	AdminToken string
+	Nodes      []*Node
+}
+
+// Node is one `gatehouse node` process.
+type Node struct {
+	Name, Addr, Dir string
+	c               *Cluster
+	cmd             *exec.Cmd
+	done            chan error
+	log             *os.File
+}
+
+// URL is the node's https URL.
+func (n *Node) URL() string { return "https://" + n.Addr }
+
+// Start starts n nodes on a new PostgreSQL database.
+func Start(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, Bin: Binary(t), Dir: t.TempDir()}
+	pg := testenv.PostgresT(t)
+	c.DSN = pg.DSN
+	key := make([]byte, 32)
+	rand.Read(key)
+	c.KEKFile = filepath.Join(c.Dir, "ca.kek")
+	if err := os.WriteFile(c.KEKFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.run("migrate", "--store-driver", "postgres", "--store-dsn", c.DSN)
+	c.run("ca", "init", "--store-driver", "postgres", "--store-dsn", c.DSN, "--ca-kek-file", c.KEKFile)
+	ctx := context.Background()
+	scfg := store.DefaultConfig()
+	scfg.Driver, scfg.DSN = store.DriverPostgres, c.DSN
+	st, err := store.Open(ctx, scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c.Store = st
+	c.Org = &store.Org{Name: "acme"}
+	must(t, st.CreateOrg(ctx, c.Org))
+	c.Project = &store.Project{OrgID: c.Org.ID, Name: "web"}
+	must(t, st.CreateProject(ctx, c.Project))
+	c.Admin, c.AdminToken = c.Person("admin@acme.test", "ADMIN", "", "")
+	for i := range n {
+		c.Nodes = append(c.Nodes, c.newNode(fmt.Sprintf("node-%d", i+1)))
+	}
+	for _, nd := range c.Nodes {
+		nd.Start()
+	}
+	return c
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *Cluster) run(args ...string) {
+	c.t.Helper()
+	cmd := exec.Command(c.Bin, args...)
+	cmd.Env = append(os.Environ(), "GATEHOUSE_CA_KEK=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		c.t.Fatalf("gatehouse %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func (c *Cluster) newNode(name string) *Node {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := filepath.Join(c.Dir, name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+	return &Node{Name: name, Addr: addr, Dir: dir, c: c}
+}
+
+// Start starts the node's process and waits until it serves. A stopped
+// node starts again on the same address and state directory.
+func (n *Node) Start() {
+	t := n.c.t
+	t.Helper()
+	log, err := os.OpenFile(filepath.Join(n.Dir, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.log = log
+	n.cmd = exec.Command(n.c.Bin, "node", "--name", n.Name, "--addr", n.Addr, "--state-dir", n.Dir,
+		"--store-driver", "postgres", "--store-dsn", n.c.DSN, "--ca-kek-file", n.c.KEKFile, "--log-level", "debug",
+		"--shutdown-timeout", "5s")
+	n.cmd.Stdout, n.cmd.Stderr = log, log
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n.done = make(chan error, 1)
+	go func(cmd *exec.Cmd, done chan<- error) { done <- cmd.Wait() }(n.cmd, n.done)
+	t.Cleanup(n.Stop)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if pemBytes, err := os.ReadFile(filepath.Join(n.Dir, "ca.crt")); err == nil {
+			hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool(pemBytes)}}}
+			resp, err := hc.Get(n.URL() + "/readyz")
+			hc.CloseIdleConnections()
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return
+				}
+			}
+		}
+		select {
+		case err := <-n.done:
+			n.done <- err
+			t.Fatalf("node %s exited: %v\n%s", n.Name, err, n.LogTail())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s did not serve\n%s", n.Name, n.LogTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Stop stops the node gracefully (SIGTERM) and waits for it. It is
+// idempotent.
+func (n *Node) Stop() {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.done:
+	case <-time.After(20 * time.Second):
+		n.cmd.Process.Kill()
+		<-n.done
+	}
+	n.cmd = nil
+	n.log.Close()
+}
+
+// LogTail returns the end of the node's log.
+func (n *Node) LogTail() string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "node.log"))
+	if len(b) > 8000 {
+		b = b[len(b)-8000:]
+	}
+	return string(b)
+}
+
+func pool(pemBytes []byte) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AppendCertsFromPEM(pemBytes)
+	return p
+}
+
+// RootPEM is the gateway's root certificate, as every node serves it.
+func (c *Cluster) RootPEM() []byte {
+	b, err := os.ReadFile(filepath.Join(c.Nodes[0].Dir, "ca.crt"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return b
+}
+
+// Person creates a person with a role (at project scope when projectID is
+// set, in namespace ns when that is set too) and returns them with an API
+// token.
+func (c *Cluster) Person(email, role, projectID, ns string) (*store.User, string) {
+	ctx := context.Background()
+	u := &store.User{OrgID: c.Org.ID, Email: email}
+	must(c.t, c.Store.CreateUser(ctx, u))
+	if role != "" {
+		c.Bind(u.ID, role, projectID, ns, time.Time{})
+	}
+	tok, err := c.Store.CreateAPIToken(ctx, &store.APIToken{UserID: u.ID, Name: "test", Expires: time.Now().Add(time.Hour)})
+	must(c.t, err)
+	return u, tok
+}
+
+// Bind binds a person to a role, expiring at expires unless it is zero.
+func (c *Cluster) Bind(userID, role, projectID, ns string, expires time.Time) *store.Binding {
+	b := &store.Binding{OrgID: c.Org.ID, SubjectKind: store.SubjectUser, SubjectID: userID, Role: role, ProjectID: projectID, Namespace: ns, Expires: expires}
+	must(c.t, c.Store.CreateBinding(context.Background(), b))
+	return b
+}
+
+// Do calls node's API with token and returns the status and body.
+func (c *Cluster) Do(n *Node, method, path, token string, body any) (int, []byte) {
+	c.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		must(c.t, err)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, n.URL()+path, rd)
+	must(c.t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := c.HTTPClient(nil)
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Do(req)
+	must(c.t, err)
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+// HTTPClient returns a client that trusts the gateway and presents cert,
+// if any.
+func (c *Cluster) HTTPClient(cert *tls.Certificate) *http.Client {
+	cfg := &tls.Config{RootCAs: pool(c.RootPEM())}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+}
+
+// Credential mints a person's client certificate through node's API.
+func (c *Cluster) Credential(n *Node, token string) tls.Certificate {
+	c.t.Helper()
+	key, keyPEM, err := pki.NewKey()
+	must(c.t, err)
+	csr, err := pki.CSR(key)
+	must(c.t, err)
+	code, body := c.Do(n, http.MethodPost, "/api/v1/credentials", token, api.CredentialRequest{CSR: string(csr)})
+	if code != http.StatusOK {
+		c.t.Fatalf("credential: %d %s", code, body)
+	}
+	var cred api.Credential
+	must(c.t, json.Unmarshal(body, &cred))
+	cert, err := tls.X509KeyPair([]byte(cred.Certificate), keyPEM)
+	must(c.t, err)
+	return cert
+}
+
+// Agent is an in-process fake agent: the real tunnel client, registered
+// with a bootstrap token, in front of Handler (a stand-in API server).
+type Agent struct {
+	Cluster  string
+	Cert     tls.Certificate
+	Server   *httptest.Server
+	controls atomic.Int64
+	client   *tunnel.Client
+	stop     func()
+}
+
+// Controls returns how many control messages the agent carried out.
+func (a *Agent) Controls() int64 { return a.controls.Load() }
+
+// Sessions returns how many tunnel sessions the agent has had.
+func (a *Agent) Sessions() int64 { return a.client.Sessions() }
+
+// Stop stops the agent. It is idempotent.
+func (a *Agent) Stop() { a.stop() }
+
+// StartAgent registers cluster (made in the store, in Project) through
+// node n and runs its agent's tunnel to n, serving h.
+func (c *Cluster) StartAgent(cluster string, n *Node, h http.Handler) *Agent {
+	t := c.t
+	t.Helper()
+	ctx := context.Background()
+	cl := &store.Cluster{Name: cluster, ProjectID: c.Project.ID}
+	must(t, c.Store.CreateCluster(ctx, cl))
+	token, err := c.Store.CreateBootstrapToken(ctx, cl.ID, time.Hour)
+	must(t, err)
+	key, keyPEM, err := pki.NewKey()
+	must(t, err)
+	csr, err := pki.CSR(key)
+	must(t, err)
+	body, _ := json.Marshal(node.RegisterRequest{Token: token, CSR: string(csr), Fingerprint: "uid-" + cluster})
+	hc := c.HTTPClient(nil)
+	resp, err := hc.Post(n.URL()+"/v1/agents/register", "application/json", bytes.NewReader(body))
+	must(t, err)
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	hc.CloseIdleConnections()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("register %s: %d %s", cluster, resp.StatusCode, out)
+	}
+	var reg node.RegisterResponse
+	must(t, json.Unmarshal(out, &reg))
+	cert, err := tls.X509KeyPair([]byte(reg.Certificate), keyPEM)
+	must(t, err)
+	a := &Agent{Cluster: cluster, Cert: cert, Server: httptest.NewServer(h)}
+	target, _ := url.Parse(a.Server.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.FlushInterval = -1
+	cfg := tunnel.DefaultClientConfig()
+	cfg.GatewayAddr, cfg.ServerName, cfg.RootCAs, cfg.Proxy = n.Addr, "127.0.0.1", pool(c.RootPEM()), nil
+	cfg.GetCertificate = func() (*tls.Certificate, error) { return &a.Cert, nil }
+	cfg.Handler = proxy
+	cfg.Control = tunnel.ControlFunc(func(context.Context, *tunnel.Control) error {
+		a.controls.Add(1)
+		return nil
+	})
+	a.client, err = tunnel.NewClient(cfg)
+	must(t, err)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.client.Run(rctx)
+	}()
+	var once sync.Once
+	a.stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			a.Server.Close()
+		})
+	}
+	t.Cleanup(a.stop)
+	return a
+}
+
+// CertSerial returns the hex serial of a certificate's leaf.
+func CertSerial(c tls.Certificate) string {
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		return ""
+	}
+	return leaf.SerialNumber.Text(16)
+}
+
+// PEMChain returns a certificate's chain in PEM.
+func PEMChain(c tls.Certificate) []byte {
+	var b bytes.Buffer
+	for _, der := range c.Certificate {
+		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: der})
+	}
+	return b.Bytes()
+}
