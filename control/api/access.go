@@ -7,8 +7,7 @@ import (
 	"strings"
 	"time"
 
-	rbacv1 "k8s.io/api/rbac/v1"
-
+	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/grant"
@@ -45,22 +44,8 @@ func (a *API) notify(ctx context.Context, subjectKind, subjectID string) {
 	}
 }
 
-// User is the API's person.
-type User struct {
-	ID    string `json:"id,omitempty"`
-	Email string `json:"email"`
-	Name  string `json:"name,omitempty"`
-	// CertTTL overrides the organization's certificate lifetime ("4h").
-	CertTTL string `json:"certTTL,omitempty"`
-	Linked  bool   `json:"linked"`
-	// Password, on creation only, makes the person a local account in
-	// Kratos with this first password; without it the person is linked
-	// at their first (SSO) login.
-	Password  string    `json:"password,omitempty"`
-	Version   int64     `json:"version,omitempty"`
-	Created   time.Time `json:"created,omitzero"`
-	LastLogin time.Time `json:"lastLogin,omitzero"`
-}
+// User is apitypes.User.
+type User = apitypes.User
 
 func userOut(u *store.User) User {
 	out := User{ID: u.ID, Email: u.Email, Name: u.Display, Linked: u.KratosID != "", Version: u.Version, Created: u.Created, LastLogin: u.LastLogin}
@@ -159,20 +144,11 @@ func (a *API) userByRef(r *http.Request, c *Caller, ref string) (*store.User, er
 	return u, nil
 }
 
-// InvitationRequest asks for an invitation.
-type InvitationRequest struct {
-	// TTL is how long the invitation lasts ("24h", the default; at most
-	// MaxInvitationTTL).
-	TTL string `json:"ttl,omitempty"`
-}
+// InvitationRequest is apitypes.InvitationRequest.
+type InvitationRequest = apitypes.InvitationRequest
 
-// InvitationResult is an invitation: the one string with which the person
-// sets the first password of their local account (`gatehouse login
-// --invitation`). It is shown once; Kratos keeps only its hash.
-type InvitationResult struct {
-	Invitation string    `json:"invitation"`
-	Expires    time.Time `json:"expires"`
-}
+// InvitationResult is apitypes.InvitationResult.
+type InvitationResult = apitypes.InvitationResult
 
 // Invitation lifetimes: a day to act on it by default, a week at most.
 const (
@@ -248,16 +224,8 @@ func (a *API) deleteUser(w http.ResponseWriter, r *http.Request, c *Caller) erro
 	return nil
 }
 
-// Group is the API's group.
-type Group struct {
-	Name        string `json:"name"`
-	Description string `json:"description,omitempty"`
-	// IdPGroups are identity-provider groups whose members belong here
-	// (synced at every login).
-	IdPGroups []string `json:"idpGroups,omitempty"`
-	// Members are people's ids (local members).
-	Members []string `json:"members,omitempty"`
-}
+// Group is apitypes.Group.
+type Group = apitypes.Group
 
 func (a *API) listGroups(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	if !c.decider.Allowed(c.scope(""), policy.GroupRead) {
@@ -347,23 +315,11 @@ func (a *API) deleteGroup(w http.ResponseWriter, r *http.Request, c *Caller) err
 	return nil
 }
 
-// Subject names who a binding is for: a person (id or email) or a group
-// (name).
-type Subject struct {
-	Kind string `json:"kind"`
-	Name string `json:"name"`
-}
+// Subject is apitypes.Subject.
+type Subject = apitypes.Subject
 
-// RoleBinding is the API's role binding.
-type RoleBinding struct {
-	ID        string    `json:"id,omitempty"`
-	Subject   Subject   `json:"subject"`
-	Role      string    `json:"role"`
-	Project   string    `json:"project,omitempty"`
-	Namespace string    `json:"namespace,omitempty"`
-	Expires   time.Time `json:"expires,omitzero"`
-	CreatedBy string    `json:"createdBy,omitempty"`
-}
+// RoleBinding is apitypes.RoleBinding.
+type RoleBinding = apitypes.RoleBinding
 
 func (a *API) bindingOut(r *http.Request, c *Caller, b *store.Binding) RoleBinding {
 	out := RoleBinding{ID: b.ID, Role: b.Role, Namespace: b.Namespace, Expires: b.Expires, CreatedBy: b.CreatedBy, Subject: Subject{Kind: b.SubjectKind, Name: b.SubjectID}}
@@ -504,16 +460,8 @@ func (a *API) deleteBinding(w http.ResponseWriter, r *http.Request, c *Caller) e
 	return nil
 }
 
-// RoleInfo describes a role: built-in (actions, kube) or custom (rules).
-type RoleInfo struct {
-	Name        string              `json:"name"`
-	Scope       string              `json:"scope"`
-	Actions     []string            `json:"actions,omitempty"`
-	Kube        string              `json:"kube,omitempty"`
-	Builtin     bool                `json:"builtin"`
-	Rules       []rbacv1.PolicyRule `json:"rules,omitempty"`
-	Description string              `json:"description,omitempty"`
-}
+// RoleInfo is apitypes.RoleInfo.
+type RoleInfo = apitypes.RoleInfo
 
 // createRole creates a custom role: Kubernetes rules that may name
 // particular objects (resourceNames), bound at project or namespace scope.
@@ -595,18 +543,8 @@ func (a *API) listRoles(w http.ResponseWriter, r *http.Request, c *Caller) error
 	return writeJSON(w, http.StatusOK, out)
 }
 
-// Token is an API token of the caller's. Secret is present once, in the
-// answer to its creation.
-type Token struct {
-	ID       string    `json:"id,omitempty"`
-	Name     string    `json:"name"`
-	TTL      string    `json:"ttl,omitempty"`
-	Roles    []string  `json:"roles,omitempty"`
-	Secret   string    `json:"secret,omitempty"`
-	Expires  time.Time `json:"expires,omitzero"`
-	LastUsed time.Time `json:"lastUsed,omitzero"`
-	Revoked  bool      `json:"revoked,omitempty"`
-}
+// Token is apitypes.Token.
+type Token = apitypes.Token
 
 // MaxTokenTTL bounds API tokens: a year, so that none is forever.
 const MaxTokenTTL = 365 * 24 * time.Hour

@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 	"github.com/gatehouse-dev/gatehouse/control/identity"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
@@ -406,11 +407,8 @@ func page(r *http.Request) (store.Page, error) {
 	return p, nil
 }
 
-// List is a page of a list response.
-type List[T any] struct {
-	Items    []T    `json:"items"`
-	Continue string `json:"continue,omitempty"`
-}
+// List is apitypes.List.
+type List[T any] = apitypes.List[T]
 
 // auditChange writes a system audit event for a change.
 func (a *API) auditChange(ctx context.Context, r *http.Request, c *Caller, action, object string, status int, errMsg string) {

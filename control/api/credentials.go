@@ -10,19 +10,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 )
 
-// LoginResult answers POST /api/v1/login.
-type LoginResult struct {
-	Whoami
-	// Groups are the Gatehouse groups the person is in after this login.
-	Groups []string `json:"groups"`
-	// Warning is set when the login succeeded but the person's groups at
-	// their SSO provider could not be read.
-	Warning string `json:"warning,omitempty"`
-}
+// LoginResult is apitypes.LoginResult.
+type LoginResult = apitypes.LoginResult
 
 // login records a Kratos login: it links a person provisioned by email to
 // their identity (first login) and replaces their IdP groups with those of
@@ -88,22 +82,11 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	return nil
 }
 
-// CredentialRequest asks for a client certificate for a key the person
-// generated (the private key never leaves their machine).
-type CredentialRequest struct {
-	CSR string `json:"csr"`
-	// TTL is the lifetime asked for ("8h"); empty means the default for
-	// the person. It may not exceed the organization's maximum.
-	TTL string `json:"ttl,omitempty"`
-}
+// CredentialRequest is apitypes.CredentialRequest.
+type CredentialRequest = apitypes.CredentialRequest
 
-// Credential is a client certificate for kubectl.
-type Credential struct {
-	// Certificate is the chain (leaf, then the users intermediate), PEM.
-	Certificate string    `json:"certificate"`
-	Expires     time.Time `json:"expires"`
-	Serial      string    `json:"serial"`
-}
+// Credential is apitypes.Credential.
+type Credential = apitypes.Credential
 
 func (a *API) credentials(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	if a.cfg.Issuer == nil {
@@ -170,13 +153,8 @@ func (a *API) credentials(w http.ResponseWriter, r *http.Request, c *Caller) err
 	return writeJSON(w, http.StatusOK, Credential{Certificate: string(chain), Expires: leaf.NotAfter.UTC(), Serial: serial})
 }
 
-// RevocationRequest revokes one certificate (Serial) or everything a
-// person holds (User: id or email).
-type RevocationRequest struct {
-	User   string `json:"user,omitempty"`
-	Serial string `json:"serial,omitempty"`
-	Reason string `json:"reason,omitempty"`
-}
+// RevocationRequest is apitypes.RevocationRequest.
+type RevocationRequest = apitypes.RevocationRequest
 
 func (a *API) revoke(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	var in RevocationRequest

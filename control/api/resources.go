@@ -6,17 +6,14 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/deploy/bootstrap"
 )
 
-// Whoami is the caller as the API sees them.
-type Whoami struct {
-	ID    string `json:"id"`
-	Email string `json:"email"`
-	Org   string `json:"org"`
-}
+// Whoami is apitypes.Whoami.
+type Whoami = apitypes.Whoami
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	org, err := a.cfg.Store.GetOrg(r.Context(), c.User.OrgID)
@@ -26,13 +23,8 @@ func (a *API) whoami(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	return writeJSON(w, http.StatusOK, Whoami{ID: c.User.ID, Email: c.User.Email, Org: org.Name})
 }
 
-// Project is the API's project.
-type Project struct {
-	Name        string    `json:"name"`
-	Description string    `json:"description,omitempty"`
-	Version     int64     `json:"version,omitempty"`
-	Created     time.Time `json:"created,omitzero"`
-}
+// Project is apitypes.Project.
+type Project = apitypes.Project
 
 func projectOut(p *store.Project) Project {
 	return Project{Name: p.Name, Description: p.Description, Version: p.Version, Created: p.Created}
@@ -122,31 +114,14 @@ func (a *API) deleteProject(w http.ResponseWriter, r *http.Request, c *Caller) e
 	return nil
 }
 
-// Cluster is the API's cluster.
-type Cluster struct {
-	Name        string `json:"name"`
-	Project     string `json:"project"`
-	Description string `json:"description,omitempty"`
-	// Registered says whether an agent has registered (its fingerprint is
-	// known).
-	Registered bool      `json:"registered"`
-	Version    int64     `json:"version,omitempty"`
-	Created    time.Time `json:"created,omitzero"`
-}
+// Cluster is apitypes.Cluster.
+type Cluster = apitypes.Cluster
 
-// Bootstrap is what a new cluster needs: the one-time token and the
-// manifest that carries it.
-type Bootstrap struct {
-	Token    string    `json:"token"`
-	Expires  time.Time `json:"expires"`
-	Manifest string    `json:"manifest"`
-}
+// Bootstrap is apitypes.Bootstrap.
+type Bootstrap = apitypes.Bootstrap
 
-// ClusterCreated answers POST /api/v1/clusters.
-type ClusterCreated struct {
-	Cluster   Cluster   `json:"cluster"`
-	Bootstrap Bootstrap `json:"bootstrap"`
-}
+// ClusterCreated is apitypes.ClusterCreated.
+type ClusterCreated = apitypes.ClusterCreated
 
 func clusterOut(c *store.Cluster, project string) Cluster {
 	return Cluster{Name: c.Name, Project: project, Description: c.Description, Registered: c.Fingerprint != "", Version: c.Version, Created: c.Created}

@@ -14,7 +14,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 )
 
 // Document is one object of a `gatehouse apply` file: a kind and that
@@ -56,15 +56,15 @@ func ParseDocuments(r io.Reader, source string) ([]Document, error) {
 		var obj any
 		switch head.Kind {
 		case "Project":
-			obj = &api.Project{}
+			obj = &apitypes.Project{}
 		case "Cluster":
-			obj = &api.Cluster{}
+			obj = &apitypes.Cluster{}
 		case "User":
-			obj = &api.User{}
+			obj = &apitypes.User{}
 		case "Group":
-			obj = &api.Group{}
+			obj = &apitypes.Group{}
 		case "RoleBinding":
-			obj = &api.RoleBinding{}
+			obj = &apitypes.RoleBinding{}
 		case "":
 			return nil, fmt.Errorf("%s: no kind (one of %s)", src, strings.Join(applyOrder, ", "))
 		default:
@@ -134,9 +134,9 @@ func notFound(err error) bool {
 
 func (c *Client) apply(ctx context.Context, d Document) (Result, error) {
 	switch o := d.obj.(type) {
-	case *api.Project:
+	case *apitypes.Project:
 		res := Result{Object: "project/" + o.Name}
-		var cur api.Project
+		var cur apitypes.Project
 		err := c.call(ctx, http.MethodGet, "/api/v1/projects/"+url.PathEscape(o.Name), nil, &cur)
 		switch {
 		case notFound(err):
@@ -149,9 +149,9 @@ func (c *Client) apply(ctx context.Context, d Document) (Result, error) {
 			return res, nil
 		}
 		res.Action = "updated"
-		upd := api.Project{Name: o.Name, Description: o.Description, Version: cur.Version}
+		upd := apitypes.Project{Name: o.Name, Description: o.Description, Version: cur.Version}
 		return res, c.call(ctx, http.MethodPut, "/api/v1/projects/"+url.PathEscape(o.Name), upd, nil)
-	case *api.Cluster:
+	case *apitypes.Cluster:
 		res := Result{Object: "cluster/" + o.Name}
 		_, err := c.GetCluster(ctx, o.Name)
 		switch {
@@ -168,37 +168,37 @@ func (c *Client) apply(ctx context.Context, d Document) (Result, error) {
 		}
 		res.Action = "unchanged"
 		return res, nil
-	case *api.User:
+	case *apitypes.User:
 		res := Result{Object: "user/" + o.Email}
-		var l api.List[api.User]
+		var l apitypes.List[apitypes.User]
 		if err := c.listAll(ctx, "/api/v1/users", &l); err != nil {
 			return res, err
 		}
-		if slices.ContainsFunc(l.Items, func(u api.User) bool { return strings.EqualFold(u.Email, o.Email) }) {
+		if slices.ContainsFunc(l.Items, func(u apitypes.User) bool { return strings.EqualFold(u.Email, o.Email) }) {
 			res.Action = "unchanged"
 			return res, nil
 		}
 		res.Action = "created"
 		return res, c.call(ctx, http.MethodPost, "/api/v1/users", o, nil)
-	case *api.Group:
+	case *apitypes.Group:
 		res := Result{Object: "group/" + o.Name}
-		var l api.List[api.Group]
+		var l apitypes.List[apitypes.Group]
 		if err := c.listAll(ctx, "/api/v1/groups", &l); err != nil {
 			return res, err
 		}
-		if slices.ContainsFunc(l.Items, func(g api.Group) bool { return g.Name == o.Name }) {
+		if slices.ContainsFunc(l.Items, func(g apitypes.Group) bool { return g.Name == o.Name }) {
 			res.Action = "unchanged"
 			return res, nil
 		}
 		res.Action = "created"
 		return res, c.call(ctx, http.MethodPost, "/api/v1/groups", o, nil)
-	case *api.RoleBinding:
+	case *apitypes.RoleBinding:
 		res := Result{Object: fmt.Sprintf("rolebinding/%s:%s:%s@%s/%s", o.Subject.Kind, o.Subject.Name, o.Role, o.Project, o.Namespace)}
-		var l api.List[api.RoleBinding]
+		var l apitypes.List[apitypes.RoleBinding]
 		if err := c.listAll(ctx, "/api/v1/rolebindings", &l); err != nil {
 			return res, err
 		}
-		same := func(b api.RoleBinding) bool {
+		same := func(b apitypes.RoleBinding) bool {
 			return b.Subject.Kind == o.Subject.Kind && strings.EqualFold(b.Subject.Name, o.Subject.Name) && b.Role == o.Role &&
 				b.Project == o.Project && b.Namespace == o.Namespace && b.Expires.Equal(o.Expires)
 		}
@@ -212,7 +212,7 @@ func (c *Client) apply(ctx context.Context, d Document) (Result, error) {
 	return Result{}, fmt.Errorf("unknown document kind %q", d.Kind)
 }
 
-// listAll reads every page of a list into l (a *api.List[T]).
+// listAll reads every page of a list into l (a *apitypes.List[T]).
 func (c *Client) listAll(ctx context.Context, path string, l any) error {
 	type page struct {
 		Items    []json.RawMessage `json:"items"`

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 )
 
 // Problem is an error answered by the API (application/problem+json).
@@ -126,24 +126,24 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 }
 
 // CreateCluster creates a cluster and returns it with its bootstrap.
-func (c *Client) CreateCluster(ctx context.Context, cl api.Cluster) (*api.ClusterCreated, error) {
-	var out api.ClusterCreated
+func (c *Client) CreateCluster(ctx context.Context, cl apitypes.Cluster) (*apitypes.ClusterCreated, error) {
+	var out apitypes.ClusterCreated
 	return &out, c.call(ctx, http.MethodPost, "/api/v1/clusters", cl, &out)
 }
 
 // GetCluster reads a cluster.
-func (c *Client) GetCluster(ctx context.Context, name string) (*api.Cluster, error) {
-	var out api.Cluster
+func (c *Client) GetCluster(ctx context.Context, name string) (*apitypes.Cluster, error) {
+	var out apitypes.Cluster
 	return &out, c.call(ctx, http.MethodGet, "/api/v1/clusters/"+url.PathEscape(name), nil, &out)
 }
 
 // ListClusters lists all of a project's clusters, following continue
 // tokens.
-func (c *Client) ListClusters(ctx context.Context, project string) ([]api.Cluster, error) {
-	var all []api.Cluster
+func (c *Client) ListClusters(ctx context.Context, project string) ([]apitypes.Cluster, error) {
+	var all []apitypes.Cluster
 	cont := ""
 	for {
-		var l api.List[api.Cluster]
+		var l apitypes.List[apitypes.Cluster]
 		q := url.Values{"project": {project}}
 		if cont != "" {
 			q.Set("continue", cont)
@@ -166,35 +166,35 @@ func (c *Client) DeleteCluster(ctx context.Context, name string) error {
 // Rehome moves a registered cluster to a new fingerprint (a rebuilt
 // cluster): the old agent is revoked, and the new bootstrap token and
 // manifest register the new one.
-func (c *Client) Rehome(ctx context.Context, name string) (*api.Bootstrap, error) {
-	var out api.Bootstrap
+func (c *Client) Rehome(ctx context.Context, name string) (*apitypes.Bootstrap, error) {
+	var out apitypes.Bootstrap
 	return &out, c.call(ctx, http.MethodPost, "/api/v1/clusters/"+url.PathEscape(name)+"/rehome", nil, &out)
 }
 
 // Bootstrap issues a new bootstrap token and manifest for a cluster.
-func (c *Client) Bootstrap(ctx context.Context, name string) (*api.Bootstrap, error) {
-	var out api.Bootstrap
+func (c *Client) Bootstrap(ctx context.Context, name string) (*apitypes.Bootstrap, error) {
+	var out apitypes.Bootstrap
 	return &out, c.call(ctx, http.MethodPost, "/api/v1/clusters/"+url.PathEscape(name)+"/bootstrap", nil, &out)
 }
 
 // Whoami returns the caller.
-func (c *Client) Whoami(ctx context.Context) (*api.Whoami, error) {
-	var out api.Whoami
+func (c *Client) Whoami(ctx context.Context) (*apitypes.Whoami, error) {
+	var out apitypes.Whoami
 	return &out, c.call(ctx, http.MethodGet, "/api/v1/whoami", nil, &out)
 }
 
 // Login records a Kratos login with Gatehouse (links the identity, syncs
 // IdP groups). The client's token must be the session token.
-func (c *Client) Login(ctx context.Context) (*api.LoginResult, error) {
-	var out api.LoginResult
+func (c *Client) Login(ctx context.Context) (*apitypes.LoginResult, error) {
+	var out apitypes.LoginResult
 	return &out, c.call(ctx, http.MethodPost, "/api/v1/login", nil, &out)
 }
 
 // Invite issues an invitation to a person (id or email); ttl "" means the
 // server's default.
-func (c *Client) Invite(ctx context.Context, user, ttl string) (*api.InvitationResult, error) {
-	var out api.InvitationResult
-	return &out, c.call(ctx, http.MethodPost, "/api/v1/users/"+url.PathEscape(user)+"/invitation", api.InvitationRequest{TTL: ttl}, &out)
+func (c *Client) Invite(ctx context.Context, user, ttl string) (*apitypes.InvitationResult, error) {
+	var out apitypes.InvitationResult
+	return &out, c.call(ctx, http.MethodPost, "/api/v1/users/"+url.PathEscape(user)+"/invitation", apitypes.InvitationRequest{TTL: ttl}, &out)
 }
 
 // Logout ends the client's session.
@@ -203,13 +203,13 @@ func (c *Client) Logout(ctx context.Context) error {
 }
 
 // Credential asks for a client certificate for the key of csrPEM.
-func (c *Client) Credential(ctx context.Context, csrPEM []byte, ttl string) (*api.Credential, error) {
-	var out api.Credential
-	return &out, c.call(ctx, http.MethodPost, "/api/v1/credentials", api.CredentialRequest{CSR: string(csrPEM), TTL: ttl}, &out)
+func (c *Client) Credential(ctx context.Context, csrPEM []byte, ttl string) (*apitypes.Credential, error) {
+	var out apitypes.Credential
+	return &out, c.call(ctx, http.MethodPost, "/api/v1/credentials", apitypes.CredentialRequest{CSR: string(csrPEM), TTL: ttl}, &out)
 }
 
 // Revoke revokes a certificate or a person.
-func (c *Client) Revoke(ctx context.Context, req api.RevocationRequest) error {
+func (c *Client) Revoke(ctx context.Context, req apitypes.RevocationRequest) error {
 	return c.call(ctx, http.MethodPost, "/api/v1/revocations", req, nil)
 }
 

@@ -6,7 +6,8 @@
 //     and kube-scheduler, run from binaries built from their Go modules, plus kwok
 //     with a few fake nodes whose pods stream logs, exec, attach and port-forward.
 //   - PostgreSQL from the machine's server binaries, standing in for CockroachDB.
-//   - Kafka: franz-go's kfake, in process, reached over the real wire protocol.
+//   - Kafka: franz-go's kfake, in process, reached over the real wire protocol
+//     (package internal/kafkatest, apart so that gatehouse dev does not link it).
 //   - Ory Kratos, built from its module, on SQLite.
 //
 // Every component has a constructor that takes a context and returns a value

@@ -5,12 +5,24 @@ import (
 	"bytes"
 	"context"
 	"strings"
-	"testing"
 	"time"
 )
 
+// TB is the part of testing.TB the helpers use. It is an interface of its
+// own so that this package does not import package testing: gatehouse dev
+// links it (internal/devsetup), and the release binary must not link
+// testing.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	Failed() bool
+}
+
 // PostgresT starts PostgreSQL for one test and stops it at cleanup.
-func PostgresT(t testing.TB) *Postgres {
+func PostgresT(t TB) *Postgres {
 	t.Helper()
 	pg, err := StartPostgres(context.Background(), DefaultPostgresConfig())
 	if err != nil {
@@ -20,19 +32,8 @@ func PostgresT(t testing.TB) *Postgres {
 	return pg
 }
 
-// KafkaT starts kfake for one test and stops it at cleanup.
-func KafkaT(t testing.TB, cfg KafkaConfig) *Kafka {
-	t.Helper()
-	k, err := StartKafka(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	return k
-}
-
 // KratosT starts Kratos for one test and stops it at cleanup.
-func KratosT(t testing.TB) *Kratos {
+func KratosT(t TB) *Kratos {
 	t.Helper()
 	kr, err := StartKratos(context.Background(), DefaultKratosConfig())
 	if err != nil {
@@ -45,7 +46,7 @@ func KratosT(t testing.TB) *Kratos {
 // KubeT starts a control plane for one test and stops it at cleanup. A
 // package whose tests share one cluster starts it in TestMain with
 // StartKube instead.
-func KubeT(t testing.TB, cfg KubeConfig) *Kube {
+func KubeT(t TB, cfg KubeConfig) *Kube {
 	t.Helper()
 	k, err := StartKube(context.Background(), cfg)
 	if err != nil {
@@ -59,7 +60,7 @@ func KubeT(t testing.TB, cfg KubeConfig) *Kube {
 // returns its stdout line by line, for streaming commands (get -w, logs -f,
 // attach, port-forward). The command is killed and reaped at cleanup, and
 // its stderr logged if the test failed.
-func (k *Kube) KubectlLines(t testing.TB, kubeconfig string, args ...string) <-chan string {
+func (k *Kube) KubectlLines(t TB, kubeconfig string, args ...string) <-chan string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd, err := k.Kubectl(ctx, kubeconfig, args...)
@@ -105,7 +106,7 @@ func (k *Kube) KubectlLines(t testing.TB, kubeconfig string, args ...string) <-c
 
 // WaitForLine fails the test unless a line containing want arrives on lines
 // before the timeout.
-func WaitForLine(t testing.TB, lines <-chan string, want string, timeout time.Duration) {
+func WaitForLine(t TB, lines <-chan string, want string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {

@@ -1,4 +1,4 @@
-package testenv_test
+package kafkatest_test
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/gatehouse-dev/gatehouse/internal/kafkatest"
 )
 
 func TestKafkaProduceConsumeInOrder(t *testing.T) {
@@ -18,7 +18,7 @@ func TestKafkaProduceConsumeInOrder(t *testing.T) {
 		total      = 1000
 		keys       = 10
 	)
-	kf := testenv.KafkaT(t, testenv.KafkaConfig{Brokers: 1, Topics: []string{topic}, Partitions: partitions})
+	kf := kafkatest.StartT(t, kafkatest.Config{Brokers: 1, Topics: []string{topic}, Partitions: partitions})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
