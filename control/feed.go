@@ -52,10 +52,11 @@ const pageSize = 500
 
 // Start positions the follower at the feed's present: changes stamped
 // before now - Lookback are history (what they did is in the store, and
-// the node loaded it at start).
+// the node loads it after Start); those of the last Lookback are applied
+// again at the first poll, which does no harm.
 func (f *Follower) Start() {
 	f.defaults()
-	f.high = f.now().Add(-f.Lookback)
+	f.high = f.now()
 	f.seen = map[string]time.Time{}
 }
 

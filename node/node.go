@@ -424,6 +424,12 @@ func (n *Node) serveAgent(ctx context.Context, c *tls.Conn) {
 	n.agents.Add(1)
 	defer n.agents.Done()
 	defer c.Close()
+	if ctx.Err() != nil {
+		// Stopping: the agent goes to another node (or back to this one
+		// once it has restarted).
+		n.log.Info("agent refused: the node is stopping", "remote", c.RemoteAddr().String())
+		return
+	}
 	st := c.ConnectionState()
 	if st.Version < tls.VersionTLS13 {
 		n.log.Warn("agent refused: TLS older than 1.3", "remote", c.RemoteAddr().String())

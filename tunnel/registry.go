@@ -31,6 +31,8 @@ type Registry struct {
 	mu       sync.Mutex // guards sessions and closed
 	sessions map[string]*yamux.Session
 	closed   bool
+
+	serving sync.WaitGroup // Serve calls in progress; Close waits for them
 }
 
 // NewRegistry returns an empty registry; logger may be nil.
@@ -75,6 +77,8 @@ func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn, opt
 		sess.Close()
 		return ErrRegistryClosed
 	}
+	r.serving.Add(1) // under mu, so that Close cannot be waiting yet
+	defer r.serving.Done()
 	old := r.sessions[cluster]
 	r.sessions[cluster] = sess
 	r.mu.Unlock()
@@ -271,8 +275,8 @@ func (r *Registry) Disconnect(cluster string) bool {
 	return s != nil
 }
 
-// Close closes every tunnel and refuses new ones. Serve calls return as
-// their sessions close. It is idempotent.
+// Close closes every tunnel, refuses new ones, and returns once every Serve
+// call (and the goroutines each owns) has returned. It is idempotent.
 func (r *Registry) Close() error {
 	r.mu.Lock()
 	r.closed = true
@@ -282,5 +286,6 @@ func (r *Registry) Close() error {
 	for _, s := range sessions {
 		s.Close()
 	}
+	r.serving.Wait()
 	return nil
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/internal/pki"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/hashicorp/yamux"
 )
 
 func TestMain(m *testing.M) {
@@ -141,13 +143,7 @@ func (g *gateway) runClient(cfg ClientConfig) *Client {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(t, 20*time.Second, testenv.Cond(what, cond))
 }
 
 // whoami answers every request with the stream header's user.
@@ -435,5 +431,36 @@ func BenchmarkIdleTunnelHeap(b *testing.B) {
 		waitFor(b, "all tunnels", func() bool { return g.reg.Len() == agents })
 		b.ReportMetric(float64(heap()-before)/float64(agents), "heap-B/tunnel")
 		b.ReportMetric(float64(runtime.NumGoroutine())/float64(agents), "goroutines/tunnel")
+	}
+}
+
+// Close returns only once every Serve call has returned, and a registry
+// that is closed refuses new tunnels.
+func TestRegistryCloseWaitsForServe(t *testing.T) {
+	reg := NewRegistry(nil)
+	served := make(chan struct{})
+	srv, cli := net.Pipe()
+	defer cli.Close()
+	go func() {
+		defer close(served)
+		reg.Serve(context.Background(), "c1", srv, ServeOptions{})
+	}()
+	// The client end must speak yamux for the session to come up.
+	sess, err := yamux.Client(cli, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	waitFor(t, "the tunnel", func() bool { return reg.Connected("c1") })
+	reg.Close()
+	select {
+	case <-served:
+	default:
+		t.Fatal("Close returned while Serve was still running")
+	}
+	a, b := net.Pipe()
+	defer b.Close()
+	if err := reg.Serve(context.Background(), "c2", a, ServeOptions{}); !errors.Is(err, ErrRegistryClosed) {
+		t.Fatalf("Serve after Close: %v", err)
 	}
 }

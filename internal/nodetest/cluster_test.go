@@ -12,6 +12,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/internal/nodetest"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -64,13 +65,7 @@ func get(t *testing.T, c *nodetest.Cluster, n *nodetest.Node, cert tls.Certifica
 
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, timeout, testenv.Cond(what, cond))
 }
 
 // Restarting a `gatehouse node` process keeps every identity: the agent

@@ -15,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
 // eventually polls cond every 100 ms until it returns nil or the timeout
@@ -23,19 +25,7 @@ func eventually(t *testing.T, timeout time.Duration, cond func(context.Context) 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := cond(ctx)
-		if err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("condition not met in %s: %v", timeout, err)
-		case <-tick.C:
-		}
-	}
+	testenv.Eventually(t, timeout, func() error { return cond(ctx) })
 }
 
 func newNamespace(t *testing.T, cs kubernetes.Interface, prefix string) string {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"time"
 )
@@ -121,5 +122,33 @@ func WaitForLine(t TB, lines <-chan string, want string, timeout time.Duration) 
 		case <-deadline:
 			t.Fatalf("no line with %q within %s", want, timeout)
 		}
+	}
+}
+
+// Eventually calls cond every 20 ms until it returns nil, and fails the test
+// with cond's last error if timeout passes first. It is the one poller of
+// the tests: they wait for conditions, never for wall-clock sleeps.
+func Eventually(t TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Cond adapts a boolean condition to Eventually, naming what it waits for.
+func Cond(what string, ok func() bool) func() error {
+	return func() error {
+		if ok() {
+			return nil
+		}
+		return errors.New(what)
 	}
 }
