@@ -442,7 +442,7 @@ func (n *Node) serveAgent(ctx context.Context, c *tls.Conn) {
 	}
 	// The tunnel ends when the agent's certificate does, unless the agent
 	// renews it over the tunnel (at half life) first.
-	opts := tunnel.ServeOptions{NotAfter: notAfter, Now: n.cfg.Now}
+	opts := tunnel.ServeOptions{NotAfter: notAfter, Issued: ca.Issued(st.PeerCertificates[0]), Now: n.cfg.Now}
 	if n.cfg.AgentIssuer != nil {
 		opts.Renew = func(_ context.Context, csrPEM []byte) ([]byte, time.Time, error) {
 			return n.renewAgent(cluster, csrPEM)

@@ -267,6 +267,6 @@ func (r *Revoker) RevokeSerial(_ context.Context, serial string) error {
 // before and closes its tunnel here (a re-homed cluster's old agent).
 func (r *Revoker) RevokeAgents(_ context.Context, cluster string, before time.Time) error {
 	r.CA.RevokeAgents(cluster, before)
-	r.Node.cfg.Registry.Disconnect(cluster)
+	r.Node.cfg.Registry.DisconnectIssuedBefore(cluster, before)
 	return nil
 }

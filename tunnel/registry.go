@@ -28,8 +28,9 @@ var (
 type Registry struct {
 	log *slog.Logger
 
-	mu       sync.Mutex // guards sessions and closed
+	mu       sync.Mutex // guards sessions, issued and closed
 	sessions map[string]*yamux.Session
+	issued   map[*yamux.Session]time.Time // when the agent's certificate was issued
 	closed   bool
 
 	serving sync.WaitGroup // Serve calls in progress; Close waits for them
@@ -40,7 +41,7 @@ func NewRegistry(logger *slog.Logger) *Registry {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Registry{log: logger, sessions: map[string]*yamux.Session{}}
+	return &Registry{log: logger, sessions: map[string]*yamux.Session{}, issued: map[*yamux.Session]time.Time{}}
 }
 
 // ServeOptions are what Serve needs to know about an authenticated agent.
@@ -49,6 +50,9 @@ type ServeOptions struct {
 	// then unless the agent has renewed it over the tunnel. Zero means no
 	// expiry.
 	NotAfter time.Time
+	// Issued is when the agent's certificate was issued (zero: unknown);
+	// DisconnectIssuedBefore compares it.
+	Issued time.Time
 	// Renew signs a new certificate for the tunnel's cluster from a PEM CSR
 	// and returns the chain (PEM) and its expiry. Nil refuses renewal.
 	Renew func(ctx context.Context, csrPEM []byte) (chain []byte, notAfter time.Time, err error)
@@ -81,6 +85,7 @@ func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn, opt
 	defer r.serving.Done()
 	old := r.sessions[cluster]
 	r.sessions[cluster] = sess
+	r.issued[sess] = opts.Issued
 	r.mu.Unlock()
 	if old != nil {
 		old.Close()
@@ -116,6 +121,7 @@ func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn, opt
 	if r.sessions[cluster] == sess {
 		delete(r.sessions, cluster)
 	}
+	delete(r.issued, sess)
 	r.mu.Unlock()
 	r.log.Info("tunnel down", "cluster", cluster)
 	return nil
@@ -149,6 +155,9 @@ func (r *Registry) acceptAgentStreams(ctx context.Context, cluster string, sess 
 				if expiry != nil {
 					expiry.Reset(notAfter.Sub(opts.Now()))
 				}
+				r.mu.Lock()
+				r.issued[sess] = opts.Now()
+				r.mu.Unlock()
 				r.log.Info("agent certificate renewed", "cluster", cluster, "notAfter", notAfter)
 			}
 			WriteJSON(st, FrameResult, &res)
@@ -263,11 +272,16 @@ func (r *Registry) Len() int {
 	return len(r.sessions)
 }
 
-// Disconnect closes cluster's tunnel, if this registry holds it (its agent
-// was revoked). It reports whether there was one.
-func (r *Registry) Disconnect(cluster string) bool {
+// DisconnectIssuedBefore closes cluster's tunnel if this registry holds it
+// and its agent's certificate was issued at or before before (that
+// certificate was revoked): a newer agent's tunnel stays. It reports
+// whether it closed one.
+func (r *Registry) DisconnectIssuedBefore(cluster string, before time.Time) bool {
 	r.mu.Lock()
 	s := r.sessions[cluster]
+	if s != nil && r.issued[s].After(before) {
+		s = nil
+	}
 	r.mu.Unlock()
 	if s != nil {
 		s.Close()

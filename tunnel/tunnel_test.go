@@ -464,3 +464,34 @@ func TestRegistryCloseWaitsForServe(t *testing.T) {
 		t.Fatalf("Serve after Close: %v", err)
 	}
 }
+
+// A revocation of a cluster's older agent certificates closes a tunnel of
+// such a certificate, and leaves a newer agent's.
+func TestDisconnectIssuedBefore(t *testing.T) {
+	reg := NewRegistry(nil)
+	defer reg.Close()
+	issued := time.Now()
+	srv, cli := net.Pipe()
+	defer cli.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		reg.Serve(context.Background(), "c1", srv, ServeOptions{Issued: issued})
+	}()
+	sess, err := yamux.Client(cli, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	waitFor(t, "the tunnel", func() bool { return reg.Connected("c1") })
+	if reg.DisconnectIssuedBefore("c1", issued.Add(-time.Second)) || !reg.Connected("c1") {
+		t.Fatal("a tunnel of a newer certificate was closed")
+	}
+	if !reg.DisconnectIssuedBefore("c1", issued) {
+		t.Fatal("the revoked certificate's tunnel was not closed")
+	}
+	<-served
+	if reg.Connected("c1") {
+		t.Fatal("still connected")
+	}
+}

@@ -160,3 +160,52 @@ func TestRevokeAgentsRefusesOlderAgentCertificates(t *testing.T) {
 		t.Fatalf("new agent certificate: %q %v", c, err)
 	}
 }
+
+// A revocation of everything issued before a moment tells apart
+// certificates issued in the same second (NotBefore has seconds only):
+// the one issued a millisecond after it stands.
+func TestRevocationWithinOneSecond(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 10, 0, 0, 500_000_000, time.UTC)
+	now := t0
+	a, err := New(Config{Name: "t", Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := func() []*x509.Certificate {
+		key, _, _ := pki.NewKey()
+		chain, err := a.IssueUser("ada", nil, key.Public(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parseChain(t, chain)
+	}
+	agent := func() []*x509.Certificate {
+		key, _, _ := pki.NewKey()
+		chain, err := a.IssueAgent("prod", key.Public(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parseChain(t, chain)
+	}
+	oldUser, oldAgent := user(), agent()
+	now = t0.Add(time.Millisecond)
+	a.RevokeUser("ada", now)
+	a.RevokeAgents("prod", now)
+	now = t0.Add(2 * time.Millisecond)
+	newUser, newAgent := user(), agent()
+	if !oldUser[0].NotBefore.Equal(newUser[0].NotBefore) {
+		t.Fatal("the test needs two certificates of one second")
+	}
+	if _, err := a.VerifyUser(oldUser); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("old person certificate: %v", err)
+	}
+	if _, err := a.VerifyUser(newUser); err != nil {
+		t.Fatalf("new person certificate: %v", err)
+	}
+	if _, _, err := a.VerifyAgent(oldAgent); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("old agent certificate: %v", err)
+	}
+	if _, _, err := a.VerifyAgent(newAgent); err != nil {
+		t.Fatalf("new agent certificate: %v", err)
+	}
+}

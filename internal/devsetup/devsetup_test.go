@@ -54,7 +54,11 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { env.Close() }()
+	defer func() {
+		if env != nil {
+			env.Close()
+		}
+	}()
 	if !strings.Contains(out.String(), "kubectl get pods -A") {
 		t.Fatalf("no instructions printed:\n%s", out.String())
 	}
