@@ -247,3 +247,63 @@ func TestHeaderLimits(t *testing.T) {
 		}
 	})
 }
+
+// A client past MaxConcurrentStreams gets the extra stream refused (issue
+// 9, defect 7). Registration streams whose body never comes stay open
+// (until the read deadline), so they hold their slots.
+func TestHTTP2ConcurrentStreamsLimit(t *testing.T) {
+	const limit = 4
+	b := startBedWith(t, false, 0, func(c *node.Config) {
+		c.MaxConcurrentStreams, c.UnauthenticatedRate, c.UnauthenticatedBurst = limit, 1000, 1000
+	})
+	conn, err := tls.Dial("tcp", b.addr, &tls.Config{RootCAs: b.auth.RootPool(), ServerName: "127.0.0.1", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, http2.ClientPreface)
+	fr := http2.NewFramer(conn, conn)
+	fr.WriteSettings()
+	// Wait for the server's settings and acknowledge them, so that its
+	// limit is in force.
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			fr.WriteSettingsAck()
+			break
+		}
+	}
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for i := range limit + 1 {
+		block.Reset()
+		for _, hf := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"}, {Name: ":path", Value: "/v1/agents/register"},
+			{Name: ":authority", Value: "x"}, {Name: "content-type", Value: "application/json"}, {Name: "content-length", Value: "1000"}} {
+			enc.WriteField(hf)
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: block.Bytes(), EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	extra := uint32(2*limit + 1)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no refusal of stream %d: %v", extra, err)
+		}
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			if f.StreamID == extra {
+				t.Logf("stream %d refused: %v", extra, f.ErrCode)
+				return
+			}
+			t.Fatalf("stream %d reset (%v), but it was within the limit", f.StreamID, f.ErrCode)
+		case *http2.GoAwayFrame:
+			t.Fatalf("GOAWAY %v instead of refusing one stream", f.ErrCode)
+		}
+	}
+}

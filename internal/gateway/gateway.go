@@ -62,6 +62,10 @@ type Config struct {
 	// ExpiryInterval is how often the node looks for expired grants; zero
 	// means control.DefaultExpiryInterval.
 	ExpiryInterval time.Duration
+	// CertCheckInterval is how often the node looks whether its serving
+	// certificate is due for renewal. A minute is nothing against a
+	// lifetime of days, and it follows a clock that jumps.
+	CertCheckInterval time.Duration
 	// Identity validates Kratos sessions; nil accepts API tokens only.
 	Identity *identity.Kratos
 	// SSO reads SSO groups at login; nil keeps Kratos's.
@@ -74,7 +78,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults; Store, KEK and Audit must be set.
 func DefaultConfig() Config {
-	return Config{Node: node.DefaultConfig(), ServingCertTTL: 7 * 24 * time.Hour, AccessCacheTTL: time.Second}
+	return Config{Node: node.DefaultConfig(), ServingCertTTL: 7 * 24 * time.Hour, AccessCacheTTL: time.Second, CertCheckInterval: time.Minute}
 }
 
 // Validate checks the configuration.
@@ -86,6 +90,8 @@ func (c Config) Validate() error {
 		return ca.ErrNoKEK
 	case c.ServingCertTTL < time.Minute:
 		return errors.New("gateway: ServingCertTTL must be at least a minute")
+	case c.CertCheckInterval <= 0:
+		return errors.New("gateway: CertCheckInterval must be positive")
 	case c.AccessCacheTTL < 0 || c.AccessCacheTTL > time.Minute:
 		return errors.New("gateway: AccessCacheTTL must be from 0 to 1m")
 	}
@@ -233,25 +239,22 @@ func (g *Gateway) renewCert() error {
 // ServingCertificate returns the certificate the node serves now.
 func (g *Gateway) ServingCertificate() *tls.Certificate { return g.cert.Load() }
 
-// renewLoop renews the serving certificate at two thirds of its life.
+// renewLoop renews the serving certificate once two thirds of its life
+// have passed, looking every CertCheckInterval.
 func (g *Gateway) renewLoop(ctx context.Context) {
+	t := time.NewTicker(g.cfg.CertCheckInterval)
+	defer t.Stop()
 	for {
-		c := g.cert.Load()
-		wait := c.Leaf.NotAfter.Sub(g.now()) - g.cfg.ServingCertTTL/3
-		t := time.NewTimer(max(wait, time.Second))
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
 		case <-t.C:
 		}
+		if c := g.cert.Load(); c.Leaf.NotAfter.Sub(g.now()) > g.cfg.ServingCertTTL/3 {
+			continue
+		}
 		if err := g.renewCert(); err != nil {
-			g.log.Error("serving certificate not renewed; retrying in a minute", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Minute):
-			}
+			g.log.Error("serving certificate not renewed; trying again", "err", err)
 			continue
 		}
 		g.log.Info("serving certificate renewed", "notAfter", g.cert.Load().Leaf.NotAfter)
