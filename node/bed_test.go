@@ -197,9 +197,9 @@ func (b *bed) clientCert(kind, name string, ttl time.Duration) (tls.Certificate,
 	}
 	var chain []byte
 	if kind == "agent" {
-		chain, err = b.auth.IssueAgent(name, key.Public(), ttl)
+		chain, err = b.auth.IssueAgent(context.Background(), name, key.Public(), ttl)
 	} else {
-		chain, err = b.auth.IssueUser(name, nil, key.Public(), ttl)
+		chain, err = b.auth.IssueUser(context.Background(), name, nil, key.Public(), ttl)
 	}
 	if err != nil {
 		b.t.Fatal(err)

@@ -23,11 +23,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
-	"golang.org/x/time/rate"
 )
 
 // Verifier checks client certificate chains. *ca.Authority implements it.
@@ -444,8 +445,8 @@ func (n *Node) serveAgent(ctx context.Context, c *tls.Conn) {
 	// renews it over the tunnel (at half life) first.
 	opts := tunnel.ServeOptions{NotAfter: notAfter, Issued: ca.Issued(st.PeerCertificates[0]), Now: n.cfg.Now}
 	if n.cfg.AgentIssuer != nil {
-		opts.Renew = func(_ context.Context, csrPEM []byte) ([]byte, time.Time, error) {
-			return n.renewAgent(cluster, csrPEM)
+		opts.Renew = func(ctx context.Context, csrPEM []byte) ([]byte, time.Time, error) {
+			return n.renewAgent(ctx, cluster, csrPEM)
 		}
 	}
 	n.cfg.Registry.Serve(ctx, cluster, c, opts)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/internal/pki"
 )
 
@@ -26,7 +27,9 @@ type Registrar interface {
 
 // AgentIssuer signs agent certificates. *ca.Authority implements it.
 type AgentIssuer interface {
-	IssueAgent(cluster string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
+	// IssueAgent signs; an error for which ca.Retryable is true (not the
+	// leader, an election) means try again shortly.
+	IssueAgent(ctx context.Context, cluster string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
 }
 
 // RegisterRequest is what an agent sends to /v1/agents/register.
@@ -112,10 +115,18 @@ func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnauthorized, "bootstrap token invalid, expired or already used, or the cluster is registered elsewhere")
 		return
 	}
-	chain, err := n.cfg.AgentIssuer.IssueAgent(cluster, csr.PublicKey, n.cfg.AgentCertTTL)
+	chain, err := n.cfg.AgentIssuer.IssueAgent(r.Context(), cluster, csr.PublicKey, n.cfg.AgentCertTTL)
 	if err != nil {
+		// The token is spent: the agent must register again with a new
+		// one, unless the CA asked for a retry (which the agent does with
+		// backoff) - the redemption is then on the next attempt's token.
 		n.log.Error("agent certificate", "cluster", cluster, "err", err)
 		n.auditAgent(r, "agent.register", cluster, req.Fingerprint, http.StatusInternalServerError, err.Error())
+		if ca.Retryable(err) {
+			w.Header().Set("Retry-After", "2")
+			fail(http.StatusServiceUnavailable, "the certificate authority is not available right now; retry")
+			return
+		}
 		fail(http.StatusInternalServerError, "cannot issue certificate")
 		return
 	}
@@ -128,12 +139,12 @@ func (n *Node) registerHandler(w http.ResponseWriter, r *http.Request) {
 // renewAgent signs a new certificate for an agent whose tunnel is up. The
 // cluster is the one its current certificate names: a CSR cannot ask for
 // another.
-func (n *Node) renewAgent(cluster string, csrPEM []byte) ([]byte, time.Time, error) {
+func (n *Node) renewAgent(ctx context.Context, cluster string, csrPEM []byte) ([]byte, time.Time, error) {
 	csr, err := pki.ParseCSR(csrPEM)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	chain, err := n.cfg.AgentIssuer.IssueAgent(cluster, csr.PublicKey, n.cfg.AgentCertTTL)
+	chain, err := n.cfg.AgentIssuer.IssueAgent(ctx, cluster, csr.PublicKey, n.cfg.AgentCertTTL)
 	if err != nil {
 		n.log.Error("agent certificate renewal", "cluster", cluster, "err", err)
 		return nil, time.Time{}, errors.New("cannot issue certificate")

@@ -20,11 +20,12 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/hashicorp/yamux"
+
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
-	"github.com/hashicorp/yamux"
 )
 
 func TestMain(m *testing.M) {
@@ -105,7 +106,7 @@ func (g *gateway) agentCert(cluster string, ttl time.Duration) *tls.Certificate 
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	chain, err := g.auth.IssueAgent(cluster, key.Public(), ttl)
+	chain, err := g.auth.IssueAgent(context.Background(), cluster, key.Public(), ttl)
 	if err != nil {
 		g.t.Fatal(err)
 	}

@@ -68,7 +68,9 @@ type Config struct {
 // CertIssuer signs a person's client certificate. *ca.Authority implements
 // it.
 type CertIssuer interface {
-	IssueUser(user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
+	// IssueUser signs; an error for which ca.Retryable is true (not the
+	// leader, an election) is answered 503 with Retry-After.
+	IssueUser(ctx context.Context, user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
 }
 
 // Revoker applies revocations on the gateway: refuses the certificates and
@@ -228,6 +230,8 @@ type apiError struct {
 	title  string
 	detail string
 	field  string
+	// retryAfter, in seconds, is sent as Retry-After when positive.
+	retryAfter int
 }
 
 func (e *apiError) Error() string { return e.detail }
@@ -260,6 +264,9 @@ func (a *API) writeError(w http.ResponseWriter, err error) {
 	var ae *apiError
 	switch {
 	case errors.As(err, &ae):
+		if ae.retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(ae.retryAfter))
+		}
 		problem(w, ae.status, ae.title, ae.detail, ae.field)
 	case errors.Is(err, store.ErrNotFound):
 		problem(w, http.StatusNotFound, "not found", err.Error(), "")

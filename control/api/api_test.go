@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -662,5 +663,32 @@ func TestTokensAndCredentials(t *testing.T) {
 	}
 	if !refused {
 		t.Fatal("the limited token's refusal was not audited")
+	}
+}
+
+// notLeader is a CA that does not sign here (a follower, an election).
+type notLeader struct{}
+
+func (notLeader) IssueUser(context.Context, string, []string, crypto.PublicKey, time.Duration) ([]byte, error) {
+	return nil, ca.ErrNotLeader
+}
+
+// A credential asked for while the CA cannot sign is a retryable 503 with
+// Retry-After, not an internal error.
+func TestCredentialWhileTheCACannotSign(t *testing.T) {
+	e := newEnvWith(t, func(c *api.Config) { c.Issuer = notLeader{} })
+	key, _, err := pki.NewKey()
+	must(t, err)
+	csr, err := pki.CSR(key)
+	must(t, err)
+	b, _ := json.Marshal(api.CredentialRequest{CSR: string(csr)})
+	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/api/v1/credentials", bytes.NewReader(b))
+	req.Header.Set("Authorization", "Bearer "+e.admin)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	must(t, err)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 }

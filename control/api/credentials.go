@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/control/apitypes"
+	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 )
@@ -139,7 +140,10 @@ func (a *API) credentials(w http.ResponseWriter, r *http.Request, c *Caller) err
 			return badField("ttl", "ttl may be at most %s in this organization", maxTTL)
 		}
 	}
-	chain, err := a.cfg.Issuer.IssueUser(c.User.ID, nil, csr.PublicKey, ttl)
+	chain, err := a.cfg.Issuer.IssueUser(r.Context(), c.User.ID, nil, csr.PublicKey, ttl)
+	if ca.Retryable(err) {
+		return &apiError{status: http.StatusServiceUnavailable, title: "unavailable", detail: "the certificate authority is not available right now (" + err.Error() + "); retry", retryAfter: 2}
+	}
 	if err != nil {
 		return err
 	}

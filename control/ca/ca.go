@@ -12,6 +12,7 @@
 package ca
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -36,7 +37,24 @@ var (
 	ErrWrongKind     = errors.New("ca: certificate not issued for this use")
 	ErrRevoked       = errors.New("ca: certificate revoked")
 	ErrBadName       = errors.New("ca: bad subject name")
+	// ErrNotLeader: this node does not sign (in a gateway cluster, only
+	// the elected leader holds the keys). It is Retryable: on the leader,
+	// or after an election.
+	ErrNotLeader error = retryable("ca: this node is not the signing leader")
 )
+
+type retryable string
+
+func (e retryable) Error() string   { return string(e) }
+func (e retryable) Retryable() bool { return true }
+
+// Retryable reports whether err says to try again later or elsewhere (an
+// error with a Retryable() bool method that answers true, anywhere in its
+// chain), rather than that the request is wrong.
+func Retryable(err error) bool {
+	var r interface{ Retryable() bool }
+	return errors.As(err, &r) && r.Retryable()
+}
 
 // Config configures an Authority.
 type Config struct {
@@ -148,7 +166,7 @@ func (a *Authority) RootPool() *x509.CertPool { return a.root.pool }
 
 // IssueUser signs a client certificate for a person: CN is the user id, O
 // the groups. The chain (leaf, users intermediate) is returned in PEM.
-func (a *Authority) IssueUser(user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
+func (a *Authority) IssueUser(_ context.Context, user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
 	if err := checkName(user); err != nil {
 		return nil, err
 	}
@@ -162,7 +180,7 @@ func (a *Authority) IssueUser(user string, groups []string, pub crypto.PublicKey
 
 // IssueAgent signs a client certificate for a cluster's agent: CN is the
 // cluster id.
-func (a *Authority) IssueAgent(cluster string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
+func (a *Authority) IssueAgent(_ context.Context, cluster string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
 	if err := checkName(cluster); err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -35,11 +36,11 @@ func TestKindsDoNotCross(t *testing.T) {
 		t.Fatal(err)
 	}
 	key, _, _ := pki.NewKey()
-	userPEM, err := a.IssueUser("u-1", []string{"ops"}, key.Public(), time.Hour)
+	userPEM, err := a.IssueUser(context.Background(), "u-1", []string{"ops"}, key.Public(), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentPEM, err := a.IssueAgent("prod", key.Public(), time.Hour)
+	agentPEM, err := a.IssueAgent(context.Background(), "prod", key.Public(), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func TestKindsDoNotCross(t *testing.T) {
 	}
 	// Another authority's certificate.
 	other, _ := New(DefaultConfig())
-	foreign, _ := other.IssueUser("u-1", nil, key.Public(), time.Hour)
+	foreign, _ := other.IssueUser(context.Background(), "u-1", nil, key.Public(), time.Hour)
 	if _, err := a.VerifyUser(parseChain(t, foreign)); !errors.Is(err, ErrWrongKind) {
 		t.Fatalf("foreign cert: %v", err)
 	}
@@ -77,7 +78,7 @@ func TestKindsDoNotCross(t *testing.T) {
 	if _, err := a.VerifyUser(nil); !errors.Is(err, ErrNoCertificate) {
 		t.Fatalf("none: %v", err)
 	}
-	if _, err := a.IssueUser("bad\nname", nil, key.Public(), time.Hour); !errors.Is(err, ErrBadName) {
+	if _, err := a.IssueUser(context.Background(), "bad\nname", nil, key.Public(), time.Hour); !errors.Is(err, ErrBadName) {
 		t.Fatalf("control characters: %v", err)
 	}
 }
@@ -115,7 +116,7 @@ func TestRevokeUserRefusesOlderCertificates(t *testing.T) {
 	}
 	issue := func() []*x509.Certificate {
 		key, _, _ := pki.NewKey()
-		chain, err := a.IssueUser("ada", nil, key.Public(), time.Hour)
+		chain, err := a.IssueUser(context.Background(), "ada", nil, key.Public(), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -143,7 +144,7 @@ func TestRevokeAgentsRefusesOlderAgentCertificates(t *testing.T) {
 	}
 	issue := func() []*x509.Certificate {
 		key, _, _ := pki.NewKey()
-		chain, err := a.IssueAgent("prod", key.Public(), time.Hour)
+		chain, err := a.IssueAgent(context.Background(), "prod", key.Public(), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,7 +174,7 @@ func TestRevocationWithinOneSecond(t *testing.T) {
 	}
 	user := func() []*x509.Certificate {
 		key, _, _ := pki.NewKey()
-		chain, err := a.IssueUser("ada", nil, key.Public(), time.Hour)
+		chain, err := a.IssueUser(context.Background(), "ada", nil, key.Public(), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -181,7 +182,7 @@ func TestRevocationWithinOneSecond(t *testing.T) {
 	}
 	agent := func() []*x509.Certificate {
 		key, _, _ := pki.NewKey()
-		chain, err := a.IssueAgent("prod", key.Public(), time.Hour)
+		chain, err := a.IssueAgent(context.Background(), "prod", key.Public(), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -657,7 +657,7 @@ func TestCAState(t *testing.T) {
 		}
 		key, _, err := pki.NewKey()
 		must(t, err)
-		chain, err := first.Load().IssueUser("ada", nil, key.Public(), time.Hour)
+		chain, err := first.Load().IssueUser(context.Background(), "ada", nil, key.Public(), time.Hour)
 		must(t, err)
 		var certs []*x509.Certificate
 		for rest := chain; ; {

@@ -343,7 +343,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, err := auth.IssueUser(admin.ID, nil, key.Public(), 24*time.Hour)
+	chain, err := auth.IssueUser(ctx, admin.ID, nil, key.Public(), 24*time.Hour)
 	if err != nil {
 		return nil, err
 	}
