@@ -17,6 +17,23 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"))
 }
 
+// migratedStore opens a fresh embedded store with the clock now (nil:
+// time.Now), closed at cleanup.
+func migratedStore(t *testing.T, now func() time.Time) *store.Store {
+	t.Helper()
+	cfg := store.DefaultConfig()
+	cfg.DSN, cfg.Now = filepath.Join(t.TempDir(), "gatehouse.db"), now
+	st, err := store.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if _, err := st.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 type recorded struct {
 	mu      sync.Mutex
 	changes []store.Change
@@ -48,16 +65,7 @@ func TestFollowerAppliesEachChangeOnce(t *testing.T) {
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	cfg := store.DefaultConfig()
-	cfg.DSN, cfg.Now = filepath.Join(t.TempDir(), "gatehouse.db"), clock
-	st, err := store.Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := migratedStore(t, clock)
 	revoke := func(user string) {
 		t.Helper()
 		if err := st.Revoke(ctx, &store.Revocation{UserID: user, Until: clock().Add(time.Hour)}); err != nil {
@@ -101,16 +109,7 @@ func TestFollowerAppliesEachChangeOnce(t *testing.T) {
 // Run polls until its context ends, and returns then.
 func TestFollowerRunStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	cfg := store.DefaultConfig()
-	cfg.DSN = filepath.Join(t.TempDir(), "gatehouse.db")
-	st, err := store.Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := migratedStore(t, nil)
 	rec := &recorded{}
 	f := &control.Follower{Store: st, Handler: rec, Interval: 10 * time.Millisecond}
 	done := make(chan error)
