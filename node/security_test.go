@@ -10,7 +10,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -306,4 +308,92 @@ func TestHTTP2ConcurrentStreamsLimit(t *testing.T) {
 			t.Fatalf("GOAWAY %v instead of refusing one stream", f.ErrCode)
 		}
 	}
+}
+
+// Rapid reset (CVE-2023-44487): a client that opens streams and resets
+// them at once, thousands of times, cannot make the node run more than a
+// bounded number of handlers. Go's server runs at most MaxConcurrentStreams
+// handlers per connection, queues four times as many, and beyond that ends
+// the connection with ENHANCE_YOUR_CALM; this holds it to that, measured
+// as the node process's goroutines during the flood.
+func TestHTTP2RapidResetIsBounded(t *testing.T) {
+	const limit, pairs = 8, 5000
+	b := startBedWith(t, false, 0, func(c *node.Config) {
+		c.MaxConcurrentStreams, c.UnauthenticatedRate, c.UnauthenticatedBurst = limit, 1e6, 1e6
+	})
+	conn, err := tls.Dial("tcp", b.addr, &tls.Config{RootCAs: b.auth.RootPool(), ServerName: "127.0.0.1", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, http2.ClientPreface)
+	fr := http2.NewFramer(conn, conn)
+	fr.WriteSettings()
+	var frames atomic.Int64
+	var goaway atomic.Pointer[http2.GoAwayFrame]
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			frames.Add(1)
+			if g, ok := f.(*http2.GoAwayFrame); ok {
+				goaway.Store(g)
+			}
+		}
+	}()
+	base := runtime.NumGoroutine()
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if n := int64(runtime.NumGoroutine()); n > peak.Load() {
+				peak.Store(n)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	sent := 0
+	for i := range pairs {
+		block.Reset()
+		for _, hf := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"}, {Name: ":path", Value: "/v1/agents/register"},
+			{Name: ":authority", Value: "x"}, {Name: "content-type", Value: "application/json"}, {Name: "content-length", Value: "1000"}} {
+			enc.WriteField(hf)
+		}
+		id := uint32(2*i + 1)
+		if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block.Bytes(), EndHeaders: true}) != nil ||
+			fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+			break
+		}
+		sent++
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	close(stop)
+	<-sampled
+	conn.Close()
+	<-readDone
+	g := goaway.Load()
+	t.Logf("rapid reset: %d HEADERS+RST_STREAM pairs written; goroutines %d before, at most %d during; GOAWAY %v", sent, base, peak.Load(), g)
+	if grew := peak.Load() - int64(base); grew > 4*limit+64 {
+		t.Fatalf("the flood raised the goroutines by %d; the limit allows about %d handlers", grew, 5*limit)
+	}
+	// The node still serves.
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: b.auth.RootPool(), ServerName: "127.0.0.1"}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("https://" + b.addr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 }
