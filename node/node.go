@@ -204,6 +204,8 @@ func (c Config) Validate() error {
 var (
 	// ErrRunning is returned by Run when the node is already running.
 	ErrRunning = errors.New("node: already running")
+	// ErrStopped is returned for work asked of a node that has stopped.
+	ErrStopped = errors.New("node: stopped")
 )
 
 // Node is one gateway node.
@@ -224,10 +226,13 @@ type Node struct {
 	api      atomic.Pointer[http.Handler] // the control-plane API, if any
 
 	// bg owns the control messages in flight to agents (fanOut); bgCtx
-	// ends them when Run returns.
-	bg       sync.WaitGroup
-	bgCtx    context.Context
-	bgCancel context.CancelFunc
+	// ends them when Run returns. bgMu guards bgStopped, so that no send
+	// starts once Run waits for them (etcd's GoAttach does the same).
+	bg        sync.WaitGroup
+	bgCtx     context.Context
+	bgCancel  context.CancelFunc
+	bgMu      sync.Mutex
+	bgStopped bool
 }
 
 // SetAPI serves h under /api/ on the node's port (the REST API,
@@ -411,6 +416,9 @@ func (n *Node) Run(ctx context.Context) error {
 		srv.Close()
 	}
 	n.agents.Wait()
+	n.bgMu.Lock()
+	n.bgStopped = true
+	n.bgMu.Unlock()
 	n.bgCancel()
 	n.bg.Wait()
 	if err != nil {

@@ -167,10 +167,16 @@ func (n *Node) fanOut(ctx context.Context, clusters []string, controls []*tunnel
 	if len(controls) == 0 {
 		return nil
 	}
+	n.bgMu.Lock()
+	if n.bgStopped {
+		n.bgMu.Unlock()
+		return ErrStopped
+	}
+	n.bg.Add(len(controls))
+	n.bgMu.Unlock()
 	results := make(chan error, len(controls))
 	for i, c := range controls {
 		cluster := clusters[i]
-		n.bg.Add(1)
 		go func() {
 			defer n.bg.Done()
 			cctx, cancel := context.WithTimeout(n.bgCtx, n.cfg.ControlTimeout)
