@@ -277,11 +277,22 @@ func (g *Gateway) Run(ctx context.Context) error {
 		defer g.wg.Done()
 		errc <- g.Node.Run(ctx)
 	}()
-	addr, err := g.Node.Addr(ctx)
-	if err != nil {
+	// The node's address, or its failure to listen (then it never has one).
+	addrc := make(chan net.Addr, 1)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if a, err := g.Node.Addr(ctx); err == nil {
+			addrc <- a
+		}
+	}()
+	var addr net.Addr
+	select {
+	case err := <-errc:
 		cancel()
 		g.wg.Wait()
-		return <-errc
+		return err
+	case addr = <-addrc:
 	}
 	if err := g.startAPI(addr); err != nil {
 		cancel()
@@ -305,7 +316,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		defer g.wg.Done()
 		g.renewLoop(ctx)
 	}()
-	err = <-errc // the node stops when ctx ends (or fails)
+	err := <-errc // the node stops when ctx ends (or fails)
 	cancel()
 	g.wg.Wait()
 	return err

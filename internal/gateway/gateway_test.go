@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -129,5 +131,26 @@ func TestServingCertificateRenewal(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, testenv.Cond("a renewed certificate", func() bool { return !bytes.Equal(served(), first) }))
 	if left := g.ServingCertificate().Leaf.NotAfter.Sub(clk.Now()); left < 23*time.Hour {
 		t.Fatalf("the renewed certificate has %s left", left)
+	}
+}
+
+// A node that cannot listen makes Run return its error, not wait.
+func TestRunReturnsWhenTheNodeCannotListen(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	st := openStore(t, nil)
+	kek, _ := ca.NewLocalKEK(bytes.Repeat([]byte{3}, 32))
+	cfg := gateway.DefaultConfig()
+	cfg.Node.Addr, cfg.Store, cfg.KEK, cfg.Audit, cfg.InitCA = l.Addr().String(), st, kek, &audit.Memory{}, true
+	g, err := gateway.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if err := g.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Fatalf("Run on a taken address: %v", err)
 	}
 }
