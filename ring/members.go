@@ -1,0 +1,334 @@
+package ring
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Errors of the ring.
+var (
+	// ErrClosed is returned once Close has been called.
+	ErrClosed = errors.New("ring: closed")
+	// ErrMetaTooLarge: a node's metadata does not fit memberlist's 512
+	// bytes.
+	ErrMetaTooLarge = errors.New("ring: node metadata larger than memberlist allows")
+)
+
+// Meta is what a node tells the others about itself through gossip.
+type Meta struct {
+	// PeerAddr is where other nodes reach it for node-to-node mTLS
+	// (forwarding), host:port.
+	PeerAddr string `json:"p,omitempty"`
+	// PublicAddr is its own address for agents and people (the anycast
+	// address is everyone's; this one is the node's alone), host:port.
+	PublicAddr string `json:"a,omitempty"`
+	// Zone is the failure domain it runs in, if known.
+	Zone string `json:"z,omitempty"`
+	// Tunnels is how many agent tunnels it holds now.
+	Tunnels int `json:"t,omitempty"`
+	// Generation tells a restarted node from its previous life (its start
+	// time, Unix milliseconds).
+	Generation int64 `json:"g,omitempty"`
+	// Draining: it is leaving; no new tunnel is placed on it.
+	Draining bool `json:"d,omitempty"`
+}
+
+// Member is a live node of the ring.
+type Member struct {
+	// Name is the node's name, unique in the ring.
+	Name string
+	// GossipAddr is its memberlist address, host:port.
+	GossipAddr string
+	Meta       Meta
+}
+
+// Config configures a Ring.
+type Config struct {
+	// Name is the node's name; it must be unique among the nodes.
+	Name string
+	// BindAddr is the gossip address (TCP and UDP), host:port; port 0
+	// picks a free one.
+	BindAddr string
+	// AdvertiseAddr, when set, is the address others reach the gossip at
+	// (behind NAT or in a pod), host:port.
+	AdvertiseAddr string
+	// Seeds are nodes to join: host:port, where a DNS name may resolve to
+	// several addresses (a headless Service). A node that reaches none
+	// starts alone, serves, and keeps trying every JoinRetry.
+	Seeds []string
+	// JoinRetry is how often a node alone tries its seeds again.
+	JoinRetry time.Duration
+	// Key encrypts and authenticates gossip (AES-GCM; 16, 24 or 32
+	// bytes), the same on every node. Required: gossip says who owns which
+	// tunnel, and a stranger must not be able to join or listen.
+	Key []byte
+	// Meta is the node's metadata at start.
+	Meta Meta
+
+	// Failure detection (see docs/design/0005-gateway-cluster.md).
+	// memberlist's LAN defaults (1 s probes, 500 ms timeout, suspicion
+	// 4) declare a dead peer of a 3-node ring dead after about 5.8 s;
+	// people's requests to its clusters fail for that long. A 200 ms
+	// probe with a 100 ms timeout (loopback and in-datacenter RTTs are
+	// well under a millisecond) and a suspicion multiplier of 3 detect it
+	// in about a second. False positives under CPU pressure are held off
+	// by what memberlist keeps: indirect probes through three other
+	// nodes, Lifeguard's awareness (a node that misses its own deadlines
+	// stretches its timeouts up to 8x), and a suspicion that a refuted
+	// node clears.
+	ProbeInterval time.Duration
+	ProbeTimeout  time.Duration
+	SuspicionMult int
+
+	// Logger receives the ring's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults; Name, BindAddr and Key must be set.
+func DefaultConfig() Config {
+	return Config{JoinRetry: 5 * time.Second, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, SuspicionMult: 3}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.Name == "" {
+		return errors.New("ring: Name is required")
+	}
+	if _, _, err := net.SplitHostPort(c.BindAddr); err != nil {
+		return fmt.Errorf("ring: BindAddr %q: %w", c.BindAddr, err)
+	}
+	if c.AdvertiseAddr != "" {
+		if _, _, err := net.SplitHostPort(c.AdvertiseAddr); err != nil {
+			return fmt.Errorf("ring: AdvertiseAddr %q: %w", c.AdvertiseAddr, err)
+		}
+	}
+	switch {
+	case len(c.Key) != 16 && len(c.Key) != 24 && len(c.Key) != 32:
+		return errors.New("ring: Key must be 16, 24 or 32 bytes (gossip is always encrypted)")
+	case c.ProbeInterval <= 0 || c.ProbeTimeout <= 0 || c.ProbeTimeout >= c.ProbeInterval:
+		return errors.New("ring: ProbeTimeout must be positive and shorter than ProbeInterval")
+	case c.SuspicionMult < 1:
+		return errors.New("ring: SuspicionMult must be at least 1")
+	case c.JoinRetry <= 0:
+		return errors.New("ring: JoinRetry must be positive")
+	}
+	return nil
+}
+
+// Ring is this node's view of the gateway cluster: who is alive, what each
+// says about itself, and (Owners) who holds which tunnel.
+type Ring struct {
+	cfg Config
+	log *slog.Logger
+	ml  *memberlist.Memberlist
+
+	mu   sync.Mutex // guards meta
+	meta Meta
+
+	changes chan struct{} // one pending notice of a membership change
+
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// New starts the node's gossip and joins the seeds. Reaching none is not an
+// error: the node serves alone and keeps trying.
+func New(cfg Config) (*Ring, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Ring{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, changes: make(chan struct{}, 1), stop: make(chan struct{})}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if b, _ := json.Marshal(cfg.Meta); len(b) > memberlist.MetaMaxSize {
+		return nil, ErrMetaTooLarge
+	}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	host, port, _ := net.SplitHostPort(cfg.BindAddr)
+	mc.BindAddr = host
+	mc.BindPort, _ = strconv.Atoi(port)
+	mc.AdvertisePort = mc.BindPort
+	if cfg.AdvertiseAddr != "" {
+		h, p, _ := net.SplitHostPort(cfg.AdvertiseAddr)
+		mc.AdvertiseAddr = h
+		mc.AdvertisePort, _ = strconv.Atoi(p)
+	}
+	mc.SecretKey = cfg.Key
+	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = cfg.ProbeInterval, cfg.ProbeTimeout, cfg.SuspicionMult
+	mc.Delegate = delegate{r}
+	mc.Events = events{r}
+	mc.Logger = slog.NewLogLogger(r.log.Handler(), slog.LevelDebug)
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("ring: %w", err)
+	}
+	r.ml = ml
+	if len(cfg.Seeds) > 0 {
+		if n, err := ml.Join(cfg.Seeds); err != nil || n == 0 {
+			r.log.Warn("ring: no seed reached; serving alone and trying again", "seeds", cfg.Seeds, "err", err)
+		}
+		r.wg.Add(1)
+		go r.rejoin()
+	}
+	return r, nil
+}
+
+// rejoin tries the seeds again while the node is alone.
+func (r *Ring) rejoin() {
+	defer r.wg.Done()
+	t := time.NewTicker(r.cfg.JoinRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		if r.ml.NumMembers() > 1 {
+			continue
+		}
+		if n, err := r.ml.Join(r.cfg.Seeds); err == nil && n > 0 {
+			r.log.Info("ring: joined", "seeds", r.cfg.Seeds, "members", r.ml.NumMembers())
+		}
+	}
+}
+
+// Name is this node's name.
+func (r *Ring) Name() string { return r.cfg.Name }
+
+// GossipAddr is the address this node's gossip listens on, host:port.
+func (r *Ring) GossipAddr() string {
+	n := r.ml.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// Members returns the live members, this node included, by name.
+func (r *Ring) Members() []Member {
+	var out []Member
+	for _, n := range r.ml.Members() {
+		if n.State != memberlist.StateAlive {
+			continue
+		}
+		m := Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))}
+		if err := json.Unmarshal(n.Meta, &m.Meta); err != nil && len(n.Meta) > 0 {
+			r.log.Warn("ring: a member's metadata does not parse", "member", n.Name, "err", err)
+		}
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return cmpString(a.Name, b.Name) })
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Owners places keys (cluster ids) over the live members that are not
+// draining: Place with DefaultEpsilon. Every node with the same view and
+// keys computes the same owners.
+func (r *Ring) Owners(keys []string) map[string]string {
+	var names []string
+	for _, m := range r.Members() {
+		if !m.Meta.Draining {
+			names = append(names, m.Name)
+		}
+	}
+	return Place(keys, names, DefaultEpsilon)
+}
+
+// Meta returns this node's metadata.
+func (r *Ring) Meta() Meta {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.meta
+}
+
+// SetMeta changes this node's metadata and gossips it, waiting up to
+// timeout for the change to be sent.
+func (r *Ring) SetMeta(ctx context.Context, update func(*Meta)) error {
+	r.mu.Lock()
+	m := r.meta
+	update(&m)
+	if b, _ := json.Marshal(m); len(b) > memberlist.MetaMaxSize {
+		r.mu.Unlock()
+		return ErrMetaTooLarge
+	}
+	r.meta = m
+	r.mu.Unlock()
+	timeout := 2 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	return r.ml.UpdateNode(timeout)
+}
+
+// Changes receives a value after membership or a member's metadata
+// changed; notices that come while one is pending are merged into it.
+func (r *Ring) Changes() <-chan struct{} { return r.changes }
+
+func (r *Ring) changed() {
+	select {
+	case r.changes <- struct{}{}:
+	default:
+	}
+}
+
+// Leave tells the others this node is going, waiting up to timeout, so
+// that they move its tunnels at once instead of after failure detection.
+func (r *Ring) Leave(timeout time.Duration) error { return r.ml.Leave(timeout) }
+
+// Close stops the gossip (without leaving: use Leave first for a graceful
+// stop) and the goroutines the ring owns. It is idempotent.
+func (r *Ring) Close() error {
+	var err error
+	r.closeOnce.Do(func() {
+		close(r.stop)
+		r.wg.Wait()
+		err = r.ml.Shutdown()
+	})
+	return err
+}
+
+// delegate gives memberlist this node's metadata; the ring gossips nothing
+// else.
+type delegate struct{ r *Ring }
+
+func (d delegate) NodeMeta(limit int) []byte {
+	b, _ := json.Marshal(d.r.Meta())
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+func (delegate) NotifyMsg([]byte)                {}
+func (delegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (delegate) LocalState(bool) []byte          { return nil }
+func (delegate) MergeRemoteState([]byte, bool)   {}
+
+// events turns memberlist's notices into Changes. memberlist calls them
+// with its locks held: they must not block.
+type events struct{ r *Ring }
+
+func (e events) NotifyJoin(*memberlist.Node)   { e.r.changed() }
+func (e events) NotifyLeave(*memberlist.Node)  { e.r.changed() }
+func (e events) NotifyUpdate(*memberlist.Node) { e.r.changed() }
