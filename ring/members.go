@@ -132,8 +132,12 @@ type Ring struct {
 	log *slog.Logger
 	ml  *memberlist.Memberlist
 
-	mu   sync.Mutex // guards meta
-	meta Meta
+	mu      sync.Mutex // guards meta, keys, owners and version
+	meta    Meta
+	keys    []string          // the clusters to place (SetKeys)
+	owners  map[string]string // Place(keys, members), computed at ownersV
+	version uint64            // bumped by every change of members or keys
+	ownersV uint64
 
 	changes chan struct{} // one pending notice of a membership change
 
@@ -256,6 +260,47 @@ func (r *Ring) Owners(keys []string) map[string]string {
 	return Place(keys, names, DefaultEpsilon)
 }
 
+// SetKeys sets the clusters that Owner places (every node gives the same
+// list, from the store, so that every node computes the same owners).
+func (r *Ring) SetKeys(keys []string) {
+	keys = slices.Compact(slices.Sorted(slices.Values(keys)))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !slices.Equal(keys, r.keys) {
+		r.keys = keys
+		r.version++
+	}
+}
+
+// Owner returns the member that should hold cluster's tunnel: its place
+// among the keys of SetKeys, or, for a cluster not among them (new since),
+// the first rendezvous choice. False when no member may hold it.
+func (r *Ring) Owner(cluster string) (Member, bool) {
+	members := r.Members()
+	byName := make(map[string]Member, len(members))
+	var names []string
+	for _, m := range members {
+		byName[m.Name] = m
+		if !m.Meta.Draining {
+			names = append(names, m.Name)
+		}
+	}
+	if len(names) == 0 {
+		return Member{}, false
+	}
+	r.mu.Lock()
+	if r.owners == nil || r.ownersV != r.version {
+		r.owners, r.ownersV = Place(r.keys, names, DefaultEpsilon), r.version
+	}
+	name, ok := r.owners[cluster]
+	r.mu.Unlock()
+	if !ok {
+		name = Rank(cluster, names)[0]
+	}
+	m, ok := byName[name]
+	return m, ok
+}
+
 // Meta returns this node's metadata.
 func (r *Ring) Meta() Meta {
 	r.mu.Lock()
@@ -287,6 +332,9 @@ func (r *Ring) SetMeta(ctx context.Context, update func(*Meta)) error {
 func (r *Ring) Changes() <-chan struct{} { return r.changes }
 
 func (r *Ring) changed() {
+	r.mu.Lock()
+	r.version++
+	r.mu.Unlock()
 	select {
 	case r.changes <- struct{}{}:
 	default:

@@ -272,6 +272,28 @@ func (a *Authority) VerifyUser(chain []*x509.Certificate) (UserIdentity, error) 
 	return UserIdentity{User: leaf.Subject.CommonName, Groups: leaf.Subject.Organization, Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter}, nil
 }
 
+// VerifyNode checks a gateway node's certificate chain, as a peer presents
+// it on a node-to-node connection: signed by the nodes intermediate (which
+// signs nothing else), valid now. It returns the certificate's subject.
+func (a *Authority) VerifyNode(chain []*x509.Certificate) (string, error) {
+	if len(chain) == 0 {
+		return "", ErrNoCertificate
+	}
+	leaf := chain[0]
+	now := a.now()
+	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+		return "", ErrExpired
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: a.nodes.pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrWrongKind, err)
+	}
+	return leaf.Subject.CommonName, nil
+}
+
+// NodesPool returns a pool holding the nodes intermediate: what a node
+// trusts for its peers' certificates.
+func (a *Authority) NodesPool() *x509.CertPool { return a.nodes.pool }
+
 // VerifyAgent checks an agent's certificate chain and returns its cluster id.
 func (a *Authority) VerifyAgent(chain []*x509.Certificate) (cluster string, notAfter time.Time, err error) {
 	leaf, err := a.verify(a.agents, chain)

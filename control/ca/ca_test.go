@@ -210,3 +210,30 @@ func TestRevocationWithinOneSecond(t *testing.T) {
 		t.Fatalf("new agent certificate: %v", err)
 	}
 }
+
+// Only a node certificate passes as a peer; a person's or an agent's does
+// not, nor does a node certificate of another CA.
+func TestVerifyNode(t *testing.T) {
+	a, _ := New(DefaultConfig())
+	other, _ := New(DefaultConfig())
+	node, err := a.IssueServer([]string{"node-1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := []*x509.Certificate{node.Leaf}
+	if name, err := a.VerifyNode(chain); err != nil || name != "node-1" {
+		t.Fatalf("node: %q %v", name, err)
+	}
+	foreign, _ := other.IssueServer([]string{"node-1"}, time.Hour)
+	if _, err := a.VerifyNode([]*x509.Certificate{foreign.Leaf}); !errors.Is(err, ErrWrongKind) {
+		t.Fatalf("another CA's node: %v", err)
+	}
+	key, _, _ := pki.NewKey()
+	user, _ := a.IssueUser(context.Background(), "u", nil, key.Public(), time.Hour)
+	agent, _ := a.IssueAgent(context.Background(), "c", key.Public(), time.Hour)
+	for name, pemChain := range map[string][]byte{"user": user, "agent": agent} {
+		if _, err := a.VerifyNode(parseChain(t, pemChain)); !errors.Is(err, ErrWrongKind) {
+			t.Fatalf("a %s certificate passed as a node: %v", name, err)
+		}
+	}
+}
