@@ -98,7 +98,7 @@ type Peers struct {
 	log *slog.Logger
 	ln  net.Listener
 
-	mu       sync.Mutex // guards sessions, served and closed
+	mu       sync.Mutex                // guards sessions, served and closed
 	sessions map[string]*yamux.Session // dialled, by peer address
 	served   map[*yamux.Session]bool   // accepted from peers
 	closed   bool
