@@ -20,6 +20,7 @@ type metrics struct {
 	requests    *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
 	auditErrors prometheus.Counter
+	redirects   prometheus.Counter
 }
 
 func newMetrics(n *Node) *metrics {
@@ -39,8 +40,12 @@ func newMetrics(n *Node) *metrics {
 			Name: "gatehouse_audit_write_errors_total",
 			Help: "Audit events that could not be written.",
 		}),
+		redirects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_agent_redirects_total",
+			Help: "Agents sent on to the node that should hold their tunnel.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.auditErrors,
+	m.reg.MustRegister(m.requests, m.latency, m.auditErrors, m.redirects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gatehouse_tunnels_open",
 			Help: "Agent tunnels held by this node.",

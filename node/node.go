@@ -55,6 +55,14 @@ type Tunnels interface {
 	Open(ctx context.Context, cluster string, h *tunnel.Header) (net.Conn, error)
 }
 
+// Redirector says where an agent's tunnel belongs. The ring implements it
+// in a gateway cluster; a single node has none and keeps every tunnel.
+type Redirector interface {
+	// Redirect returns the direct address (host:port) of the node that
+	// should hold cluster's tunnel, and true, when that is not this node.
+	Redirect(cluster string) (addr string, ok bool)
+}
+
 // Config configures a Node.
 type Config struct {
 	// Name identifies the node in audit events and logs.
@@ -90,6 +98,10 @@ type Config struct {
 
 	// Tunnels opens streams to agents; nil means Registry.
 	Tunnels Tunnels
+
+	// Redirector, when set, sends agents of version-2 tunnels to the node
+	// that should hold them; nil keeps every tunnel here.
+	Redirector Redirector
 
 	// Audit receives one event per request (two for long-running ones).
 	Audit audit.Sink
@@ -363,10 +375,11 @@ func (n *Node) Run(ctx context.Context) error {
 			// their kind, so that a refusal is a clear HTTP error rather
 			// than a failed handshake.
 			ClientAuth: tls.RequestClientCert,
-			NextProtos: []string{"h2", "http/1.1", tunnel.ALPN},
+			NextProtos: []string{"h2", "http/1.1", tunnel.ALPN2, tunnel.ALPN},
 		},
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){
-			tunnel.ALPN: func(_ *http.Server, c *tls.Conn, _ http.Handler) { n.serveAgent(agentCtx, c) },
+			tunnel.ALPN:  func(_ *http.Server, c *tls.Conn, _ http.Handler) { n.serveAgent(agentCtx, c, 1) },
+			tunnel.ALPN2: func(_ *http.Server, c *tls.Conn, _ http.Handler) { n.serveAgent(agentCtx, c, 2) },
 		},
 	}
 	// With TLSNextProto set, HTTP/2 must be asked for explicitly.
@@ -428,8 +441,10 @@ func (n *Node) Run(ctx context.Context) error {
 	return nil
 }
 
-// serveAgent authenticates an agent connection and runs its tunnel.
-func (n *Node) serveAgent(ctx context.Context, c *tls.Conn) {
+// serveAgent authenticates an agent connection and runs its tunnel. A
+// version-2 agent first gets a welcome, which may send it to the node that
+// should hold its tunnel.
+func (n *Node) serveAgent(ctx context.Context, c *tls.Conn, version int) {
 	n.agents.Add(1)
 	defer n.agents.Done()
 	defer c.Close()
@@ -448,6 +463,25 @@ func (n *Node) serveAgent(ctx context.Context, c *tls.Conn) {
 	if err != nil {
 		n.log.Warn("agent refused", "remote", c.RemoteAddr().String(), "err", err)
 		return
+	}
+	if version == 2 {
+		var w tunnel.Welcome
+		if n.cfg.Redirector != nil {
+			if addr, ok := n.cfg.Redirector.Redirect(cluster); ok {
+				w.Redirect = addr
+			}
+		}
+		c.SetWriteDeadline(n.cfg.Now().Add(10 * time.Second))
+		if err := tunnel.WriteJSON(c, tunnel.FrameWelcome, &w); err != nil {
+			n.log.Warn("agent welcome failed", "cluster", cluster, "err", err)
+			return
+		}
+		c.SetWriteDeadline(time.Time{})
+		if w.Redirect != "" {
+			n.metrics.redirects.Inc()
+			n.log.Info("agent redirected to its node", "cluster", cluster, "to", w.Redirect)
+			return
+		}
 	}
 	// The tunnel ends when the agent's certificate does, unless the agent
 	// renews it over the tunnel (at half life) first.

@@ -380,3 +380,13 @@ type events struct{ r *Ring }
 func (e events) NotifyJoin(*memberlist.Node)   { e.r.changed() }
 func (e events) NotifyLeave(*memberlist.Node)  { e.r.changed() }
 func (e events) NotifyUpdate(*memberlist.Node) { e.r.changed() }
+
+// Redirect implements node.Redirector: the owner's own address when the
+// cluster's tunnel belongs on another live node.
+func (r *Ring) Redirect(cluster string) (string, bool) {
+	owner, ok := r.Owner(cluster)
+	if !ok || owner.Name == r.Name() || owner.Meta.PublicAddr == "" {
+		return "", false
+	}
+	return owner.Meta.PublicAddr, true
+}

@@ -96,9 +96,11 @@ type Client struct {
 	log       *slog.Logger
 	connected atomic.Bool
 	sessions  atomic.Int64 // tunnels established so far
+	redirects atomic.Int64 // redirects followed so far
 
-	mu   sync.Mutex // guards sess
-	sess *yamux.Session
+	mu     sync.Mutex // guards sess and remote
+	sess   *yamux.Session
+	remote string // the address of the node holding the tunnel
 }
 
 // NewClient returns a client for cfg.
@@ -160,39 +162,107 @@ func (c *Client) Run(ctx context.Context) error {
 func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	proxyURL, err := c.cfg.Proxy(&url.URL{Scheme: "https", Host: c.cfg.GatewayAddr})
-	if err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
-	}
-	var raw net.Conn
-	if proxyURL != nil {
-		raw, err = dialConnect(dctx, proxyURL, c.cfg.GatewayAddr)
-	} else {
-		var d net.Dialer
-		raw, err = d.DialContext(dctx, "tcp", c.cfg.GatewayAddr)
-	}
+	raw, err := c.dialRaw(dctx, c.cfg.GatewayAddr)
 	if err != nil {
 		return nil, err
 	}
+	tc, redirect, err := c.handshake(dctx, raw)
+	if err != nil || redirect == "" {
+		return tc, err
+	}
+	// The node that should hold the tunnel, dialled directly, once: a
+	// second redirect (nodes that disagree about owners, for a moment) is
+	// a failed attempt, retried with backoff from the gateway address -
+	// never a storm of redirects.
+	c.redirects.Add(1)
+	c.log.Info("tunnel: redirected to the cluster's node", "from", c.cfg.GatewayAddr, "to", redirect)
+	if raw, err = c.dialRaw(dctx, redirect); err != nil {
+		return nil, fmt.Errorf("redirected to %s: %w", redirect, err)
+	}
+	tc, again, err := c.handshake(dctx, raw)
+	if err != nil {
+		return nil, fmt.Errorf("redirected to %s: %w", redirect, err)
+	}
+	if again != "" {
+		tc.Close()
+		return nil, fmt.Errorf("%w: %s sent the agent on to %s", ErrRedirectLoop, redirect, again)
+	}
+	return tc, nil
+}
+
+// dialRaw opens a TCP connection to addr, through the HTTPS proxy if one
+// is configured for it.
+func (c *Client) dialRaw(ctx context.Context, addr string) (net.Conn, error) {
+	proxyURL, err := c.cfg.Proxy(&url.URL{Scheme: "https", Host: addr})
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if proxyURL != nil {
+		return dialConnect(ctx, proxyURL, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// ErrRedirectLoop: a node the agent was redirected to redirected it again.
+var ErrRedirectLoop = errors.New("tunnel: redirected twice")
+
+// handshake runs TLS on raw and, on a version-2 tunnel, reads the
+// gateway's welcome: a redirect closes the connection and is returned.
+func (c *Client) handshake(ctx context.Context, raw net.Conn) (*tls.Conn, string, error) {
 	tc := tls.Client(raw, &tls.Config{
 		ServerName: c.cfg.ServerName,
 		RootCAs:    c.cfg.RootCAs,
 		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{ALPN},
+		NextProtos: []string{ALPN2, ALPN},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return c.cfg.GetCertificate()
 		},
 	})
-	if err := tc.HandshakeContext(dctx); err != nil {
+	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		return nil, err
+		return nil, "", err
 	}
-	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
+	switch p := tc.ConnectionState().NegotiatedProtocol; p {
+	case ALPN:
+		return tc, "", nil
+	case ALPN2:
+	default:
 		tc.Close()
-		return nil, fmt.Errorf("gateway does not speak %s (negotiated %q)", ALPN, p)
+		return nil, "", fmt.Errorf("gateway does not speak %s (negotiated %q)", ALPN2, p)
 	}
-	return tc, nil
+	if d, ok := ctx.Deadline(); ok {
+		tc.SetReadDeadline(d)
+	}
+	var w Welcome
+	if err := ReadJSON(tc, FrameWelcome, &w); err != nil {
+		tc.Close()
+		return nil, "", fmt.Errorf("tunnel: welcome: %w", err)
+	}
+	tc.SetReadDeadline(time.Time{})
+	if w.Redirect != "" {
+		tc.Close()
+		if _, _, err := net.SplitHostPort(w.Redirect); err != nil {
+			return nil, "", fmt.Errorf("tunnel: bad redirect %q", w.Redirect)
+		}
+		return nil, w.Redirect, nil
+	}
+	return tc, "", nil
 }
+
+// Remote returns the address of the node holding the current tunnel, or
+// "" when none is up.
+func (c *Client) Remote() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess == nil {
+		return ""
+	}
+	return c.remote
+}
+
+// Redirects returns how many redirects the agent has followed.
+func (c *Client) Redirects() int64 { return c.redirects.Load() }
 
 // serve runs one tunnel until it ends or ctx is done, then closes every
 // stream and returns after every stream has been served.
@@ -204,6 +274,7 @@ func (c *Client) serve(ctx context.Context, conn net.Conn) {
 	}
 	c.mu.Lock()
 	c.sess = sess
+	c.remote = conn.RemoteAddr().String()
 	c.mu.Unlock()
 	c.connected.Store(true)
 	c.sessions.Add(1)

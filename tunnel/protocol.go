@@ -30,6 +30,12 @@ import (
 // serve several during an upgrade.
 const ALPN = "gatehouse-tunnel/1"
 
+// ALPN2 is version 2 of the tunnel: before the yamux session starts, the
+// gateway sends one FrameWelcome, which may redirect the agent to the node
+// that should hold its tunnel (docs/design/0002-tunnel-protocol.md).
+// Gateways serve both versions; agents offer 2, then 1.
+const ALPN2 = "gatehouse-tunnel/2"
+
 // Frame layout: magic (2 bytes "GH"), version (1), type (1), payload length
 // (4, big endian), payload.
 const (
@@ -59,6 +65,9 @@ const (
 	FrameRenew FrameType = 3
 	// FrameResult answers a FrameControl or FrameRenew: a JSON Result.
 	FrameResult FrameType = 4
+	// FrameWelcome (version 2) is the gateway's first frame on a new
+	// tunnel connection, before yamux: a JSON Welcome.
+	FrameWelcome FrameType = 5
 )
 
 // Control operations.
@@ -103,6 +112,15 @@ func (c *Control) Validate() error {
 type Renew struct {
 	// CSR is a PEM certificate request for a key the agent generated.
 	CSR string `json:"csr"`
+}
+
+// Welcome is the gateway's first word on a version-2 tunnel connection.
+type Welcome struct {
+	// Redirect, when set, is the direct address (host:port) of the node
+	// that should hold this cluster's tunnel; the gateway closes the
+	// connection after saying it, and the agent dials there. Empty: the
+	// tunnel starts here.
+	Redirect string `json:"redirect,omitempty"`
 }
 
 // Result answers a control or renewal stream. Error is empty on success.

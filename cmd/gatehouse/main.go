@@ -186,9 +186,30 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	ssoFile := fs.String("sso-providers", "", "YAML list of Kratos's OIDC providers whose groups are read at every login (id, preset, issuer, clientID, clientSecret, groupsClaim, provisionOrg)")
 	tokenKeyFile := fs.String("token-key-file", "", "32 random bytes, base64 (openssl rand -base64 32): seals the SSO refresh tokens the store keeps; the same on every node")
 	fs.DurationVar(&gcfg.AccessCacheTTL, "access-cache-ttl", gcfg.AccessCacheTTL, "how long the node keeps an access decision (0: ask the store on every request); bounds how late a change made through another node is seen")
+	gossipAddr := fs.String("gossip-addr", "", "join a gateway cluster: memberlist's address, host:port (empty: a node on its own)")
+	seeds := fs.String("seeds", "", "other nodes' gossip addresses (or a DNS name resolving to them), comma-separated")
+	gossipKeyFile := fs.String("gossip-key-file", "", "32 random bytes, base64 (openssl rand -base64 32): encrypts gossip; the same on every node")
+	peerAddr := fs.String("peer-addr", "", "where other nodes forward requests to this one, host:port (node-to-node mutual TLS)")
+	ringPublic := fs.String("node-addr", "", "this node's own address for agents, host:port, where other nodes redirect agents whose tunnel belongs here (default -addr)")
+	zone := fs.String("zone", "", "this node's failure domain (zone), if known")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
+	}
+	if *gossipAddr != "" {
+		if *gossipKeyFile == "" || *peerAddr == "" {
+			return errors.New("--gossip-addr needs --gossip-key-file and --peer-addr")
+		}
+		key, err := readKeyFile(*gossipKeyFile, "--gossip-key-file")
+		if err != nil {
+			return err
+		}
+		gcfg.Ring = &gateway.RingConfig{GossipAddr: *gossipAddr, Key: key, PeerAddr: *peerAddr, PublicAddr: *ringPublic, Zone: *zone}
+		for _, s := range strings.Split(*seeds, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				gcfg.Ring.Seeds = append(gcfg.Ring.Seeds, s)
+			}
+		}
 	}
 	if gcfg.AccessCacheTTL < 0 || gcfg.AccessCacheTTL > time.Minute {
 		return fmt.Errorf("--access-cache-ttl %s: from 0 to 1m", gcfg.AccessCacheTTL)
@@ -413,19 +434,28 @@ func loadSSO(providersFile, keyFile string) (*api.SSOConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--sso-providers %s: %w", providersFile, err)
 	}
-	text, err := os.ReadFile(keyFile)
+	key, err := readKeyFile(keyFile, "--token-key-file")
 	if err != nil {
-		return nil, fmt.Errorf("--token-key-file: %w", err)
-	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(text)))
-	if err != nil {
-		return nil, fmt.Errorf("--token-key-file: not base64: %w", err)
+		return nil, err
 	}
 	sealer, err := identity.NewSealer(key)
 	if err != nil {
 		return nil, fmt.Errorf("--token-key-file: %w", err)
 	}
 	return &api.SSOConfig{Providers: reader, Sealer: sealer}, nil
+}
+
+// readKeyFile reads a base64 key from path.
+func readKeyFile(path, flagName string) ([]byte, error) {
+	text, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flagName, err)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(text)))
+	if err != nil {
+		return nil, fmt.Errorf("%s: not base64: %w", flagName, err)
+	}
+	return key, nil
 }
 
 // readSSOProviders reads a YAML list of identity.SSOProvider, strictly.

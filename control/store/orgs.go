@@ -319,3 +319,22 @@ func (s *Store) DeleteCluster(ctx context.Context, id string) error {
 		return s.recordChange(ctx, tx, ChangeAll, "", time.Time{})
 	})
 }
+
+// ClusterNames returns the names of every cluster, sorted: the keys the
+// gateway cluster places tunnels by.
+func (s *Store) ClusterNames(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name FROM clusters ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("store: cluster names: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, fmt.Errorf("store: cluster names: %w", err)
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/node"
+	"github.com/gatehouse-dev/gatehouse/ring"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
@@ -70,10 +71,37 @@ type Config struct {
 	Identity *identity.Kratos
 	// SSO reads SSO groups at login; nil keeps Kratos's.
 	SSO *api.SSOConfig
+	// Ring, when set, makes the node a member of a gateway cluster:
+	// gossip, tunnel placement, agent redirects and forwarding. Nil is a
+	// node on its own, which holds every tunnel.
+	Ring *RingConfig
 	// Logger receives the gateway's logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+}
+
+// RingConfig is a node's place in a gateway cluster.
+type RingConfig struct {
+	// GossipAddr is memberlist's address (TCP and UDP), host:port.
+	GossipAddr string
+	// Seeds are other nodes' gossip addresses (or a DNS name that
+	// resolves to them).
+	Seeds []string
+	// Key encrypts gossip (16, 24 or 32 bytes), the same on every node.
+	Key []byte
+	// PeerAddr is where other nodes forward requests to this one,
+	// host:port (mutual TLS with node certificates).
+	PeerAddr string
+	// PublicAddr is this node's own address for agents, where others
+	// redirect the agents whose tunnel belongs here; empty means the
+	// node's listen address (which must then name a host).
+	PublicAddr string
+	// Zone is the node's failure domain, if known.
+	Zone string
+	// KeysInterval is how often the node reads the list of clusters it
+	// places (new clusters are placed by rendezvous alone until then).
+	KeysInterval time.Duration
 }
 
 // DefaultConfig returns the defaults; Store, KEK and Audit must be set.
@@ -116,6 +144,8 @@ type Gateway struct {
 	policy *policy.Engine
 	cert   atomic.Pointer[tls.Certificate]
 	feed   *control.Follower
+	ring   *ring.Ring  // nil for a node alone
+	peers  *ring.Peers // nil for a node alone
 
 	ready   chan struct{} // closed once the API serves
 	url     string        // set before ready closes
@@ -172,6 +202,14 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	g.Registry = tunnel.NewRegistry(g.log)
 	ncfg := cfg.Node
+	if cfg.Ring != nil {
+		if err := g.joinRing(ncfg.Addr); err != nil {
+			g.Registry.Close()
+			return nil, err
+		}
+		ncfg.Tunnels = &ring.Tunnels{Ring: g.ring, Local: g.Registry, Peers: g.peers}
+		ncfg.Redirector = g.ring
+	}
 	ncfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return g.cert.Load(), nil }
 	ncfg.Verifier, ncfg.Registry, ncfg.Audit = g.CA, g.Registry, cfg.Audit
 	ncfg.Grants = &control.Access{Store: cfg.Store, Policy: g.policy, CacheTTL: cfg.AccessCacheTTL, Now: cfg.Now}
@@ -183,10 +221,81 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		ncfg.Now = cfg.Now
 	}
 	if g.Node, err = node.New(ncfg); err != nil {
+		g.closeRing()
 		g.Registry.Close()
 		return nil, err
 	}
 	return g, nil
+}
+
+// joinRing starts the peer endpoint and joins the gateway cluster.
+func (g *Gateway) joinRing(listen string) error {
+	rc := g.cfg.Ring
+	public := rc.PublicAddr
+	if public == "" {
+		host, _, _ := net.SplitHostPort(listen)
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			return errors.New("gateway: Ring.PublicAddr is required when the node listens on every address")
+		}
+		public = listen
+	}
+	var err error
+	g.peers, err = ring.NewPeers(ring.PeerConfig{Addr: rc.PeerAddr, GetCertificate: g.cert.Load, Roots: g.CA.RootPool(), Verifier: g.CA, Local: g.Registry, Logger: g.log})
+	if err != nil {
+		return err
+	}
+	keys, err := g.cfg.Store.ClusterNames(context.Background())
+	if err != nil {
+		g.peers.Close()
+		return err
+	}
+	cfg := ring.DefaultConfig()
+	cfg.Name, cfg.BindAddr, cfg.Key, cfg.Seeds, cfg.Logger = g.cfg.Node.Name, rc.GossipAddr, rc.Key, rc.Seeds, g.log
+	cfg.Meta = ring.Meta{PeerAddr: g.peers.Addr(), PublicAddr: public, Zone: rc.Zone, Generation: g.now().UnixMilli()}
+	if g.ring, err = ring.New(cfg); err != nil {
+		g.peers.Close()
+		return err
+	}
+	g.ring.SetKeys(keys)
+	return nil
+}
+
+func (g *Gateway) closeRing() {
+	if g.ring != nil {
+		g.ring.Close()
+	}
+	if g.peers != nil {
+		g.peers.Close()
+	}
+}
+
+// Ring is the node's view of the gateway cluster; nil for a node alone.
+func (g *Gateway) Ring() *ring.Ring { return g.ring }
+
+// ringLoop keeps the ring's list of clusters and this node's tunnel count
+// current, until ctx ends.
+func (g *Gateway) ringLoop(ctx context.Context) {
+	every := g.cfg.Ring.KeysInterval
+	if every <= 0 {
+		every = 2 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if keys, err := g.cfg.Store.ClusterNames(ctx); err == nil {
+			g.ring.SetKeys(keys)
+		} else if ctx.Err() == nil {
+			g.log.Warn("ring: cluster list", "err", err)
+		}
+		if n := g.Registry.Len(); n != g.ring.Meta().Tunnels {
+			g.ring.SetMeta(ctx, func(m *ring.Meta) { m.Tunnels = n })
+		}
+	}
 }
 
 // DefaultHosts returns the names a node listening on addr serves: its host
@@ -316,8 +425,34 @@ func (g *Gateway) Run(ctx context.Context) error {
 		defer g.wg.Done()
 		g.renewLoop(ctx)
 	}()
-	err := <-errc // the node stops when ctx ends (or fails)
-	cancel()
+	if g.ring != nil {
+		g.wg.Add(2)
+		go func() {
+			defer g.wg.Done()
+			g.peers.Serve(ctx)
+		}()
+		go func() {
+			defer g.wg.Done()
+			g.ringLoop(ctx)
+		}()
+	}
+	select {
+	case err := <-errc: // the node failed
+		cancel()
+		g.wg.Wait()
+		return err
+	case <-ctx.Done():
+	}
+	// A graceful stop: the others stop placing tunnels here and hear that
+	// this node leaves, so they take its clusters at once rather than
+	// after failure detection.
+	if g.ring != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		g.ring.SetMeta(sctx, func(m *ring.Meta) { m.Draining = true })
+		scancel()
+		g.ring.Leave(2 * time.Second)
+	}
+	err := <-errc
 	g.wg.Wait()
 	return err
 }
@@ -354,7 +489,10 @@ func (g *Gateway) Ready(ctx context.Context) (string, error) {
 // Close releases what New made (the tunnel registry). Run must have
 // returned. It is idempotent.
 func (g *Gateway) Close() error {
-	g.closeOnce.Do(func() { g.Registry.Close() })
+	g.closeOnce.Do(func() {
+		g.closeRing()
+		g.Registry.Close()
+	})
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/internal/nodetest"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/gatehouse-dev/gatehouse/ring"
 )
 
 func TestMain(m *testing.M) {
@@ -196,4 +197,45 @@ func TestChangesReachEveryNode(t *testing.T) {
 			t.Fatalf("after expiry: %d", code)
 		}
 	})
+}
+
+// A 3-node gateway cluster (real processes): agents that all dial one node
+// (the stand-in for the anycast address) are redirected to the rendezvous
+// owner of their cluster, and every cluster is reachable through every
+// node, forwarded one hop where the node does not hold the tunnel.
+func TestRingPlacesRedirectsAndForwards(t *testing.T) {
+	var clusters []string
+	for i := range 12 {
+		clusters = append(clusters, fmt.Sprintf("c%02d", i))
+	}
+	c := nodetest.StartRing(t, 3, clusters...)
+	names := []string{}
+	byAddr := map[string]string{}
+	for _, n := range c.Nodes {
+		names = append(names, n.Name)
+		byAddr[n.Addr] = n.Name
+	}
+	want := ring.Place(clusters, names, ring.DefaultEpsilon)
+	agents := map[string]*nodetest.Agent{}
+	for _, cl := range clusters {
+		agents[cl] = c.StartAgent(cl, c.Nodes[0], fakeAPI())
+	}
+	redirected := 0
+	for _, cl := range clusters {
+		a := agents[cl]
+		eventually(t, 30*time.Second, cl+" held by its owner "+want[cl], func() bool { return byAddr[a.Remote()] == want[cl] })
+		if a.Redirects() > 0 {
+			redirected++
+		}
+	}
+	t.Logf("owners %v; %d of %d agents were redirected from %s", want, redirected, len(clusters), c.Nodes[0].Name)
+	_, token := c.Person("ada@acme.test", "PROJECT_READ_ONLY", c.Project.ID, "")
+	cert := c.Credential(c.Nodes[0], token)
+	for _, cl := range clusters {
+		for _, n := range c.Nodes {
+			if code := get(t, c, n, cert, "/k8s/"+cl+"/api/v1/namespaces"); code != http.StatusOK {
+				t.Fatalf("%s through %s (owner %s): %d", cl, n.Name, want[cl], code)
+			}
+		}
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -102,22 +103,34 @@ type Cluster struct {
 	Admin      *store.User
 	AdminToken string
 	Nodes      []*Node
+	// GossipKeyFile, when set (StartRing), makes the nodes one gateway
+	// cluster.
+	GossipKeyFile string
 }
 
 // Node is one `gatehouse node` process.
 type Node struct {
 	Name, Addr, Dir string
-	c               *Cluster
-	cmd             *exec.Cmd
-	done            chan error
-	log             *os.File
+	// GossipAddr and PeerAddr are set for a node of a ring.
+	GossipAddr, PeerAddr string
+	c                    *Cluster
+	cmd                  *exec.Cmd
+	done                 chan error
+	log                  *os.File
 }
 
 // URL is the node's https URL.
 func (n *Node) URL() string { return "https://" + n.Addr }
 
-// Start starts n nodes on a new PostgreSQL database.
-func Start(t testing.TB, n int) *Cluster {
+// Start starts n nodes, each on its own, on a new PostgreSQL database.
+func Start(t testing.TB, n int) *Cluster { return start(t, n, false, nil) }
+
+// StartRing starts n nodes that form one gateway cluster (gossip, tunnel
+// placement, redirects, forwarding), after creating clusters in the store
+// so that every node places them from the start.
+func StartRing(t testing.TB, n int, clusters ...string) *Cluster { return start(t, n, true, clusters) }
+
+func start(t testing.TB, n int, inRing bool, clusters []string) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, Bin: Binary(t), Dir: t.TempDir()}
 	pg := testenv.PostgresT(t)
@@ -144,6 +157,15 @@ func Start(t testing.TB, n int) *Cluster {
 	c.Project = &store.Project{OrgID: c.Org.ID, Name: "web"}
 	must(t, st.CreateProject(ctx, c.Project))
 	c.Admin, c.AdminToken = c.Person("admin@acme.test", "ADMIN", "", "")
+	for _, name := range clusters {
+		must(t, st.CreateCluster(ctx, &store.Cluster{Name: name, ProjectID: c.Project.ID}))
+	}
+	if inRing {
+		gk := make([]byte, 32)
+		rand.Read(gk)
+		c.GossipKeyFile = filepath.Join(c.Dir, "gossip.key")
+		must(t, os.WriteFile(c.GossipKeyFile, []byte(base64.StdEncoding.EncodeToString(gk)+"\n"), 0o600))
+	}
 	for i := range n {
 		c.Nodes = append(c.Nodes, c.newNode(fmt.Sprintf("node-%d", i+1)))
 	}
@@ -170,17 +192,35 @@ func (c *Cluster) run(args ...string) {
 }
 
 func (c *Cluster) newNode(name string) *Node {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
 	dir := filepath.Join(c.Dir, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		c.t.Fatal(err)
 	}
-	return &Node{Name: name, Addr: addr, Dir: dir, c: c}
+	n := &Node{Name: name, Addr: c.freeAddr(), Dir: dir, c: c}
+	if c.GossipKeyFile != "" {
+		n.GossipAddr, n.PeerAddr = c.freeAddr(), c.freeAddr()
+	}
+	return n
+}
+
+// freeAddr returns a loopback address whose port is free now (TCP and,
+// for gossip, UDP).
+func (c *Cluster) freeAddr() string {
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err == nil {
+			u.Close()
+			return addr
+		}
+	}
+	c.t.Fatal("no free port")
+	return ""
 }
 
 // Start starts the node's process and waits until it serves. A stopped
@@ -193,9 +233,20 @@ func (n *Node) Start() {
 		t.Fatal(err)
 	}
 	n.log = log
-	n.cmd = exec.Command(n.c.Bin, "node", "--name", n.Name, "--addr", n.Addr, "--state-dir", n.Dir,
+	args := []string{"node", "--name", n.Name, "--addr", n.Addr, "--state-dir", n.Dir,
 		"--store-driver", "postgres", "--store-dsn", n.c.DSN, "--ca-kek-file", n.c.KEKFile, "--log-level", "debug",
-		"--shutdown-timeout", "5s")
+		"--shutdown-timeout", "5s"}
+	if n.GossipAddr != "" {
+		var seeds []string
+		for _, o := range n.c.Nodes {
+			if o != n {
+				seeds = append(seeds, o.GossipAddr)
+			}
+		}
+		args = append(args, "--gossip-addr", n.GossipAddr, "--gossip-key-file", n.c.GossipKeyFile, "--peer-addr", n.PeerAddr,
+			"--seeds", strings.Join(seeds, ","))
+	}
+	n.cmd = exec.Command(n.c.Bin, args...)
 	n.cmd.Stdout, n.cmd.Stderr = log, log
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -358,6 +409,13 @@ type Agent struct {
 // Controls returns how many control messages the agent carried out.
 func (a *Agent) Controls() int64 { return a.controls.Load() }
 
+// Remote returns the address of the node that holds the agent's tunnel
+// ("" while none is up).
+func (a *Agent) Remote() string { return a.client.Remote() }
+
+// Redirects returns how many redirects the agent has followed.
+func (a *Agent) Redirects() int64 { return a.client.Redirects() }
+
 // Sessions returns how many tunnel sessions the agent has had.
 func (a *Agent) Sessions() int64 { return a.client.Sessions() }
 
@@ -370,8 +428,12 @@ func (c *Cluster) StartAgent(cluster string, n *Node, h http.Handler) *Agent {
 	t := c.t
 	t.Helper()
 	ctx := context.Background()
-	cl := &store.Cluster{Name: cluster, ProjectID: c.Project.ID}
-	must(t, c.Store.CreateCluster(ctx, cl))
+	cl, err := c.Store.GetCluster(ctx, cluster)
+	if errors.Is(err, store.ErrNotFound) {
+		cl = &store.Cluster{Name: cluster, ProjectID: c.Project.ID}
+		err = c.Store.CreateCluster(ctx, cl)
+	}
+	must(t, err)
 	token, err := c.Store.CreateBootstrapToken(ctx, cl.ID, time.Hour)
 	must(t, err)
 	key, keyPEM, err := pki.NewKey()
