@@ -202,8 +202,15 @@ func (n *Node) proxy(cluster, rest string) *httputil.ReverseProxy {
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			switch {
 			case errors.Is(err, tunnel.ErrNoTunnel):
+				// In a gateway cluster the tunnel may be moving between
+				// nodes: worth a retry in a moment (client-go honours
+				// Retry-After). A node alone knows its agent is away.
+				var r interface{ Retryable() bool }
+				if errors.As(err, &r) && r.Retryable() {
+					w.Header().Set("Retry-After", "2")
+				}
 				kubeapi.WriteStatus(w, http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable,
-					fmt.Sprintf("gatehouse: cluster %q is not connected (its agent is down or cannot reach the gateway)", cluster))
+					fmt.Sprintf("gatehouse: cluster %q is not connected (its agent is down, cannot reach the gateway, or is moving to another gateway node); retry in a moment", cluster))
 			case errors.Is(err, context.Canceled):
 			default:
 				kubeapi.WriteStatus(w, http.StatusBadGateway, metav1.StatusReasonInternalError,

@@ -15,6 +15,17 @@ import (
 // second or two.
 const DefaultTunnelWait = 5 * time.Second
 
+// errMoving: no node holds the cluster's tunnel after the wait. It is
+// tunnel.ErrNoTunnel, and Retryable: in a gateway cluster a tunnel is
+// often between two nodes.
+type errMoving struct{ cluster string }
+
+func (e errMoving) Error() string {
+	return "ring: no node holds the tunnel of " + e.cluster + " (its agent is away, or moving between nodes)"
+}
+func (errMoving) Unwrap() error   { return tunnel.ErrNoTunnel }
+func (errMoving) Retryable() bool { return true }
+
 // Tunnels opens streams to agents wherever their tunnel is: on this node,
 // or on the owner, through Peers. It implements node.Tunnels.
 type Tunnels struct {
@@ -54,7 +65,7 @@ func (t *Tunnels) Open(ctx context.Context, cluster string, h *tunnel.Header) (n
 			}
 		}
 		if !time.Now().Before(deadline) {
-			return nil, tunnel.ErrNoTunnel
+			return nil, errMoving{cluster}
 		}
 		select {
 		case <-ctx.Done():

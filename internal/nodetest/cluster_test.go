@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -208,14 +211,14 @@ func TestRingPlacesRedirectsAndForwards(t *testing.T) {
 	for i := range 12 {
 		clusters = append(clusters, fmt.Sprintf("c%02d", i))
 	}
-	c := nodetest.StartRing(t, 3, clusters...)
+	c := nodetest.StartRing(t, 3, append(clusters, "ghost")...)
 	names := []string{}
 	byAddr := map[string]string{}
 	for _, n := range c.Nodes {
 		names = append(names, n.Name)
 		byAddr[n.Addr] = n.Name
 	}
-	want := ring.Place(clusters, names, ring.DefaultEpsilon)
+	want := ring.Place(append(slices.Clone(clusters), "ghost"), names, ring.DefaultEpsilon)
 	agents := map[string]*nodetest.Agent{}
 	for _, cl := range clusters {
 		agents[cl] = c.StartAgent(cl, c.Nodes[0], fakeAPI())
@@ -237,5 +240,21 @@ func TestRingPlacesRedirectsAndForwards(t *testing.T) {
 				t.Fatalf("%s through %s (owner %s): %d", cl, n.Name, want[cl], code)
 			}
 		}
+	}
+	// A cluster whose agent is nowhere: after the bounded wait, 503 with
+	// Retry-After and a Kubernetes Status that says why.
+	hc := c.HTTPClient(&cert)
+	defer hc.CloseIdleConnections()
+	start := time.Now()
+	resp, err := hc.Get(c.Nodes[1].URL() + "/k8s/ghost/api/v1/namespaces")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	t.Logf("no tunnel: %d after %s, Retry-After %q", resp.StatusCode, time.Since(start).Round(100*time.Millisecond), resp.Header.Get("Retry-After"))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(string(body), `"kind":"Status"`) || !strings.Contains(string(body), "not connected") {
+		t.Fatalf("no tunnel: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
 }
