@@ -101,6 +101,15 @@ type Client struct {
 	mu     sync.Mutex // guards sess and remote
 	sess   *yamux.Session
 	remote string // the address of the node holding the tunnel
+
+	// A move (OpMove) serves a second session beside the first until the
+	// gateway closes the first. active counts the sessions being served;
+	// idle receives when it drops to zero; moves owns the goroutines of
+	// moved sessions; runCtx is Run's context, which they live in.
+	active atomic.Int32
+	idle   chan struct{}
+	moves  sync.WaitGroup
+	runCtx context.Context
 }
 
 // NewClient returns a client for cfg.
@@ -118,7 +127,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, log: log}, nil
+	return &Client{cfg: cfg, log: log, idle: make(chan struct{}, 1)}, nil
 }
 
 // Connected reports whether a tunnel is up now.
@@ -130,12 +139,25 @@ func (c *Client) Sessions() int64 { return c.sessions.Load() }
 // Run keeps a tunnel to the gateway until ctx ends, reconnecting with
 // jittered exponential backoff. It returns ctx's error.
 func (c *Client) Run(ctx context.Context) error {
+	c.mu.Lock()
+	c.runCtx = ctx
+	c.mu.Unlock()
+	defer c.moves.Wait()
 	backoff := c.cfg.MinBackoff
 	for {
 		start := time.Now()
 		conn, err := c.dial(ctx)
 		if err == nil {
-			c.serve(ctx, conn)
+			c.active.Add(1)
+			c.serve(ctx, conn, nil)
+			// A session that moved on: serve the new one until it ends.
+			for c.active.Load() > 0 {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-c.idle:
+				}
+			}
 			// A tunnel that stayed up a while resets the backoff.
 			if time.Since(start) > c.cfg.MaxBackoff {
 				backoff = c.cfg.MinBackoff
@@ -265,8 +287,17 @@ func (c *Client) Remote() string {
 func (c *Client) Redirects() int64 { return c.redirects.Load() }
 
 // serve runs one tunnel until it ends or ctx is done, then closes every
-// stream and returns after every stream has been served.
-func (c *Client) serve(ctx context.Context, conn net.Conn) {
+// stream and returns after every stream has been served. The caller has
+// counted it in active; ready, if set, is closed once it serves.
+func (c *Client) serve(ctx context.Context, conn net.Conn, ready chan<- struct{}) {
+	defer func() {
+		if c.active.Add(-1) == 0 {
+			select {
+			case c.idle <- struct{}{}:
+			default:
+			}
+		}
+	}()
 	sess, err := yamux.Client(conn, yamuxConfig(c.log))
 	if err != nil {
 		conn.Close()
@@ -311,13 +342,18 @@ func (c *Client) serve(ctx context.Context, conn net.Conn) {
 			}()
 		}
 	}()
+	if ready != nil {
+		close(ready)
+	}
 	select {
 	case <-sess.CloseChan():
 	case <-ctx.Done():
 	}
-	c.connected.Store(false)
 	c.mu.Lock()
-	c.sess = nil
+	if c.sess == sess { // a moved session may have taken over
+		c.sess = nil
+		c.connected.Store(false)
+	}
 	c.mu.Unlock()
 	cancel()
 	sess.Close()
@@ -339,6 +375,19 @@ func (c *Client) dispatch(ctx context.Context, st *yamux.Stream, ln *streamListe
 		return
 	}
 	switch t {
+	case FrameControl:
+		if ctl, err := ParseControl(payload); err == nil && ctl.Op == OpMove {
+			defer st.Close()
+			var res Result
+			if err := c.move(ctl.Addr); err != nil {
+				c.log.Warn("tunnel: move refused", "to", ctl.Addr, "err", err)
+				res.Error = err.Error()
+			}
+			st.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			WriteJSON(st, FrameResult, &res)
+			return
+		}
+		c.control(ctx, st, payload)
 	case FrameHeader:
 		h, err := ParseHeader(payload)
 		if err != nil {
@@ -351,27 +400,71 @@ func (c *Client) dispatch(ctx context.Context, st *yamux.Stream, ln *streamListe
 		case <-ln.done:
 			st.Close()
 		}
-	case FrameControl:
-		defer st.Close()
-		var res Result
-		ctl, err := ParseControl(payload)
-		switch {
-		case err != nil:
-			res.Error = err.Error()
-		case c.cfg.Control == nil:
-			res.Error = "this agent takes no control messages"
-		default:
-			cctx, cancel := context.WithTimeout(ctx, time.Minute)
-			if err := c.cfg.Control.Control(cctx, ctl); err != nil {
-				res.Error = err.Error()
-			}
-			cancel()
-		}
-		st.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		WriteJSON(st, FrameResult, &res)
 	default:
 		c.log.Warn("tunnel: unexpected frame from gateway", "type", t)
 		st.Close()
+	}
+}
+
+// control carries out a gateway's control message with the configured
+// handler and answers it.
+func (c *Client) control(ctx context.Context, st *yamux.Stream, payload []byte) {
+	defer st.Close()
+	var res Result
+	ctl, err := ParseControl(payload)
+	switch {
+	case err != nil:
+		res.Error = err.Error()
+	case c.cfg.Control == nil:
+		res.Error = "this agent takes no control messages"
+	default:
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if err := c.cfg.Control.Control(cctx, ctl); err != nil {
+			res.Error = err.Error()
+		}
+		cancel()
+	}
+	st.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	WriteJSON(st, FrameResult, &res)
+}
+
+// move opens a tunnel to the node at addr and serves it beside the current
+// one, returning once it serves: the gateway then stops using the current
+// tunnel and closes it when its streams are done. A node that redirects
+// again refuses the move.
+func (c *Client) move(addr string) error {
+	c.mu.Lock()
+	ctx := c.runCtx
+	c.mu.Unlock()
+	if ctx == nil {
+		return errors.New("tunnel: not running")
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	raw, err := c.dialRaw(dctx, addr)
+	if err != nil {
+		return fmt.Errorf("move to %s: %w", addr, err)
+	}
+	tc, redirect, err := c.handshake(dctx, raw)
+	if err != nil {
+		return fmt.Errorf("move to %s: %w", addr, err)
+	}
+	if redirect != "" {
+		return fmt.Errorf("%w: %s sent the agent on to %s", ErrRedirectLoop, addr, redirect)
+	}
+	ready := make(chan struct{})
+	c.active.Add(1)
+	c.moves.Add(1)
+	go func() {
+		defer c.moves.Done()
+		c.serve(ctx, tc, ready)
+	}()
+	select {
+	case <-ready:
+		c.log.Info("tunnel: moved", "to", addr)
+		return nil
+	case <-dctx.Done():
+		return fmt.Errorf("move to %s: %w", addr, dctx.Err())
 	}
 }
 

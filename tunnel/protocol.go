@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/grant"
@@ -79,18 +80,31 @@ const (
 	// OpSync: the person's grants changed. The agent makes their bindings
 	// match Grants now, before their next request.
 	OpSync = "sync"
+	// OpMove (version 2): the cluster's tunnel belongs on the node at Addr
+	// now. The agent opens a tunnel there, serves both until this one is
+	// closed, and answers once the new one is up; the gateway then sends
+	// no new stream here and closes this tunnel when its streams are done.
+	OpMove = "move"
 )
 
 // Control is a gateway-to-agent instruction about one person.
 type Control struct {
 	RequestID string        `json:"requestId"`
 	Op        string        `json:"op"`
-	User      string        `json:"user"`
+	User      string        `json:"user,omitempty"`
 	Grants    []grant.Grant `json:"grants,omitempty"`
+	// Addr is where OpMove sends the tunnel, host:port.
+	Addr string `json:"addr,omitempty"`
 }
 
 // Validate checks what the agent relies on.
 func (c *Control) Validate() error {
+	if c.Op == OpMove {
+		if _, _, err := net.SplitHostPort(c.Addr); err != nil || len(c.Addr) > 256 || c.User != "" || len(c.Grants) != 0 {
+			return fmt.Errorf("%w: move names an address (host:port) and nothing else", ErrBadHeader)
+		}
+		return nil
+	}
 	if c.User == "" || len(c.User) > 256 || len(c.RequestID) > 128 {
 		return fmt.Errorf("%w: user must be 1..256 bytes, request id at most 128", ErrBadHeader)
 	}

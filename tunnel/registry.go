@@ -31,7 +31,10 @@ type Registry struct {
 	mu       sync.Mutex // guards sessions, issued and closed
 	sessions map[string]*yamux.Session
 	issued   map[*yamux.Session]time.Time // when the agent's certificate was issued
+	retired  map[*yamux.Session]bool      // out of use, closing when their streams are done
 	closed   bool
+
+	drains sync.WaitGroup // the goroutines closing retired sessions
 
 	serving sync.WaitGroup // Serve calls in progress; Close waits for them
 }
@@ -41,7 +44,7 @@ func NewRegistry(logger *slog.Logger) *Registry {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Registry{log: logger, sessions: map[string]*yamux.Session{}, issued: map[*yamux.Session]time.Time{}}
+	return &Registry{log: logger, sessions: map[string]*yamux.Session{}, issued: map[*yamux.Session]time.Time{}, retired: map[*yamux.Session]bool{}}
 }
 
 // ServeOptions are what Serve needs to know about an authenticated agent.
@@ -122,6 +125,7 @@ func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn, opt
 		delete(r.sessions, cluster)
 	}
 	delete(r.issued, sess)
+	delete(r.retired, sess)
 	r.mu.Unlock()
 	r.log.Info("tunnel down", "cluster", cluster)
 	return nil
@@ -289,17 +293,56 @@ func (r *Registry) DisconnectIssuedBefore(cluster string, before time.Time) bool
 	return s != nil
 }
 
+// Retire takes cluster's tunnel out of use here (its agent has moved to
+// another node): Open and Connected no longer see it, and it is closed once
+// its streams are done, or after grace. It reports whether there was one.
+func (r *Registry) Retire(cluster string, grace time.Duration) bool {
+	r.mu.Lock()
+	s := r.sessions[cluster]
+	if s == nil || r.closed {
+		r.mu.Unlock()
+		return false
+	}
+	delete(r.sessions, cluster)
+	r.retired[s] = true
+	r.drains.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.drains.Done()
+		deadline := time.Now().Add(grace)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for s.NumStreams() > 0 && time.Now().Before(deadline) {
+			select {
+			case <-s.CloseChan():
+				return
+			case <-t.C:
+			}
+		}
+		r.log.Info("tunnel: retired tunnel closed", "cluster", cluster, "streamsLeft", s.NumStreams())
+		s.Close()
+	}()
+	return true
+}
+
 // Close closes every tunnel, refuses new ones, and returns once every Serve
 // call (and the goroutines each owns) has returned. It is idempotent.
 func (r *Registry) Close() error {
 	r.mu.Lock()
 	r.closed = true
-	sessions := r.sessions
+	var all []*yamux.Session
+	for _, s := range r.sessions {
+		all = append(all, s)
+	}
+	for s := range r.retired {
+		all = append(all, s)
+	}
 	r.sessions = map[string]*yamux.Session{}
 	r.mu.Unlock()
-	for _, s := range sessions {
+	for _, s := range all {
 		s.Close()
 	}
 	r.serving.Wait()
+	r.drains.Wait()
 	return nil
 }

@@ -8,6 +8,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -102,7 +103,17 @@ type RingConfig struct {
 	// KeysInterval is how often the node reads the list of clusters it
 	// places (new clusters are placed by rendezvous alone until then).
 	KeysInterval time.Duration
+	// HandoverGrace bounds how long a tunnel whose cluster now belongs on
+	// another node keeps serving its streams (watches, exec) after the
+	// agent has moved; zero means DefaultHandoverGrace.
+	HandoverGrace time.Duration
 }
+
+// DefaultHandoverGrace lets requests in flight on a moved tunnel finish: a
+// minute covers every ordinary request and most exec sessions; a watch
+// older than that is cut, and its client watches again (through the new
+// owner).
+const DefaultHandoverGrace = time.Minute
 
 // DefaultConfig returns the defaults; Store, KEK and Audit must be set.
 func DefaultConfig() Config {
@@ -298,6 +309,74 @@ func (g *Gateway) ringLoop(ctx context.Context) {
 	}
 }
 
+// handoverLoop moves the tunnels this node holds whose cluster now belongs
+// on another node (a node joined, or came back): after each change of the
+// ring, and every KeysInterval. The new tunnel comes first, then this one
+// stops taking requests, then it closes when its streams are done.
+func (g *Gateway) handoverLoop(ctx context.Context) {
+	every := g.cfg.Ring.KeysInterval
+	if every <= 0 {
+		every = 2 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	moving := map[string]bool{}
+	var mu sync.Mutex // guards moving
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-g.ring.Changes():
+		}
+		if g.ring.Meta().Draining {
+			continue // leaving: its agents reconnect when it closes
+		}
+		for _, cluster := range g.Registry.Clusters() {
+			owner, ok := g.ring.Owner(cluster)
+			if !ok || owner.Name == g.ring.Name() || owner.Meta.PublicAddr == "" {
+				continue
+			}
+			mu.Lock()
+			busy := moving[cluster]
+			moving[cluster] = true
+			mu.Unlock()
+			if busy {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { mu.Lock(); delete(moving, cluster); mu.Unlock() }()
+				g.handover(ctx, cluster, owner)
+			}()
+		}
+	}
+}
+
+// handover asks cluster's agent to move to owner, then retires its tunnel
+// here.
+func (g *Gateway) handover(ctx context.Context, cluster string, owner ring.Member) {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := g.Registry.Control(cctx, cluster, &tunnel.Control{RequestID: rand.Text(), Op: tunnel.OpMove, Addr: owner.Meta.PublicAddr})
+	if err != nil {
+		// A version-1 agent cannot move; it stays, and the ring forwards
+		// to it.
+		g.log.Info("ring: tunnel not handed over", "cluster", cluster, "to", owner.Name, "err", err)
+		return
+	}
+	grace := g.cfg.Ring.HandoverGrace
+	if grace <= 0 {
+		grace = DefaultHandoverGrace
+	}
+	if g.Registry.Retire(cluster, grace) {
+		g.log.Info("ring: tunnel handed over", "cluster", cluster, "to", owner.Name)
+	}
+}
+
 // DefaultHosts returns the names a node listening on addr serves: its host
 // if it names one, then localhost and 127.0.0.1.
 func DefaultHosts(addr string) []string {
@@ -426,10 +505,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.renewLoop(ctx)
 	}()
 	if g.ring != nil {
-		g.wg.Add(2)
+		g.wg.Add(3)
 		go func() {
 			defer g.wg.Done()
 			g.peers.Serve(ctx)
+		}()
+		go func() {
+			defer g.wg.Done()
+			g.handoverLoop(ctx)
 		}()
 		go func() {
 			defer g.wg.Done()

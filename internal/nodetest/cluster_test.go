@@ -258,3 +258,91 @@ func TestRingPlacesRedirectsAndForwards(t *testing.T) {
 		t.Fatalf("no tunnel: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
 }
+
+// A node joins a 2-node cluster: the clusters it now owns move to it, new
+// tunnel first; requests go on without a failure, and a watch open on a
+// moving tunnel keeps streaming.
+func TestHandoverWhenANodeJoins(t *testing.T) {
+	var clusters []string
+	for i := range 20 {
+		clusters = append(clusters, fmt.Sprintf("h%02d", i))
+	}
+	c := nodetest.StartRing(t, 2, clusters...)
+	before := ring.Place(clusters, []string{"node-1", "node-2"}, ring.DefaultEpsilon)
+	after := ring.Place(clusters, []string{"node-1", "node-2", "node-3"}, ring.DefaultEpsilon)
+	agents := map[string]*nodetest.Agent{}
+	for _, cl := range clusters {
+		agents[cl] = c.StartAgent(cl, c.Nodes[0], fakeAPI())
+	}
+	addrOf := map[string]string{"node-1": c.Nodes[0].Addr, "node-2": c.Nodes[1].Addr}
+	for _, cl := range clusters {
+		eventually(t, 30*time.Second, cl+" on "+before[cl], func() bool { return agents[cl].Remote() == addrOf[before[cl]] })
+	}
+	moving := ""
+	for _, cl := range clusters {
+		if after[cl] == "node-3" {
+			moving = cl
+			break
+		}
+	}
+	if moving == "" {
+		t.Fatal("no cluster moves to the new node")
+	}
+	_, token := c.Person("hana@acme.test", "PROJECT_READ_ONLY", c.Project.ID, "")
+	cert := c.Credential(c.Nodes[0], token)
+	// A watch on the moving cluster, and requests all along.
+	hc := c.HTTPClient(&cert)
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get(c.Nodes[0].URL() + "/k8s/" + moving + "/api/v1/namespaces/demo/pods?watch=true")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("watch: %v %v", resp, err)
+	}
+	defer resp.Body.Close()
+	lines := bufio.NewScanner(resp.Body)
+	first := slices.Clone(c.Nodes[:2])
+	stop := make(chan struct{})
+	type result struct{ ok, failed int }
+	done := make(chan result)
+	go func() {
+		var r result
+		for {
+			select {
+			case <-stop:
+				done <- r
+				return
+			default:
+			}
+			for _, n := range first {
+				if get(t, c, n, cert, "/k8s/"+moving+"/api/v1/namespaces") == http.StatusOK {
+					r.ok++
+				} else {
+					r.failed++
+				}
+			}
+		}
+	}()
+	n3 := c.AddNode()
+	start := time.Now()
+	eventually(t, 30*time.Second, moving+" moved to node-3", func() bool { return agents[moving].Remote() == n3.Addr })
+	t.Logf("%s moved to node-3 %s after it started", moving, time.Since(start).Round(10*time.Millisecond))
+	// The watch opened before the move still streams.
+	for i := 0; i < 5; i++ {
+		if !lines.Scan() {
+			t.Fatalf("the watch ended at the move: %v", lines.Err())
+		}
+	}
+	// Every cluster ends on its new owner, and answers through node-3.
+	addrOf["node-3"] = n3.Addr
+	for _, cl := range clusters {
+		eventually(t, 30*time.Second, cl+" on "+after[cl], func() bool { return agents[cl].Remote() == addrOf[after[cl]] })
+	}
+	close(stop)
+	r := <-done
+	t.Logf("requests during the join: %d ok, %d failed", r.ok, r.failed)
+	if r.failed > 0 {
+		t.Fatalf("%d requests failed during the hand-over", r.failed)
+	}
+	if code := get(t, c, n3, cert, "/k8s/"+moving+"/api/v1/namespaces"); code != http.StatusOK {
+		t.Fatalf("through node-3: %d", code)
+	}
+}

@@ -106,6 +106,9 @@ type Cluster struct {
 	// GossipKeyFile, when set (StartRing), makes the nodes one gateway
 	// cluster.
 	GossipKeyFile string
+
+	rootOnce sync.Once
+	root     []byte
 }
 
 // Node is one `gatehouse node` process.
@@ -172,6 +175,7 @@ func start(t testing.TB, n int, inRing bool, clusters []string) *Cluster {
 	for _, nd := range c.Nodes {
 		nd.Start()
 	}
+	c.RootPEM() // read once, before tests use the cluster from several goroutines
 	return c
 }
 
@@ -221,6 +225,16 @@ func (c *Cluster) freeAddr() string {
 	}
 	c.t.Fatal("no free port")
 	return ""
+}
+
+// AddNode starts one more node; in a ring it joins the others. It changes
+// Nodes: nothing may read Nodes meanwhile.
+func (c *Cluster) AddNode() *Node {
+	c.t.Helper()
+	n := c.newNode(fmt.Sprintf("node-%d", len(c.Nodes)+1))
+	c.Nodes = append(c.Nodes, n)
+	n.Start()
+	return n
 }
 
 // Start starts the node's process and waits until it serves. A stopped
@@ -312,13 +326,16 @@ func pool(pemBytes []byte) *x509.CertPool {
 	return p
 }
 
-// RootPEM is the gateway's root certificate, as every node serves it.
+// RootPEM is the gateway's root certificate, as every node serves it
+// (read from the first node once it has written it).
 func (c *Cluster) RootPEM() []byte {
-	b, err := os.ReadFile(filepath.Join(c.Nodes[0].Dir, "ca.crt"))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return b
+	c.rootOnce.Do(func() {
+		var err error
+		if c.root, err = os.ReadFile(filepath.Join(c.Nodes[0].Dir, "ca.crt")); err != nil {
+			c.t.Fatal(err)
+		}
+	})
+	return c.root
 }
 
 // Person creates a person with a role (at project scope when projectID is
