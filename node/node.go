@@ -29,6 +29,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Verifier checks client certificate chains. *ca.Authority implements it.
@@ -151,6 +152,10 @@ type Config struct {
 	// its context ends. Kubernetes gives a pod 30 s by default before it is
 	// killed; 20 s leaves room for the rest of the shutdown.
 	ShutdownTimeout time.Duration
+
+	// Collectors are more Prometheus metrics to serve with the node's
+	// (the gateway cluster's).
+	Collectors []prometheus.Collector
 
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger

@@ -35,6 +35,8 @@ type Tunnels struct {
 	// Wait bounds the wait for a tunnel during a change of owner; zero
 	// means DefaultTunnelWait.
 	Wait time.Duration
+	// Metrics, if set, counts forwards and times their hop.
+	Metrics *Metrics
 }
 
 // Open opens a stream to cluster's agent. A tunnel on this node is used
@@ -56,12 +58,19 @@ func (t *Tunnels) Open(ctx context.Context, cluster string, h *tunnel.Header) (n
 			}
 		}
 		if owner, ok := t.Ring.Owner(cluster); ok && owner.Name != t.Ring.Name() && owner.Meta.PeerAddr != "" {
+			start := time.Now()
 			c, err := t.Peers.Open(ctx, owner.Meta.PeerAddr, cluster, h)
-			if err == nil {
+			switch {
+			case err == nil:
+				t.Metrics.forwarded("ok", time.Since(start))
 				return c, nil
-			}
-			if !errors.Is(err, tunnel.ErrNoTunnel) && !errors.Is(err, ErrPeer) {
-				return nil, err
+			case errors.Is(err, tunnel.ErrNoTunnel):
+				t.Metrics.forwarded("no_tunnel", 0)
+			default:
+				t.Metrics.forwarded("error", 0)
+				if !errors.Is(err, ErrPeer) {
+					return nil, err
+				}
 			}
 		}
 		if !time.Now().Before(deadline) {

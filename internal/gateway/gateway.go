@@ -149,14 +149,15 @@ type Gateway struct {
 	// Registry holds the tunnels of the agents connected here.
 	Registry *tunnel.Registry
 
-	cfg    Config
-	log    *slog.Logger
-	now    func() time.Time
-	policy *policy.Engine
-	cert   atomic.Pointer[tls.Certificate]
-	feed   *control.Follower
-	ring   *ring.Ring  // nil for a node alone
-	peers  *ring.Peers // nil for a node alone
+	cfg         Config
+	log         *slog.Logger
+	now         func() time.Time
+	policy      *policy.Engine
+	cert        atomic.Pointer[tls.Certificate]
+	feed        *control.Follower
+	ring        *ring.Ring    // nil for a node alone
+	peers       *ring.Peers   // nil for a node alone
+	ringMetrics *ring.Metrics // nil for a node alone
 
 	ready   chan struct{} // closed once the API serves
 	url     string        // set before ready closes
@@ -218,8 +219,11 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 			g.Registry.Close()
 			return nil, err
 		}
-		ncfg.Tunnels = &ring.Tunnels{Ring: g.ring, Local: g.Registry, Peers: g.peers}
+		g.ringMetrics = ring.NewMetrics()
+		ncfg.Tunnels = &ring.Tunnels{Ring: g.ring, Local: g.Registry, Peers: g.peers, Metrics: g.ringMetrics}
 		ncfg.Redirector = g.ring
+		ncfg.Collectors = append(ncfg.Collectors, g.ringMetrics.Collectors()...)
+		ncfg.Collectors = append(ncfg.Collectors, ring.MembersGauge(g.ring))
 	}
 	ncfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return g.cert.Load(), nil }
 	ncfg.Verifier, ncfg.Registry, ncfg.Audit = g.CA, g.Registry, cfg.Audit
@@ -366,8 +370,10 @@ func (g *Gateway) handover(ctx context.Context, cluster string, owner ring.Membe
 		// A version-1 agent cannot move; it stays, and the ring forwards
 		// to it.
 		g.log.Info("ring: tunnel not handed over", "cluster", cluster, "to", owner.Name, "err", err)
+		g.ringMetrics.HandedOver(false)
 		return
 	}
+	g.ringMetrics.HandedOver(true)
 	grace := g.cfg.Ring.HandoverGrace
 	if grace <= 0 {
 		grace = DefaultHandoverGrace

@@ -241,6 +241,18 @@ func TestRingPlacesRedirectsAndForwards(t *testing.T) {
 			}
 		}
 	}
+	// The metrics say the same.
+	forwards, redirects := 0.0, c.Nodes[0].Metric("gatehouse_agent_redirects_total")
+	for _, n := range c.Nodes {
+		forwards += n.Metric(`gatehouse_forwards_total{result="ok"}`)
+		if m := n.Metric("gatehouse_ring_members"); m != 3 {
+			t.Fatalf("%s counts %v members", n.Name, m)
+		}
+	}
+	t.Logf("metrics: %v forwards, %v redirects by node-1", forwards, redirects)
+	if forwards == 0 || redirects == 0 {
+		t.Fatalf("metrics: %v forwards, %v redirects", forwards, redirects)
+	}
 	// A cluster whose agent is nowhere: after the bounded wait, 503 with
 	// Retry-After and a Kubernetes Status that says why.
 	hc := c.HTTPClient(&cert)
@@ -344,5 +356,17 @@ func TestHandoverWhenANodeJoins(t *testing.T) {
 	}
 	if code := get(t, c, n3, cert, "/k8s/"+moving+"/api/v1/namespaces"); code != http.StatusOK {
 		t.Fatalf("through node-3: %d", code)
+	}
+	handovers, moved := 0.0, 0
+	for _, n := range c.Nodes {
+		handovers += n.Metric(`gatehouse_handovers_total{result="ok"}`)
+	}
+	for _, cl := range clusters {
+		if before[cl] != after[cl] {
+			moved++
+		}
+	}
+	if int(handovers) != moved {
+		t.Fatalf("%v hand-overs counted, %d clusters moved", handovers, moved)
 	}
 }

@@ -116,10 +116,12 @@ type Node struct {
 	Name, Addr, Dir string
 	// GossipAddr and PeerAddr are set for a node of a ring.
 	GossipAddr, PeerAddr string
-	c                    *Cluster
-	cmd                  *exec.Cmd
-	done                 chan error
-	log                  *os.File
+	// MetricsAddr serves the node's Prometheus metrics (plain HTTP).
+	MetricsAddr string
+	c           *Cluster
+	cmd         *exec.Cmd
+	done        chan error
+	log         *os.File
 }
 
 // URL is the node's https URL.
@@ -200,7 +202,7 @@ func (c *Cluster) newNode(name string) *Node {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		c.t.Fatal(err)
 	}
-	n := &Node{Name: name, Addr: c.freeAddr(), Dir: dir, c: c}
+	n := &Node{Name: name, Addr: c.freeAddr(), MetricsAddr: c.freeAddr(), Dir: dir, c: c}
 	if c.GossipKeyFile != "" {
 		n.GossipAddr, n.PeerAddr = c.freeAddr(), c.freeAddr()
 	}
@@ -249,7 +251,7 @@ func (n *Node) Start() {
 	n.log = log
 	args := []string{"node", "--name", n.Name, "--addr", n.Addr, "--state-dir", n.Dir,
 		"--store-driver", "postgres", "--store-dsn", n.c.DSN, "--ca-kek-file", n.c.KEKFile, "--log-level", "debug",
-		"--shutdown-timeout", "5s"}
+		"--shutdown-timeout", "5s", "--metrics-addr", n.MetricsAddr}
 	if n.GossipAddr != "" {
 		var seeds []string
 		for _, o := range n.c.Nodes {
@@ -309,6 +311,29 @@ func (n *Node) Stop() {
 	}
 	n.cmd = nil
 	n.log.Close()
+}
+
+// Metric returns the sum of the samples of a Prometheus metric the node
+// serves whose line starts with prefix (a name, or a name and labels).
+func (n *Node) Metric(prefix string) float64 {
+	n.c.t.Helper()
+	resp, err := http.Get("http://" + n.MetricsAddr + "/metrics")
+	if err != nil {
+		n.c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	sum := 0.0
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[strings.LastIndex(line, " ")+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // LogTail returns the end of the node's log.
