@@ -148,7 +148,7 @@ func startBedWith(t testing.TB, policyBacked bool, cacheTTL time.Duration, tweak
 
 func (b *bed) startNode(addr string) {
 	t := b.t
-	cert, err := b.auth.IssueServer([]string{"127.0.0.1", "localhost"}, 24*time.Hour)
+	cert, err := b.auth.IssueServer([]string{"127.0.0.1", "localhost", "*.k8s.test"}, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

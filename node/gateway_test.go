@@ -538,3 +538,67 @@ func TestReadOnlyRefusedByGatewayWhateverClusterRBAC(t *testing.T) {
 	}
 	b.ok(admin, "-n", "ro-demo", "get", "secret", "db")
 }
+
+// Host routing (issue 10): https://CLUSTER.DOMAIN/PATH is PATH on CLUSTER,
+// by Host or by TLS server name, so that clients which drop a server's
+// path work; a Kubernetes-shaped request that names no cluster gets a
+// Kubernetes Status that says how to name one, and Gatehouse's own API is
+// still its own.
+func TestHostRouting(t *testing.T) {
+	b := startBedWith(t, false, 0, func(c *node.Config) { c.ClusterDomain = "k8s.test" })
+	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
+	cert, _, _ := b.clientCert("user", "ada", time.Hour)
+	hc := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: b.auth.RootPool(), Certificates: []tls.Certificate{cert}},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, b.addr)
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	_, port, _ := net.SplitHostPort(b.addr)
+	get := func(url string) (int, string) {
+		t.Helper()
+		resp, err := hc.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := get("https://dev.k8s.test:" + port + "/api/v1/namespaces/default"); code != http.StatusOK || !strings.Contains(body, `"name":"default"`) {
+		t.Fatalf("by host: %d %s", code, body)
+	}
+	if code, body := get("https://nosuch.k8s.test:" + port + "/api/v1/namespaces"); code != http.StatusForbidden {
+		t.Fatalf("an unknown cluster by host: %d %s", code, body)
+	}
+	for _, path := range []string{"/api/v1/namespaces", "/apis", "/openapi/v3", "/version"} {
+		code, body := get("https://localhost:" + port + path)
+		if code != http.StatusNotFound || !strings.Contains(body, `"kind":"Status"`) || !strings.Contains(body, "names no cluster") || !strings.Contains(body, "--append-server-path") {
+			t.Fatalf("%s without a cluster: %d %s", path, code, body)
+		}
+	}
+	// Gatehouse's own API is not taken for a Kubernetes path.
+	b.node.SetAPI(ownAPI{})
+	if code, body := get("https://localhost:" + port + "/api/v1/whoami"); code != http.StatusTeapot {
+		t.Fatalf("the API's own path: %d %s", code, body)
+	}
+	if code, body := get("https://localhost:" + port + "/api/v1/pods"); code != http.StatusNotFound || !strings.Contains(body, "names no cluster") {
+		t.Fatalf("a Kubernetes path beside the API: %d %s", code, body)
+	}
+	// The real kubectl, by address with the cluster in the TLS server name
+	// (no DNS here), through kubectl's own request path.
+	kc := b.kubeconfig("ada", time.Hour)
+	cfg := strings.Replace(string(mustRead(t, kc)), "/k8s/"+clusterID, "", 1)
+	cfg = strings.Replace(cfg, "    server: ", "    tls-server-name: dev.k8s.test\n    server: ", 1)
+	writeFile(t, kc, cfg)
+	if out := b.ok(kc, "get", "--raw", "/api/v1/namespaces/default"); !strings.Contains(out, `"name":"default"`) {
+		t.Fatalf("kubectl by host: %s", out)
+	}
+}
+
+// ownAPI stands for control/api: it owns /api/v1/whoami.
+type ownAPI struct{}
+
+func (ownAPI) ServeHTTP(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) }
+func (ownAPI) Owns(r *http.Request) bool                        { return r.URL.Path == "/api/v1/whoami" }

@@ -85,7 +85,13 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ev.User, ev.Groups = id.User, id.Groups
 
 	// Where: the cluster, and a path that stays inside its API.
-	cluster, rest, err := SplitClusterPath(r.URL.EscapedPath())
+	path := r.URL.EscapedPath()
+	if c, ok := n.hostCluster(r); ok {
+		// Host routing: the whole path is the API server's, checked as
+		// the path form's is.
+		path = "/k8s/" + c + path
+	}
+	cluster, rest, err := SplitClusterPath(path)
 	if err != nil {
 		refuse(http.StatusBadRequest, metav1.StatusReasonBadRequest, "gatehouse: "+err.Error())
 		return

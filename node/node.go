@@ -24,10 +24,14 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/grant"
+	"github.com/gatehouse-dev/gatehouse/internal/kubeapi"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -103,6 +107,13 @@ type Config struct {
 	// Redirector, when set, sends agents of version-2 tunnels to the node
 	// that should hold them; nil keeps every tunnel here.
 	Redirector Redirector
+
+	// ClusterDomain, when set, also routes by host: a request to
+	// https://CLUSTER.ClusterDomain/PATH is PATH on CLUSTER, as
+	// /k8s/CLUSTER/PATH is. It serves clients that drop a server's path
+	// (kubectl proxy without --append-server-path, older kubectl's get
+	// --raw). The serving certificate then names *.ClusterDomain.
+	ClusterDomain string
 
 	// Audit receives one event per request (two for long-running ones).
 	Audit audit.Sink
@@ -213,6 +224,8 @@ func (c Config) Validate() error {
 		return errors.New("node: MaxConcurrentStreams must be positive")
 	case c.ControlTimeout <= 0:
 		return errors.New("node: ControlTimeout must be positive")
+	case c.ClusterDomain != "" && len(validation.IsDNS1123Subdomain(c.ClusterDomain)) > 0:
+		return fmt.Errorf("node: ClusterDomain %q is not a DNS name", c.ClusterDomain)
 	}
 	return nil
 }
@@ -308,12 +321,72 @@ func (n *Node) Handler() http.Handler {
 	// /k8s/ bypasses ServeMux, which would answer a path with dot segments
 	// with a redirect to its cleaned form; the kube handler refuses those.
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/k8s/") {
+		if _, ok := n.hostCluster(r); ok || strings.HasPrefix(r.URL.Path, "/k8s/") {
 			kube.ServeHTTP(w, r)
+			return
+		}
+		if n.kubeShaped(r) {
+			kubeapi.WriteStatus(w, http.StatusNotFound, metav1.StatusReasonNotFound, fmt.Sprintf(
+				"gatehouse: %s names no cluster. Reach a cluster at https://GATEWAY/k8s/CLUSTER%s%s (kubectl proxy drops that path unless given --append-server-path; an older kubectl's get --raw drops it too: use a newer kubectl, or the full URL)",
+				r.URL.Path, r.URL.Path, n.hostHint()))
 			return
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// hostCluster returns the cluster a request names by its host
+// (CLUSTER.ClusterDomain), if host routing is on and it does.
+func (n *Node) hostCluster(r *http.Request) (string, bool) {
+	if n.cfg.ClusterDomain == "" {
+		return "", false
+	}
+	// The Host header first; else the TLS server name (a kubeconfig with
+	// tls-server-name reaches the gateway by address and names the
+	// cluster in SNI alone).
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	for _, name := range []string{host, tlsServerName(r)} {
+		label, ok := strings.CutSuffix(strings.ToLower(name), "."+n.cfg.ClusterDomain)
+		if ok && len(validation.IsDNS1123Label(label)) == 0 {
+			return label, true
+		}
+	}
+	return "", false
+}
+
+func tlsServerName(r *http.Request) string {
+	if r.TLS == nil {
+		return ""
+	}
+	return r.TLS.ServerName
+}
+
+func (n *Node) hostHint() string {
+	if n.cfg.ClusterDomain == "" {
+		return ""
+	}
+	return " or https://CLUSTER." + n.cfg.ClusterDomain + "/"
+}
+
+// kubeShaped reports whether a request that names no cluster has the path
+// of a Kubernetes API request (and not of Gatehouse's own API).
+func (n *Node) kubeShaped(r *http.Request) bool {
+	p := r.URL.Path
+	switch {
+	case p == "/api" || p == "/apis" || p == "/version" || strings.HasPrefix(p, "/apis/") || strings.HasPrefix(p, "/openapi/"):
+		return true
+	case strings.HasPrefix(p, "/api/"):
+		h := n.api.Load()
+		if h == nil {
+			return true
+		}
+		o, ok := (*h).(interface{ Owns(*http.Request) bool })
+		return ok && !o.Owns(r)
+	}
+	return false
 }
 
 // Addr returns the bound address once Run has started listening, waiting

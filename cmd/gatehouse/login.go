@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"runtime"
@@ -278,6 +279,7 @@ func runKubeconfig(_ context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlags("gatehouse kubeconfig", stderr)
 	cluster := fs.String("cluster", "", "cluster name")
 	file := fs.String("file", "-", "where to write the kubeconfig; - for standard output")
+	domain := fs.String("cluster-domain", "", "address the cluster as https://CLUSTER.DOMAIN (the gateway's --cluster-domain) instead of https://GATEWAY/k8s/CLUSTER: for clients that drop a server's path (kubectl proxy)")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
 	}
@@ -295,7 +297,21 @@ func runKubeconfig(_ context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	name := "gatehouse-" + *cluster
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: strings.TrimSuffix(p.Server, "/") + "/k8s/" + *cluster, CertificateAuthorityData: []byte(p.CA)}
+	server := strings.TrimSuffix(p.Server, "/") + "/k8s/" + *cluster
+	if *domain != "" {
+		u, err := url.Parse(p.Server)
+		if err != nil {
+			return fmt.Errorf("the profile's server %q: %w", p.Server, err)
+		}
+		host := *cluster + "." + *domain
+		if port := u.Port(); port != "" {
+			host += ":" + port
+		}
+		u.Host = host
+		u.Path = ""
+		server = u.String()
+	}
+	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: []byte(p.CA)}
 	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Exec: &clientcmdapi.ExecConfig{
 		APIVersion: clientauthv1.SchemeGroupVersion.String(), Command: exe, Args: []string{"credential"},
 		InteractiveMode: clientcmdapi.NeverExecInteractiveMode,

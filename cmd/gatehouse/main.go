@@ -192,6 +192,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	peerAddr := fs.String("peer-addr", "", "where other nodes forward requests to this one, host:port (node-to-node mutual TLS)")
 	ringPublic := fs.String("node-addr", "", "this node's own address for agents, host:port, where other nodes redirect agents whose tunnel belongs here (default -addr)")
 	zone := fs.String("zone", "", "this node's failure domain (zone), if known")
+	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "", "also route https://CLUSTER.DOMAIN/ to CLUSTER (DNS: a wildcard record for *.DOMAIN to the gateway); for clients that drop a server's path, such as kubectl proxy")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err

@@ -209,6 +209,14 @@ func Routes() []string {
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
+// Owns reports whether r is one of the API's own endpoints (by path; a
+// known path with another method is the API's too). The gateway answers a
+// Kubernetes-shaped request that is not with a Status naming the fix.
+func (a *API) Owns(r *http.Request) bool {
+	_, pattern := a.mux.Handler(r)
+	return pattern != "/api/"
+}
+
 // Caller is who an authenticated request comes from.
 type Caller struct {
 	User    *store.User

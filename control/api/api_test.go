@@ -692,3 +692,26 @@ func TestCredentialWhileTheCACannotSign(t *testing.T) {
 		t.Fatalf("status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 }
+
+// Owns tells the API's own paths from Kubernetes' (which the gateway
+// answers with a Status naming the fix).
+func TestOwns(t *testing.T) {
+	e := newEnv(t)
+	a, err := api.New(api.Config{Store: e.store, Policy: mustPolicy(t, e.store), Audit: e.audit, GatewayURL: "https://g", GatewayCA: []byte("x"), AgentImage: "i", BootstrapTTL: time.Hour})
+	must(t, err)
+	for path, want := range map[string]bool{
+		"/api/v1/whoami": true, "/api/v1/clusters/prod": true, "/api/v1/openapi.json": true,
+		"/api/v1/namespaces": false, "/api/v1/pods": false, "/api/v1/namespaces/default/pods/x": false,
+	} {
+		if got := a.Owns(httptest.NewRequest(http.MethodGet, path, nil)); got != want {
+			t.Errorf("Owns(%s) = %v", path, got)
+		}
+	}
+}
+
+func mustPolicy(t *testing.T, st *store.Store) *policy.Engine {
+	t.Helper()
+	p, err := policy.New(st)
+	must(t, err)
+	return p
+}

@@ -182,8 +182,12 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	if len(cfg.Hosts) == 0 {
 		cfg.Hosts = DefaultHosts(cfg.Node.Addr)
-		g.cfg.Hosts = cfg.Hosts
 	}
+	if d := cfg.Node.ClusterDomain; d != "" {
+		// Host routing: one certificate for every CLUSTER.d.
+		cfg.Hosts = append(cfg.Hosts, "*."+d)
+	}
+	g.cfg.Hosts = cfg.Hosts
 	var err error
 	caCfg := ca.DefaultConfig()
 	caCfg.Now = g.now
