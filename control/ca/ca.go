@@ -17,6 +17,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -27,6 +28,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -71,6 +73,35 @@ type signer struct {
 	cert *x509.Certificate
 	key  crypto.Signer
 	pool *x509.CertPool // this certificate alone, as a trust anchor
+
+	// verified remembers the leaves whose signature chains to this
+	// signer (by SHA-256 of the certificate), so that a client's requests
+	// after its first cost no ECDSA verification: the signature cannot
+	// change. Validity and revocation are checked on every request all
+	// the same. Bounded by maxVerified.
+	verified  sync.Map // [32]byte -> struct{}
+	nVerified atomic.Int64
+}
+
+// maxVerified bounds each signer's cache of verified leaves: far more than
+// the certificates in use at once on one node; past it the cache starts
+// afresh.
+const maxVerified = 100_000
+
+func (s *signer) checked(leaf *x509.Certificate, verify func() error) error {
+	key := sha256.Sum256(leaf.Raw)
+	if _, ok := s.verified.Load(key); ok {
+		return nil
+	}
+	if err := verify(); err != nil {
+		return err
+	}
+	if s.nVerified.Add(1) > maxVerified {
+		s.verified.Clear()
+		s.nVerified.Store(1)
+	}
+	s.verified.Store(key, struct{}{})
+	return nil
 }
 
 // Authority issues and verifies Gatehouse certificates.
@@ -319,11 +350,15 @@ func (a *Authority) verify(s *signer, chain []*x509.Certificate) (*x509.Certific
 		return nil, fmt.Errorf("%w: valid %s to %s", ErrExpired, leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	// The intermediate is the trust anchor: a chain through the other
-	// intermediate, or any other CA, does not verify.
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:       s.pool,
-		CurrentTime: now,
-		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	// intermediate, or any other CA, does not verify. (Validity was checked
+	// above, for every request; the signature once per certificate.)
+	if err := s.checked(leaf, func() error {
+		_, err := leaf.Verify(x509.VerifyOptions{
+			Roots:       s.pool,
+			CurrentTime: now,
+			KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
+		return err
 	}); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrWrongKind, err)
 	}

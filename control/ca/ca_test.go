@@ -237,3 +237,39 @@ func TestVerifyNode(t *testing.T) {
 		}
 	}
 }
+
+// A certificate verified once is remembered per kind: a person's
+// certificate that passed as a person's still never passes as an agent's or
+// a node's, and expiry and revocation are checked at every use.
+func TestVerificationCacheKeepsKindsApart(t *testing.T) {
+	now := time.Now()
+	a, err := New(Config{Name: "t", Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _, _ := pki.NewKey()
+	pemChain, err := a.IssueUser(context.Background(), "ada", nil, key.Public(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := parseChain(t, pemChain)
+	for range 3 {
+		if _, err := a.VerifyUser(chain); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := a.VerifyAgent(chain); !errors.Is(err, ErrWrongKind) {
+		t.Fatalf("a remembered person's certificate as an agent's: %v", err)
+	}
+	if _, err := a.VerifyNode(chain); !errors.Is(err, ErrWrongKind) {
+		t.Fatalf("a remembered person's certificate as a node's: %v", err)
+	}
+	a.Revoke(chain[0].SerialNumber.Text(16))
+	if _, err := a.VerifyUser(chain); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("a remembered certificate, revoked: %v", err)
+	}
+	now = now.Add(2 * time.Hour)
+	if _, err := a.VerifyUser(chain); !errors.Is(err, ErrExpired) {
+		t.Fatalf("a remembered certificate, expired: %v", err)
+	}
+}
