@@ -333,10 +333,11 @@ func TestGatewayRefuses(t *testing.T) {
 	t.Run("person certificate used as an agent", func(t *testing.T) {
 		cert, _, _ := b.clientCert("user", "mallory", time.Hour)
 		c := b.runTunnelClient(cert, b.proxy, nil)
-		// The node closes the tunnel at once; the client retries. After two
-		// attempts the node has still registered nothing for that name.
+		// The node refuses the connection at once (before its welcome, in
+		// tunnel v2); the client retries. After two attempts the node has
+		// still registered nothing for that name.
 		deadline := time.Now().Add(30 * time.Second)
-		for c.Sessions() < 2 {
+		for c.Attempts() < 2 {
 			if time.Now().After(deadline) {
 				t.Fatal("client did not retry")
 			}

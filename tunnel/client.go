@@ -97,6 +97,7 @@ type Client struct {
 	connected atomic.Bool
 	sessions  atomic.Int64 // tunnels established so far
 	redirects atomic.Int64 // redirects followed so far
+	attempts  atomic.Int64 // connections tried so far
 
 	mu     sync.Mutex // guards sess and remote
 	sess   *yamux.Session
@@ -182,6 +183,7 @@ func (c *Client) Run(ctx context.Context) error {
 }
 
 func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	c.attempts.Add(1)
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	raw, err := c.dialRaw(dctx, c.cfg.GatewayAddr)
@@ -282,6 +284,9 @@ func (c *Client) Remote() string {
 	}
 	return c.remote
 }
+
+// Attempts returns how many times the client has dialled the gateway.
+func (c *Client) Attempts() int64 { return c.attempts.Load() }
 
 // Redirects returns how many redirects the agent has followed.
 func (c *Client) Redirects() int64 { return c.redirects.Load() }
