@@ -11,6 +11,7 @@ package node
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -68,6 +69,17 @@ type Redirector interface {
 	Redirect(cluster string) (addr string, ok bool)
 }
 
+// TunnelRecorder is told where tunnels are (gatehouse status): the gateway
+// writes it to the store. Calls must not block for long.
+type TunnelRecorder interface {
+	// TunnelUp: this node serves cluster's tunnel, whose connection is
+	// named session; hello is what the agent said of itself (empty for a
+	// version-1 agent).
+	TunnelUp(cluster, session string, hello tunnel.Hello)
+	// TunnelDown: the connection named session has ended.
+	TunnelDown(session string)
+}
+
 // Config configures a Node.
 type Config struct {
 	// Name identifies the node in audit events and logs.
@@ -107,6 +119,9 @@ type Config struct {
 	// Redirector, when set, sends agents of version-2 tunnels to the node
 	// that should hold them; nil keeps every tunnel here.
 	Redirector Redirector
+
+	// Tunnels, if set, records where tunnels are.
+	TunnelRecorder TunnelRecorder
 
 	// ClusterDomain, when set, also routes by host: a request to
 	// https://CLUSTER.ClusterDomain/PATH is PATH on CLUSTER, as
@@ -542,6 +557,7 @@ func (n *Node) serveAgent(ctx context.Context, c *tls.Conn, version int) {
 		n.log.Warn("agent refused", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
+	var hello tunnel.Hello
 	if version == 2 {
 		var w tunnel.Welcome
 		if n.cfg.Redirector != nil {
@@ -560,10 +576,21 @@ func (n *Node) serveAgent(ctx context.Context, c *tls.Conn, version int) {
 			n.log.Info("agent redirected to its node", "cluster", cluster, "to", w.Redirect)
 			return
 		}
+		c.SetReadDeadline(n.cfg.Now().Add(10 * time.Second))
+		if err := tunnel.ReadJSON(c, tunnel.FrameHello, &hello); err != nil || hello.Validate() != nil {
+			n.log.Warn("agent refused: no hello", "cluster", cluster, "err", err)
+			return
+		}
+		c.SetReadDeadline(time.Time{})
 	}
 	// The tunnel ends when the agent's certificate does, unless the agent
 	// renews it over the tunnel (at half life) first.
 	opts := tunnel.ServeOptions{NotAfter: notAfter, Issued: ca.Issued(st.PeerCertificates[0]), Now: n.cfg.Now}
+	if rec := n.cfg.TunnelRecorder; rec != nil {
+		session := rand.Text()
+		opts.OnUp = func() { rec.TunnelUp(cluster, session, hello) }
+		opts.OnDown = func() { rec.TunnelDown(session) }
+	}
 	if n.cfg.AgentIssuer != nil {
 		opts.Renew = func(ctx context.Context, csrPEM []byte) ([]byte, time.Time, error) {
 			return n.renewAgent(ctx, cluster, csrPEM)

@@ -35,6 +35,9 @@ type ClientConfig struct {
 	// Handler serves each stream's HTTP request. HeaderFromContext returns
 	// the stream's Header inside it.
 	Handler http.Handler
+	// Hello returns what the agent says of itself when a tunnel starts
+	// (version 2); nil says nothing.
+	Hello func() Hello
 	// Control carries out the gateway's control messages; nil answers each
 	// with an error.
 	Control ControlHandler
@@ -270,6 +273,14 @@ func (c *Client) handshake(ctx context.Context, raw net.Conn) (*tls.Conn, string
 			return nil, "", fmt.Errorf("tunnel: bad redirect %q", w.Redirect)
 		}
 		return nil, w.Redirect, nil
+	}
+	var hello Hello
+	if c.cfg.Hello != nil {
+		hello = c.cfg.Hello()
+	}
+	if err := WriteJSON(tc, FrameHello, &hello); err != nil {
+		tc.Close()
+		return nil, "", fmt.Errorf("tunnel: hello: %w", err)
 	}
 	return tc, "", nil
 }

@@ -69,6 +69,9 @@ const (
 	// FrameWelcome (version 2) is the gateway's first frame on a new
 	// tunnel connection, before yamux: a JSON Welcome.
 	FrameWelcome FrameType = 5
+	// FrameHello (version 2) is the agent's answer to a welcome that did
+	// not redirect it, before yamux: a JSON Hello.
+	FrameHello FrameType = 6
 )
 
 // Control operations.
@@ -135,6 +138,23 @@ type Welcome struct {
 	// connection after saying it, and the agent dials there. Empty: the
 	// tunnel starts here.
 	Redirect string `json:"redirect,omitempty"`
+}
+
+// Hello is what a version-2 agent says of itself when its tunnel starts,
+// for gatehouse status.
+type Hello struct {
+	// AgentVersion is the agent's build.
+	AgentVersion string `json:"agentVersion,omitempty"`
+	// KubeVersion is its cluster's API server version (gitVersion).
+	KubeVersion string `json:"kubeVersion,omitempty"`
+}
+
+// Validate bounds what the gateway keeps.
+func (h *Hello) Validate() error {
+	if len(h.AgentVersion) > 64 || len(h.KubeVersion) > 64 {
+		return fmt.Errorf("%w: hello versions longer than 64 bytes", ErrBadHeader)
+	}
+	return nil
 }
 
 // Result answers a control or renewal stream. Error is empty on success.

@@ -56,6 +56,9 @@ type ServeOptions struct {
 	// Issued is when the agent's certificate was issued (zero: unknown);
 	// DisconnectIssuedBefore compares it.
 	Issued time.Time
+	// OnUp and OnDown, if set, are called when the tunnel starts serving
+	// and when it has ended (the gateway records where tunnels are).
+	OnUp, OnDown func()
 	// Renew signs a new certificate for the tunnel's cluster from a PEM CSR
 	// and returns the chain (PEM) and its expiry. Nil refuses renewal.
 	Renew func(ctx context.Context, csrPEM []byte) (chain []byte, notAfter time.Time, err error)
@@ -94,6 +97,12 @@ func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn, opt
 		old.Close()
 	}
 	r.log.Info("tunnel up", "cluster", cluster, "remote", conn.RemoteAddr().String())
+	if opts.OnUp != nil {
+		opts.OnUp()
+	}
+	if opts.OnDown != nil {
+		defer opts.OnDown()
+	}
 
 	// The tunnel lives as long as the agent's certificate; a renewal
 	// pushes the end out.

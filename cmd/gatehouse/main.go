@@ -62,6 +62,7 @@ func commands() []command {
 		{"invite", "issue an invitation with which a person sets the first (or a new) password of their local account", runInvite},
 		{"revoke", "revoke a person (everything they hold) or one certificate, at once", runRevoke},
 		{"cluster", "create, list, get, delete clusters, or print a new bootstrap manifest (through the API)", runCluster},
+		{"status", "the gateway cluster's members, and each cluster's owner node, agent connection, versions and heartbeat (admin)", runStatus},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			_, err := fmt.Fprintln(stdout, "gatehouse", version)
 			return err
@@ -407,7 +408,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg.Logger = log
+	cfg.Logger, cfg.Version = log, version
 	cfg.GatewayURL = os.Getenv("GATEHOUSE_GATEWAY_URL")
 	cfg.GatewayCA = []byte(os.Getenv("GATEHOUSE_GATEWAY_CA"))
 	cfg.BootstrapToken = os.Getenv("GATEHOUSE_BOOTSTRAP_TOKEN")

@@ -62,6 +62,9 @@ type Config struct {
 	// Notify is told when a change of bindings or membership changes a
 	// person's access; nil leaves it to their next request.
 	Notify AccessNotifier
+	// View is the gateway cluster, for GET /api/v1/status; nil shows no
+	// members and no owners.
+	View ClusterView
 	Logger *slog.Logger
 }
 
@@ -194,6 +197,7 @@ func (a *API) routes() []route {
 		{"POST /api/v1/logout", a.logout},
 		{"POST /api/v1/credentials", a.credentials},
 		{"POST /api/v1/revocations", a.revoke},
+		{"GET /api/v1/status", a.status},
 	}
 }
 

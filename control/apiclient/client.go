@@ -183,6 +183,13 @@ func (c *Client) Whoami(ctx context.Context) (*apitypes.Whoami, error) {
 	return &out, c.call(ctx, http.MethodGet, "/api/v1/whoami", nil, &out)
 }
 
+// Status returns the gateway cluster's members and the health of the
+// organization's clusters.
+func (c *Client) Status(ctx context.Context) (*apitypes.Status, error) {
+	var out apitypes.Status
+	return &out, c.call(ctx, http.MethodGet, "/api/v1/status", nil, &out)
+}
+
 // Login records a Kratos login with Gatehouse (links the identity, syncs
 // IdP groups). The client's token must be the session token.
 func (c *Client) Login(ctx context.Context) (*apitypes.LoginResult, error) {

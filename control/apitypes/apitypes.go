@@ -176,3 +176,43 @@ type RevocationRequest struct {
 	Serial string `json:"serial,omitempty"`
 	Reason string `json:"reason,omitempty"`
 }
+
+// Status answers GET /api/v1/status: the gateway cluster and where each of
+// the organization's clusters is served.
+type Status struct {
+	// Node is the node that answered.
+	Node     string          `json:"node"`
+	Members  []Member        `json:"members"`
+	Clusters []ClusterStatus `json:"clusters"`
+}
+
+// Member is a gateway node, as the answering node sees it.
+type Member struct {
+	Name       string `json:"name"`
+	PublicAddr string `json:"publicAddr,omitempty"`
+	PeerAddr   string `json:"peerAddr,omitempty"`
+	Zone       string `json:"zone,omitempty"`
+	Tunnels    int    `json:"tunnels"`
+	Draining   bool   `json:"draining,omitempty"`
+	// Generation tells a restarted node from its previous life.
+	Generation int64 `json:"generation,omitempty"`
+}
+
+// ClusterStatus is one cluster's health: which node should hold its
+// tunnel, whether its agent is connected and where, and what the agent
+// said of itself.
+type ClusterStatus struct {
+	Name    string `json:"name"`
+	Project string `json:"project"`
+	// Owner is the node that should hold the tunnel.
+	Owner string `json:"owner,omitempty"`
+	// Connected: a node holds the tunnel and saw it alive within the last
+	// 90 s.
+	Connected bool `json:"connected"`
+	// Node holds the tunnel.
+	Node          string    `json:"node,omitempty"`
+	AgentVersion  string    `json:"agentVersion,omitempty"`
+	KubeVersion   string    `json:"kubeVersion,omitempty"`
+	Since         time.Time `json:"since,omitzero"`
+	LastHeartbeat time.Time `json:"lastHeartbeat,omitzero"`
+}

@@ -772,3 +772,32 @@ func TestChangeFeed(t *testing.T) {
 		}
 	})
 }
+
+func TestAgentTunnels(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, clk *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		other := &store.Cluster{ProjectID: f.project.ID, Name: "prod-us"}
+		must(t, s.CreateCluster(ctx, other))
+		must(t, s.TunnelUp(ctx, &store.AgentTunnel{Cluster: "prod-eu", Node: "a", Session: "s1", AgentVersion: "v1", KubeVersion: "v1.37.2"}))
+		must(t, s.TunnelUp(ctx, &store.AgentTunnel{Cluster: "prod-us", Node: "a", Session: "s2"}))
+		// prod-eu's agent moves to node b: the new row wins, and the old
+		// connection's end does not remove it.
+		must(t, s.TunnelUp(ctx, &store.AgentTunnel{Cluster: "prod-eu", Node: "b", Session: "s3", AgentVersion: "v2"}))
+		must(t, s.TunnelDown(ctx, "s1"))
+		clk.Advance(time.Minute)
+		// Node a still holds s2, and a row it left behind goes.
+		must(t, s.TunnelHeartbeat(ctx, "a", []string{"s2"}))
+		got, err := s.AgentTunnels(ctx, f.org.ID)
+		must(t, err)
+		if len(got) != 2 || got[0].Cluster != "prod-eu" || got[0].Node != "b" || got[0].AgentVersion != "v2" || got[1].Node != "a" || !got[1].Heartbeat.After(got[1].Connected) {
+			t.Fatalf("tunnels: %+v %+v", got[0], got[1])
+		}
+		must(t, s.TunnelHeartbeat(ctx, "a", nil))
+		got, err = s.AgentTunnels(ctx, f.org.ID)
+		must(t, err)
+		if len(got) != 1 || got[0].Node != "b" {
+			t.Fatalf("after node a holds nothing: %+v", got)
+		}
+	})
+}

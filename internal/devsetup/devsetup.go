@@ -327,6 +327,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	}
 	acfg := agent.DefaultConfig()
 	acfg.Kube, acfg.Namespace, acfg.GatewayURL, acfg.GatewayCA, acfg.BootstrapToken, acfg.Logger = agentKube, ns, e.GatewayURL, auth.RootPEM(), token, cfg.Logger
+	acfg.Version = "gatehouse-dev"
 	ag, err := agent.New(acfg)
 	if err != nil {
 		return nil, err

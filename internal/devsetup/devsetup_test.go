@@ -109,6 +109,15 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	if cl, err := c.GetCluster(ctx, "dev"); err != nil || !cl.Registered || cl.Project != "default" {
 		t.Fatalf("API: %+v %v", cl, err)
 	}
+	// Cluster health: one member, the dev cluster connected to it, with the
+	// versions its agent reported.
+	st, err := c.Status(ctx)
+	if err != nil || len(st.Members) != 1 || len(st.Clusters) != 1 {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	if cs := st.Clusters[0]; !cs.Connected || cs.Node != "dev-node" || cs.Owner != "dev-node" || cs.AgentVersion != "gatehouse-dev" || !strings.HasPrefix(cs.KubeVersion, "v1.") {
+		t.Fatalf("status of dev: %+v", cs)
+	}
 	audit, err := os.ReadFile(cfg.StateDir + "/audit.jsonl")
 	if err != nil || env.AdminID == "" || !bytes.Contains(audit, []byte(`"user":"`+env.AdminID+`"`)) {
 		t.Fatalf("audit log: %v %q", err, audit)

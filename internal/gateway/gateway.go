@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/identity"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
@@ -155,6 +157,7 @@ type Gateway struct {
 	policy      *policy.Engine
 	cert        atomic.Pointer[tls.Certificate]
 	feed        *control.Follower
+	book        *tunnelBook
 	ring        *ring.Ring    // nil for a node alone
 	peers       *ring.Peers   // nil for a node alone
 	ringMetrics *ring.Metrics // nil for a node alone
@@ -174,6 +177,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{})}
+	g.book = &tunnelBook{g: g, sessions: map[string]string{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -233,6 +237,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	ncfg.Verifier, ncfg.Registry, ncfg.Audit = g.CA, g.Registry, cfg.Audit
 	ncfg.Grants = &control.Access{Store: cfg.Store, Policy: g.policy, CacheTTL: cfg.AccessCacheTTL, Now: cfg.Now}
 	ncfg.Registrar, ncfg.AgentIssuer = cfg.Store, g.CA
+	ncfg.TunnelRecorder = g.book
 	if ncfg.Logger == nil {
 		ncfg.Logger = cfg.Logger
 	}
@@ -514,6 +519,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		defer g.wg.Done()
 		g.renewLoop(ctx)
 	}()
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		g.book.heartbeats(ctx)
+	}()
 	if g.ring != nil {
 		g.wg.Add(3)
 		go func() {
@@ -561,6 +571,7 @@ func (g *Gateway) startAPI(addr net.Addr) error {
 	acfg.GatewayURL, acfg.GatewayCA = g.url, g.CA.RootPEM()
 	acfg.Identity, acfg.SSO = g.cfg.Identity, g.cfg.SSO
 	acfg.Issuer, acfg.Revoker, acfg.Notify = g.CA, &node.Revoker{CA: g.CA, Node: g.Node}, g.Node
+	acfg.View = g
 	a, err := api.New(acfg)
 	if err != nil {
 		return err
@@ -615,4 +626,89 @@ func (a applier) ApplyChange(ctx context.Context, c store.Change) error {
 	}
 	g.log.Warn("change feed: unknown kind, ignored", "kind", c.Kind, "id", c.ID)
 	return nil
+}
+
+// Members implements api.ClusterView: the ring's live members, or this
+// node alone.
+func (g *Gateway) Members() []apitypes.Member {
+	if g.ring == nil {
+		host := g.url
+		if u, err := url.Parse(g.url); err == nil {
+			host = u.Host
+		}
+		return []apitypes.Member{{Name: g.cfg.Node.Name, PublicAddr: host, Tunnels: g.Registry.Len()}}
+	}
+	var out []apitypes.Member
+	for _, m := range g.ring.Members() {
+		out = append(out, apitypes.Member{Name: m.Name, PublicAddr: m.Meta.PublicAddr, PeerAddr: m.Meta.PeerAddr, Zone: m.Meta.Zone,
+			Tunnels: m.Meta.Tunnels, Draining: m.Meta.Draining, Generation: m.Meta.Generation})
+	}
+	return out
+}
+
+// Owner implements api.ClusterView.
+func (g *Gateway) Owner(cluster string) string {
+	if g.ring == nil {
+		return g.cfg.Node.Name
+	}
+	m, _ := g.ring.Owner(cluster)
+	return m.Name
+}
+
+// tunnelBook records in the store where this node's tunnels are, for
+// gatehouse status: on connect, on disconnect, and a heartbeat every
+// HeartbeatInterval.
+type tunnelBook struct {
+	g *Gateway
+
+	mu       sync.Mutex        // guards sessions
+	sessions map[string]string // session -> cluster, of tunnels up here
+}
+
+// HeartbeatInterval is how often a node stamps its tunnels alive in the
+// store: status counts a tunnel connected for three intervals.
+const HeartbeatInterval = 30 * time.Second
+
+func (b *tunnelBook) TunnelUp(cluster, session string, hello tunnel.Hello) {
+	b.mu.Lock()
+	b.sessions[session] = cluster
+	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.g.cfg.Store.TunnelUp(ctx, &store.AgentTunnel{Cluster: cluster, Node: b.g.cfg.Node.Name, Session: session,
+		AgentVersion: hello.AgentVersion, KubeVersion: hello.KubeVersion}); err != nil {
+		b.g.log.Warn("status: tunnel not recorded", "cluster", cluster, "err", err)
+	}
+}
+
+func (b *tunnelBook) TunnelDown(session string) {
+	b.mu.Lock()
+	delete(b.sessions, session)
+	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.g.cfg.Store.TunnelDown(ctx, session); err != nil {
+		b.g.log.Warn("status: tunnel end not recorded", "err", err)
+	}
+}
+
+func (b *tunnelBook) heartbeats(ctx context.Context) {
+	t := time.NewTicker(HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		b.mu.Lock()
+		sessions := make([]string, 0, len(b.sessions))
+		for s := range b.sessions {
+			sessions = append(sessions, s)
+		}
+		b.mu.Unlock()
+		if err := b.g.cfg.Store.TunnelHeartbeat(ctx, b.g.cfg.Node.Name, sessions); err != nil && ctx.Err() == nil {
+			b.g.log.Warn("status: heartbeat not recorded", "err", err)
+		}
+	}
 }

@@ -3,9 +3,14 @@ package nodetest_test
 import (
 	"bufio"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/gatehouse-dev/gatehouse/control/api"
+	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 	"github.com/gatehouse-dev/gatehouse/internal/nodetest"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/ring"
@@ -241,6 +247,30 @@ func TestRingPlacesRedirectsAndForwards(t *testing.T) {
 			}
 		}
 	}
+	// gatehouse status says the same, through any node, by API and CLI.
+	code, body := c.Do(c.Nodes[2], http.MethodGet, "/api/v1/status", c.AdminToken, nil)
+	var st apitypes.Status
+	if code != http.StatusOK || json.Unmarshal(body, &st) != nil {
+		t.Fatalf("status: %d %s", code, body)
+	}
+	if len(st.Members) != 3 || len(st.Clusters) != len(clusters)+1 {
+		t.Fatalf("status: %d members, %d clusters", len(st.Members), len(st.Clusters))
+	}
+	for _, cs := range st.Clusters {
+		connected := cs.Name != "ghost"
+		if cs.Owner != want[cs.Name] || cs.Connected != connected || (connected && (cs.Node != want[cs.Name] || cs.AgentVersion != "nodetest" || cs.KubeVersion != "v0.0.0-fake")) {
+			t.Fatalf("status of %s: %+v (owner %s)", cs.Name, cs, want[cs.Name])
+		}
+	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	os.WriteFile(tokenFile, []byte(c.AdminToken), 0o600)
+	os.WriteFile(caFile, c.RootPEM(), 0o600)
+	out, err := exec.Command(c.Bin, "status", "--server", c.Nodes[1].URL(), "--token-file", tokenFile, "--ca-file", caFile).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "node-3") || !regexp.MustCompile(`c00\s+web\s+node-\d\s+true\s+node-\d\s+nodetest\s+v0\.0\.0-fake`).Match(out) {
+		t.Fatalf("gatehouse status: %v\n%s", err, out)
+	}
+	t.Logf("gatehouse status:\n%s", out)
 	// The metrics say the same.
 	forwards, redirects := 0.0, c.Nodes[0].Metric("gatehouse_agent_redirects_total")
 	for _, n := range c.Nodes {
@@ -262,7 +292,7 @@ func TestRingPlacesRedirectsAndForwards(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
+	body, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	t.Logf("no tunnel: %d after %s, Retry-After %q", resp.StatusCode, time.Since(start).Round(100*time.Millisecond), resp.Header.Get("Retry-After"))
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||

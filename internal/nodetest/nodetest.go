@@ -504,6 +504,7 @@ func (c *Cluster) StartAgent(cluster string, n *Node, h http.Handler) *Agent {
 	cfg.GatewayAddr, cfg.ServerName, cfg.RootCAs, cfg.Proxy = n.Addr, "127.0.0.1", pool(c.RootPEM()), nil
 	cfg.GetCertificate = func() (*tls.Certificate, error) { return &a.Cert, nil }
 	cfg.Handler = proxy
+	cfg.Hello = func() tunnel.Hello { return tunnel.Hello{AgentVersion: "nodetest", KubeVersion: "v0.0.0-fake"} }
 	cfg.Control = tunnel.ControlFunc(func(context.Context, *tunnel.Control) error {
 		a.controls.Add(1)
 		return nil

@@ -64,6 +64,9 @@ type Config struct {
 	// certificate has reached half life. A minute is nothing against a
 	// lifetime of hours.
 	RenewCheckInterval time.Duration
+	// Version is the agent's build, reported to the gateway (gatehouse
+	// status).
+	Version string
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -186,6 +189,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	cc.Handler = proxy
 	cc.Control = Controller(jit, proxy)
 	cc.Logger = a.log
+	cc.Hello = func() tunnel.Hello {
+		h := tunnel.Hello{AgentVersion: a.cfg.Version}
+		// The API server's version, asked at each connection: an upgraded
+		// cluster shows its new version at the next reconnect.
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		raw, err := a.cs.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Raw()
+		var v struct {
+			GitVersion string `json:"gitVersion"`
+		}
+		if err == nil && json.Unmarshal(raw, &v) == nil {
+			h.KubeVersion = v.GitVersion
+		}
+		return h
+	}
 	cc.GetCertificate = func() (*tls.Certificate, error) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
