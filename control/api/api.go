@@ -64,7 +64,7 @@ type Config struct {
 	Notify AccessNotifier
 	// View is the gateway cluster, for GET /api/v1/status; nil shows no
 	// members and no owners.
-	View ClusterView
+	View   ClusterView
 	Logger *slog.Logger
 }
 
