@@ -361,6 +361,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "front this existing cluster instead of starting a local one")
 	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "gateway listen address, host:port")
 	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "kwok nodes in the local cluster")
+	fs.IntVar(&cfg.Gateways, "gateways", cfg.Gateways, "gateway nodes: 1 runs in this process; more run as a gateway cluster of `gatehouse node` processes on 127.0.0.2... behind a TCP front on -addr (gateways.json lists them)")
 	ssoFile := fs.String("sso-providers", "", "YAML list of OIDC providers to sign in with (id, preset, issuer, clientID, clientSecret, groupsClaim, provisionOrg); register http://KRATOS/self-service/methods/oidc/callback/ID at each")
 	fs.IntVar(&cfg.KratosPort, "kratos-port", cfg.KratosPort, "Kratos's public port on 127.0.0.1 (0: any free port)")
 	fs.StringVar(&cfg.SSOCallbackAddr, "sso-callback-addr", cfg.SSOCallbackAddr, "where `gatehouse login --sso` waits for the browser")

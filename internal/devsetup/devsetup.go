@@ -77,12 +77,20 @@ type Config struct {
 	// browser; Kratos allows http://SSOCallbackAddr/callback as a return
 	// URL.
 	SSOCallbackAddr string
+	// Gateways is how many gateway nodes run. One runs in this process on
+	// the embedded store. More run as `gatehouse node` processes (Binary)
+	// on 127.0.0.2, 127.0.0.3, ..., one gateway cluster on a PostgreSQL
+	// made at start, behind a TCP front on Addr; gateways.json lists them.
+	Gateways int
+	// Binary is the gatehouse binary that runs the gateway processes;
+	// empty means this program.
+	Binary string
 }
 
 // DefaultConfig returns the defaults of `gatehouse dev`.
 func DefaultConfig() Config {
 	return Config{StateDir: ".gatehouse/dev", Addr: "127.0.0.1:8443", Cluster: "dev", Admin: "admin@gatehouse.local", Nodes: 3, Out: os.Stdout,
-		KratosPort: 4433, SSOCallbackAddr: identity.DefaultSSOCallbackAddr}
+		KratosPort: 4433, SSOCallbackAddr: identity.DefaultSSOCallbackAddr, Gateways: 1}
 }
 
 // Validate checks the configuration.
@@ -95,6 +103,12 @@ func (c Config) Validate() error {
 	}
 	if c.Cluster == "" || c.Admin == "" {
 		return errors.New("dev: Cluster and Admin are required")
+	}
+	if c.Gateways < 1 || c.Gateways > 9 {
+		return fmt.Errorf("dev: Gateways %d: from 1 to 9", c.Gateways)
+	}
+	if c.Gateways > 1 && len(c.SSO) > 0 {
+		return errors.New("dev: SSO providers with more than one gateway are not supported yet")
 	}
 	if c.KratosPort < 0 || c.KratosPort > 65535 {
 		return fmt.Errorf("dev: KratosPort %d is not a port", c.KratosPort)
@@ -129,11 +143,16 @@ type Env struct {
 	// GatewayURL is the gateway's address.
 	GatewayURL string
 
-	cfg     Config
-	log     *slog.Logger
-	closers []func() // run in reverse by Close
-	wg      sync.WaitGroup
-	errc    chan error // first failure of a background component
+	cfg Config
+	log *slog.Logger
+
+	gateways   []*Gateway // --gateways N > 1
+	frontAddr  string
+	frontMu    sync.Mutex // guards frontConns
+	frontConns map[net.Conn]bool
+	closers    []func() // run in reverse by Close
+	wg         sync.WaitGroup
+	errc       chan error // first failure of a background component
 
 	closeOnce sync.Once
 }
@@ -196,6 +215,19 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	dbPath := filepath.Join(cfg.StateDir, "gatehouse.db")
 	scfg := store.DefaultConfig()
 	scfg.DSN = dbPath
+	if cfg.Gateways > 1 {
+		// Several gateway processes share a PostgreSQL, made at start (the
+		// embedded store is one process's).
+		say("starting PostgreSQL for %d gateway nodes...", cfg.Gateways)
+		pgcfg := testenv.DefaultPostgresConfig()
+		pgcfg.Logger = cfg.Logger
+		pg, err := testenv.StartPostgres(ctx, pgcfg)
+		if err != nil {
+			return nil, err
+		}
+		e.closers = append(e.closers, func() { pg.Close() })
+		scfg.Driver, scfg.DSN, dbPath = store.DriverPostgres, pg.DSN, "PostgreSQL in "+pg.Dir
+	}
 	st, err := store.Open(ctx, scfg)
 	if err != nil {
 		return nil, err
@@ -211,7 +243,9 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	// Kratos, on SQLite in the state directory: people sign in through it.
 	say("starting Kratos (identity)...")
 	kcfg := testenv.DefaultKratosConfig()
-	kcfg.Dir = filepath.Join(cfg.StateDir, "kratos")
+	if cfg.Gateways == 1 {
+		kcfg.Dir = filepath.Join(cfg.StateDir, "kratos")
+	} // else new, like the store
 	for _, p := range cfg.SSO {
 		kcfg.OIDC = append(kcfg.OIDC, p.KratosConfig())
 	}
@@ -245,39 +279,46 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	e.AdminID = admin.ID
 	say("store: %s (organization %q, project %q, admin %s with ADMIN)", dbPath, org.Name, project.Name, admin.Email)
 
-	gcfg := gateway.DefaultConfig()
-	gcfg.Node.Name, gcfg.Node.Addr, gcfg.Node.Logger, gcfg.Node.ShutdownTimeout = "dev-node", cfg.Addr, cfg.Logger, 5*time.Second
-	gcfg.Store, gcfg.KEK, gcfg.InitCA, gcfg.Audit, gcfg.Identity, gcfg.Logger = st, kek, true, sink, kratos, cfg.Logger
-	if len(cfg.SSO) > 0 {
-		reader, err := identity.NewSSOProviders(cfg.SSO, nil)
+	var auth *ca.Authority
+	var connected func() bool
+	if cfg.Gateways == 1 {
+		g, err := e.startGateway1(ctx, cfg, st, kek, sink, kratos)
 		if err != nil {
 			return nil, err
 		}
-		// The SSO refresh tokens the store keeps are sealed with a key that
-		// lives beside it, like the CA's.
-		tokenKey, err := devKey(filepath.Join(cfg.StateDir, "token.key"))
-		if err != nil {
+		auth, connected = g.CA, func() bool { return g.Registry.Connected(cfg.Cluster) }
+	} else {
+		if auth, err = ca.Init(ctx, ca.DefaultConfig(), kek, st); err != nil {
 			return nil, err
 		}
-		sealer, err := identity.NewSealer(tokenKey)
+		front, err := net.Listen("tcp", cfg.Addr)
 		if err != nil {
+			return nil, fmt.Errorf("dev: the front: %w", err)
+		}
+		e.GatewayURL = "https://" + front.Addr().String()
+		bin := cfg.Binary
+		if bin == "" {
+			if bin, err = os.Executable(); err != nil {
+				front.Close()
+				return nil, err
+			}
+		}
+		level := "warn"
+		if cfg.Logger != nil && cfg.Logger.Enabled(ctx, slog.LevelInfo) {
+			level = "info"
+		}
+		say("starting %d gateway nodes...", cfg.Gateways)
+		if err := e.startGateways(ctx, cfg.Gateways, front, gatewaysConfig{bin: bin, dsn: scfg.DSN, kekFile: filepath.Join(cfg.StateDir, "ca.kek"),
+			publicURL: e.GatewayURL, kratosPublic: kr.PublicURL, kratosAdmin: kr.AdminURL, logLevel: level}); err != nil {
+			front.Close()
 			return nil, err
 		}
-		gcfg.SSO = &api.SSOConfig{Providers: reader, Sealer: sealer}
+		for _, g := range e.gateways {
+			say("gateway %s on %s (pid %d)", g.Name, g.Addr, g.PID)
+		}
+		say("a TCP front on %s spreads connections over them; %s lists them", front.Addr(), filepath.Join(cfg.StateDir, "gateways.json"))
+		connected = func() bool { return e.clusterConnected(ctx, cfg.Cluster) }
 	}
-	g, err := gateway.New(ctx, gcfg)
-	if err != nil {
-		return nil, err
-	}
-	e.closers = append(e.closers, func() { g.Close() })
-	e.run(ctx, "gateway", g.Run)
-	readyCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	e.GatewayURL, err = g.Ready(readyCtx)
-	cancel()
-	if err != nil {
-		return nil, err
-	}
-	auth, registry := g.CA, g.Registry
 	say("gateway listening on %s", e.GatewayURL)
 
 	apiToken, err := st.CreateAPIToken(ctx, &store.APIToken{UserID: admin.ID, Name: "gatehouse-dev-" + strings.ToLower(rand.Text()[:8]), Expires: time.Now().Add(7 * 24 * time.Hour)})
@@ -333,7 +374,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		return nil, err
 	}
 	e.run(ctx, "agent", ag.Run)
-	if err := waitUntil(ctx, 60*time.Second, func() bool { return registry.Connected(cfg.Cluster) }, e.errc); err != nil {
+	if err := waitUntil(ctx, 60*time.Second, connected, e.errc); err != nil {
 		return nil, fmt.Errorf("dev: agent did not connect: %w", err)
 	}
 	say("agent registered and connected; cluster %q is reachable through the gateway", cfg.Cluster)
@@ -596,4 +637,41 @@ func demoWorkload(ctx context.Context, kube *rest.Config) error {
 		return err
 	}
 	return nil
+}
+
+// startGateway1 runs the one gateway node in this process.
+func (e *Env) startGateway1(ctx context.Context, cfg Config, st *store.Store, kek ca.KEK, sink audit.Sink, kratos *identity.Kratos) (*gateway.Gateway, error) {
+	gcfg := gateway.DefaultConfig()
+	gcfg.Node.Name, gcfg.Node.Addr, gcfg.Node.Logger, gcfg.Node.ShutdownTimeout = "dev-node", cfg.Addr, cfg.Logger, 5*time.Second
+	gcfg.Store, gcfg.KEK, gcfg.InitCA, gcfg.Audit, gcfg.Identity, gcfg.Logger = st, kek, true, sink, kratos, cfg.Logger
+	if len(cfg.SSO) > 0 {
+		reader, err := identity.NewSSOProviders(cfg.SSO, nil)
+		if err != nil {
+			return nil, err
+		}
+		// The SSO refresh tokens the store keeps are sealed with a key that
+		// lives beside it, like the CA's.
+		tokenKey, err := devKey(filepath.Join(cfg.StateDir, "token.key"))
+		if err != nil {
+			return nil, err
+		}
+		sealer, err := identity.NewSealer(tokenKey)
+		if err != nil {
+			return nil, err
+		}
+		gcfg.SSO = &api.SSOConfig{Providers: reader, Sealer: sealer}
+	}
+	g, err := gateway.New(ctx, gcfg)
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, func() { g.Close() })
+	e.run(ctx, "gateway", g.Run)
+	readyCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	e.GatewayURL, err = g.Ready(readyCtx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	return g, nil
 }

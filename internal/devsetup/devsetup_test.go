@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -336,4 +338,47 @@ func mustReadFile(t *testing.T, path string) []byte {
 func eventually(t *testing.T, timeout time.Duration, cond func() error) {
 	t.Helper()
 	testenv.Eventually(t, timeout, cond)
+}
+
+// gatehouse dev --gateways 3: three gateway processes as one gateway
+// cluster behind a TCP front; kubectl works through the front, and goes on
+// working when one gateway is killed.
+func TestDevWithThreeGateways(t *testing.T) {
+	dir := t.TempDir()
+	cfg := devsetup.DefaultConfig()
+	cfg.StateDir, cfg.Addr, cfg.KratosPort, cfg.Gateways, cfg.Binary = dir, "127.0.0.1:0", 0, 3, buildCLI(t, t.TempDir())
+	var out bytes.Buffer
+	cfg.Out = &out
+	env, err := devsetup.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	defer env.Close()
+	var listed []devsetup.Gateway
+	if err := json.Unmarshal(mustReadFile(t, filepath.Join(dir, "gateways.json")), &listed); err != nil || len(listed) != 3 || listed[0].PID == 0 {
+		t.Fatalf("gateways.json: %v %+v", err, listed)
+	}
+	kubectl, err := testenv.Tool("kubectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := func() error {
+		cmd := exec.Command(kubectl, "get", "pods", "-n", "demo", "--no-headers", "--request-timeout=10s")
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+env.AdminKubeconfig, "HOME="+dir)
+		got, err := cmd.CombinedOutput()
+		if err == nil && strings.Count(string(got), "Running") >= 3 {
+			return nil
+		}
+		return fmt.Errorf("kubectl get pods: %v\n%s", err, got)
+	}
+	eventually(t, 60*time.Second, pods)
+	// Kill one gateway outright: the front skips it, the ring notices, and
+	// the agent, if it was there, comes back on another.
+	victim := env.Gateways()[1]
+	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	eventually(t, 60*time.Second, pods)
+	t.Logf("after kill -9 of %s, kubectl through the front worked again after %s", victim.Name, time.Since(start).Round(100*time.Millisecond))
 }
