@@ -336,6 +336,18 @@ func (n *Node) Metric(prefix string) float64 {
 	return sum
 }
 
+// Kill kills the node's process outright (SIGKILL: no leave, no drain) and
+// waits for it to be gone. Start starts it again.
+func (n *Node) Kill() {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	n.cmd.Process.Kill()
+	<-n.done
+	n.cmd = nil
+	n.log.Close()
+}
+
 // LogTail returns the end of the node's log.
 func (n *Node) LogTail() string {
 	b, _ := os.ReadFile(filepath.Join(n.Dir, "node.log"))
