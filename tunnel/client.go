@@ -48,6 +48,13 @@ type ClientConfig struct {
 	// connection attempts: quick recovery from a blip, and a thousand agents
 	// do not stampede a restarted gateway.
 	MinBackoff, MaxBackoff time.Duration
+	// StableAfter is how long a tunnel must have served for the backoff to
+	// start again from MinBackoff. Two seconds tells a gateway that took
+	// the agent and then died (a node killed: reconnect at once) from one
+	// that accepts and drops it at once (back off, no storm). It was
+	// MaxBackoff: agents whose nodes were killed a few seconds after each
+	// other then waited up to 30 s (BenchmarkOwnerKill). Zero means 2 s.
+	StableAfter time.Duration
 	// Logger receives connection events; nil discards them.
 	Logger *slog.Logger
 }
@@ -56,9 +63,10 @@ type ClientConfig struct {
 // settings from the environment.
 func DefaultClientConfig() ClientConfig {
 	return ClientConfig{
-		MinBackoff: 250 * time.Millisecond,
-		MaxBackoff: 30 * time.Second,
-		Proxy:      func(u *url.URL) (*url.URL, error) { return http.ProxyFromEnvironment(&http.Request{URL: u}) },
+		MinBackoff:  250 * time.Millisecond,
+		MaxBackoff:  30 * time.Second,
+		StableAfter: 2 * time.Second,
+		Proxy:       func(u *url.URL) (*url.URL, error) { return http.ProxyFromEnvironment(&http.Request{URL: u}) },
 	}
 }
 
@@ -76,6 +84,8 @@ func (c ClientConfig) Validate() error {
 		return errors.New("tunnel: Handler is required")
 	case c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff:
 		return errors.New("tunnel: need 0 < MinBackoff <= MaxBackoff")
+	case c.StableAfter < 0:
+		return errors.New("tunnel: StableAfter must not be negative")
 	}
 	return nil
 }
@@ -127,6 +137,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.Proxy == nil {
 		cfg.Proxy = func(*url.URL) (*url.URL, error) { return nil, nil }
 	}
+	if cfg.StableAfter == 0 {
+		cfg.StableAfter = 2 * time.Second
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -163,7 +176,7 @@ func (c *Client) Run(ctx context.Context) error {
 				}
 			}
 			// A tunnel that stayed up a while resets the backoff.
-			if time.Since(start) > c.cfg.MaxBackoff {
+			if time.Since(start) > c.cfg.StableAfter {
 				backoff = c.cfg.MinBackoff
 			}
 		} else if ctx.Err() == nil {
