@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -372,6 +373,30 @@ func TestDevWithThreeGateways(t *testing.T) {
 		return fmt.Errorf("kubectl get pods: %v\n%s", err, got)
 	}
 	eventually(t, 60*time.Second, pods)
+	// Streams across the hop: the front sends each kubectl to the next
+	// gateway, so of three runs at least two reach a gateway that does not
+	// hold the cluster's tunnel and forwards them (real kubectl, real API
+	// server, kwok pods).
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(kubectl, args...)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+env.AdminKubeconfig, "HOME="+dir)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	podName, err := run("get", "pods", "-n", "demo", "-o", "jsonpath={.items[0].metadata.name}")
+	if err != nil {
+		t.Fatalf("pod name: %v %s", err, podName)
+	}
+	for i := range 3 {
+		if out, err := run("exec", "-n", "demo", podName, "--", "echo", fmt.Sprintf("hop-%d", i)); err != nil || !strings.Contains(out, fmt.Sprintf("hop-%d", i)) {
+			t.Fatalf("exec #%d: %v %s", i, err, out)
+		}
+		out, err := run("get", "--raw", "/api/v1/namespaces/demo/pods?watch=true&timeoutSeconds=1")
+		if err != nil || !strings.Contains(out, `"type":"ADDED"`) {
+			t.Fatalf("watch #%d: %v %s", i, err, out)
+		}
+		portForwardEcho(t, kubectl, env.AdminKubeconfig, dir, podName)
+	}
 	// Kill one gateway outright: the front skips it, the ring notices, and
 	// the agent, if it was there, comes back on another.
 	victim := env.Gateways()[1]
@@ -381,4 +406,59 @@ func TestDevWithThreeGateways(t *testing.T) {
 	start := time.Now()
 	eventually(t, 60*time.Second, pods)
 	t.Logf("after kill -9 of %s, kubectl through the front worked again after %s", victim.Name, time.Since(start).Round(100*time.Millisecond))
+}
+
+// portForwardEcho forwards a local port to the pod's echo port with
+// kubectl and checks that bytes come back unchanged.
+func portForwardEcho(t *testing.T, kubectl, kubeconfig, home, pod string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kubectl, "-n", "demo", "port-forward", "--address=127.0.0.1", "pod/"+pod, ":8080")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "HOME="+home)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cancel()
+	portc := make(chan string, 1)
+	go func() {
+		re := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> 8080`)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				portc <- m[1]
+			}
+		}
+		close(portc)
+	}()
+	var port string
+	select {
+	case p, ok := <-portc:
+		if !ok {
+			t.Fatalf("port-forward exited: %s", stderr.String())
+		}
+		port = p
+	case <-time.After(30 * time.Second):
+		t.Fatal("port-forward did not start")
+	}
+	conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := conn.Write([]byte("across the hop\n")); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil || line != "across the hop\n" {
+		t.Fatalf("port-forward echo: %q %v (%s)", line, err, stderr.String())
+	}
 }
