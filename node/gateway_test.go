@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -190,35 +189,11 @@ func portForward(t testing.TB, b *bed, kc, ns, pod string, size int) time.Durati
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, _ := cmd.StdoutPipe()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	port, stop, err := testenv.PortForward(cmd, "8080", 30*time.Second)
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Wait()
-	defer cancel()
-	portc := make(chan string, 1)
-	go func() {
-		re := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> 8080`)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				portc <- m[1]
-			}
-		}
-		close(portc)
-	}()
-	var port string
-	select {
-	case p, ok := <-portc:
-		if !ok {
-			t.Fatalf("port-forward exited: %s", stderr.String())
-		}
-		port = p
-	case <-time.After(30 * time.Second):
-		t.Fatal("port-forward did not start")
-	}
+	defer stop()
 	conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", port))
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +210,7 @@ func portForward(t testing.TB, b *bed, kc, ns, pod string, size int) time.Durati
 	conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
 	h := sha256.New()
 	if _, err := io.CopyN(h, conn, int64(size)); err != nil {
-		t.Fatalf("port-forward read: %v (%s)", err, stderr.String())
+		t.Fatalf("port-forward read: %v (%s)", err, stop())
 	}
 	took := time.Since(start)
 	if err := <-errc; err != nil {

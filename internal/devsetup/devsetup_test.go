@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -412,42 +411,13 @@ func TestDevWithThreeGateways(t *testing.T) {
 // kubectl and checks that bytes come back unchanged.
 func portForwardEcho(t *testing.T, kubectl, kubeconfig, home, pod string) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	cmd := exec.CommandContext(ctx, kubectl, "-n", "demo", "port-forward", "--address=127.0.0.1", "pod/"+pod, ":8080")
+	cmd := exec.Command(kubectl, "-n", "demo", "port-forward", "--address=127.0.0.1", "pod/"+pod, ":8080")
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "HOME="+home)
-	out, err := cmd.StdoutPipe()
+	port, stop, err := testenv.PortForward(cmd, "8080", 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Wait()
-	defer cancel()
-	portc := make(chan string, 1)
-	go func() {
-		re := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> 8080`)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				portc <- m[1]
-			}
-		}
-		close(portc)
-	}()
-	var port string
-	select {
-	case p, ok := <-portc:
-		if !ok {
-			t.Fatalf("port-forward exited: %s", stderr.String())
-		}
-		port = p
-	case <-time.After(30 * time.Second):
-		t.Fatal("port-forward did not start")
-	}
+	defer stop()
 	conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", port))
 	if err != nil {
 		t.Fatal(err)
@@ -459,6 +429,6 @@ func portForwardEcho(t *testing.T, kubectl, kubeconfig, home, pod string) {
 	}
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil || line != "across the hop\n" {
-		t.Fatalf("port-forward echo: %q %v (%s)", line, err, stderr.String())
+		t.Fatalf("port-forward echo: %q %v", line, err)
 	}
 }

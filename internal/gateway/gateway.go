@@ -293,17 +293,21 @@ func (g *Gateway) closeRing() {
 	}
 }
 
+// keysInterval is Ring.KeysInterval, 2 s when zero.
+func (g *Gateway) keysInterval() time.Duration {
+	if d := g.cfg.Ring.KeysInterval; d > 0 {
+		return d
+	}
+	return 2 * time.Second
+}
+
 // Ring is the node's view of the gateway cluster; nil for a node alone.
 func (g *Gateway) Ring() *ring.Ring { return g.ring }
 
 // ringLoop keeps the ring's list of clusters and this node's tunnel count
 // current, until ctx ends.
 func (g *Gateway) ringLoop(ctx context.Context) {
-	every := g.cfg.Ring.KeysInterval
-	if every <= 0 {
-		every = 2 * time.Second
-	}
-	t := time.NewTicker(every)
+	t := time.NewTicker(g.keysInterval())
 	defer t.Stop()
 	for {
 		select {
@@ -327,11 +331,7 @@ func (g *Gateway) ringLoop(ctx context.Context) {
 // ring, and every KeysInterval. The new tunnel comes first, then this one
 // stops taking requests, then it closes when its streams are done.
 func (g *Gateway) handoverLoop(ctx context.Context) {
-	every := g.cfg.Ring.KeysInterval
-	if every <= 0 {
-		every = 2 * time.Second
-	}
-	t := time.NewTicker(every)
+	t := time.NewTicker(g.keysInterval())
 	defer t.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
