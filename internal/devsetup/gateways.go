@@ -92,7 +92,7 @@ func (e *Env) startGateways(ctx context.Context, n int, front net.Listener, gc g
 		return err
 	}
 	for _, g := range e.gateways {
-		if err := waitServes(ctx, g); err != nil {
+		if err := e.waitServes(ctx, g); err != nil {
 			return err
 		}
 	}
@@ -144,14 +144,16 @@ func (e *Env) startGateway(g *Gateway, gc gatewaysConfig) error {
 	return nil
 }
 
-// waitServes waits until g answers /readyz.
-func waitServes(ctx context.Context, g *Gateway) error {
+// waitServes waits until g answers /readyz, or fails if it exits.
+func (e *Env) waitServes(ctx context.Context, g *Gateway) error {
 	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // only "is it up?"
 	defer hc.CloseIdleConnections()
-	return waitUntil(ctx, 60*time.Second, func() bool {
+	var exited error
+	err := waitUntil(ctx, 60*time.Second, func() bool {
 		select {
 		case err := <-g.done:
 			g.done <- err
+			exited = fmt.Errorf("dev: %s exited (%v); see %s", g.Name, err, filepath.Join(e.cfg.StateDir, g.Name, "node.log"))
 			return true
 		default:
 		}
@@ -162,6 +164,10 @@ func waitServes(ctx context.Context, g *Gateway) error {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}, nil)
+	if exited != nil {
+		return exited
+	}
+	return err
 }
 
 func (e *Env) writeGatewaysJSON() error {
