@@ -132,12 +132,14 @@ type Ring struct {
 	log *slog.Logger
 	ml  *memberlist.Memberlist
 
-	mu      sync.Mutex // guards meta, keys, owners and version
-	meta    Meta
-	keys    []string          // the clusters to place (SetKeys)
-	owners  map[string]string // Place(keys, members), computed at ownersV
-	version uint64            // bumped by every change of members or keys
-	ownersV uint64
+	mu         sync.Mutex // guards meta, members, keys, owners and version
+	meta       Meta
+	members    map[string]Member // live members but this one, from memberlist's events
+	gossipAddr string            // this node's, fixed at start
+	keys       []string          // the clusters to place (SetKeys)
+	owners     map[string]string // Place(keys, members), computed at ownersV
+	version    uint64            // bumped by every change of members or keys
+	ownersV    uint64
 
 	changes chan struct{} // one pending notice of a membership change
 
@@ -152,7 +154,7 @@ func New(cfg Config) (*Ring, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	r := &Ring{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, changes: make(chan struct{}, 1), stop: make(chan struct{})}
+	r := &Ring{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, members: map[string]Member{}, changes: make(chan struct{}, 1), stop: make(chan struct{})}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -181,6 +183,10 @@ func New(cfg Config) (*Ring, error) {
 		return nil, fmt.Errorf("ring: %w", err)
 	}
 	r.ml = ml
+	local := ml.LocalNode()
+	r.mu.Lock()
+	r.gossipAddr = net.JoinHostPort(local.Addr.String(), strconv.Itoa(int(local.Port)))
+	r.mu.Unlock()
 	if len(cfg.Seeds) > 0 {
 		if n, err := ml.Join(cfg.Seeds); err != nil || n == 0 {
 			r.log.Warn("ring: no seed reached; serving alone and trying again", "seeds", cfg.Seeds, "err", err)
@@ -215,26 +221,42 @@ func (r *Ring) rejoin() {
 func (r *Ring) Name() string { return r.cfg.Name }
 
 // GossipAddr is the address this node's gossip listens on, host:port.
-func (r *Ring) GossipAddr() string {
-	n := r.ml.LocalNode()
-	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
-}
+func (r *Ring) GossipAddr() string { return r.gossipAddr }
 
-// Members returns the live members, this node included, by name.
+// Members returns the live members, this node included, by name. It reads
+// the ring's own copy, kept from memberlist's events: memberlist's Members
+// hands out pointers to nodes that it goes on changing under its own lock.
 func (r *Ring) Members() []Member {
-	var out []Member
-	for _, n := range r.ml.Members() {
-		if n.State != memberlist.StateAlive {
+	r.mu.Lock()
+	out := make([]Member, 0, len(r.members)+1)
+	for _, m := range r.members {
+		if m.Name == r.cfg.Name {
 			continue
-		}
-		m := Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))}
-		if err := json.Unmarshal(n.Meta, &m.Meta); err != nil && len(n.Meta) > 0 {
-			r.log.Warn("ring: a member's metadata does not parse", "member", n.Name, "err", err)
 		}
 		out = append(out, m)
 	}
+	out = append(out, Member{Name: r.cfg.Name, GossipAddr: r.gossipAddr, Meta: r.meta})
+	r.mu.Unlock()
 	slices.SortFunc(out, func(a, b Member) int { return cmpString(a.Name, b.Name) })
 	return out
+}
+
+// upsert records a live member from memberlist's event; memberlist holds
+// its lock while it calls, so n may be read here, and only here.
+func (r *Ring) upsert(n *memberlist.Node) {
+	m := Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))}
+	if err := json.Unmarshal(n.Meta, &m.Meta); err != nil && len(n.Meta) > 0 {
+		r.log.Warn("ring: a member's metadata does not parse", "member", n.Name, "err", err)
+	}
+	r.mu.Lock()
+	r.members[n.Name] = m
+	r.mu.Unlock()
+}
+
+func (r *Ring) remove(name string) {
+	r.mu.Lock()
+	delete(r.members, name)
+	r.mu.Unlock()
 }
 
 func cmpString(a, b string) int {
@@ -377,9 +399,9 @@ func (delegate) MergeRemoteState([]byte, bool)   {}
 // with its locks held: they must not block.
 type events struct{ r *Ring }
 
-func (e events) NotifyJoin(*memberlist.Node)   { e.r.changed() }
-func (e events) NotifyLeave(*memberlist.Node)  { e.r.changed() }
-func (e events) NotifyUpdate(*memberlist.Node) { e.r.changed() }
+func (e events) NotifyJoin(n *memberlist.Node)   { e.r.upsert(n); e.r.changed() }
+func (e events) NotifyLeave(n *memberlist.Node)  { e.r.remove(n.Name); e.r.changed() }
+func (e events) NotifyUpdate(n *memberlist.Node) { e.r.upsert(n); e.r.changed() }
 
 // Redirect implements node.Redirector: the owner's own address when the
 // cluster's tunnel belongs on another live node.
