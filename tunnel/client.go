@@ -161,10 +161,20 @@ func (c *Client) Run(ctx context.Context) error {
 	c.mu.Unlock()
 	defer c.moves.Wait()
 	backoff := c.cfg.MinBackoff
+	quick := 0 // redirects to an unreachable node in a row
 	for {
 		start := time.Now()
 		conn, err := c.dial(ctx)
+		if errors.Is(err, errRedirectUnreachable) && quick < quickRetries {
+			// The gateway is up and its ring is about to move the owner:
+			// try again soon rather than later.
+			quick++
+			backoff = c.cfg.MinBackoff
+		} else if err != nil && !errors.Is(err, errRedirectUnreachable) {
+			quick = 0
+		}
 		if err == nil {
+			quick = 0
 			c.active.Add(1)
 			c.serve(ctx, conn, nil)
 			// A session that moved on: serve the new one until it ends.
@@ -217,14 +227,13 @@ func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	c.redirects.Add(1)
 	c.log.Info("tunnel: redirected to the cluster's node", "from", c.cfg.GatewayAddr, "to", redirect)
 	if raw, err = c.dialRaw(dctx, redirect); err != nil {
-		return nil, fmt.Errorf("redirected to %s: %w", redirect, err)
+		return nil, fmt.Errorf("%w %s: %w", errRedirectUnreachable, redirect, err)
 	}
 	tc, again, err := c.handshake(dctx, raw)
 	if err != nil {
 		return nil, fmt.Errorf("redirected to %s: %w", redirect, err)
 	}
-	if again != "" {
-		tc.Close()
+	if again != "" { // handshake has closed the connection
 		return nil, fmt.Errorf("%w: %s sent the agent on to %s", ErrRedirectLoop, redirect, again)
 	}
 	return tc, nil
@@ -243,6 +252,17 @@ func (c *Client) dialRaw(ctx context.Context, addr string) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", addr)
 }
+
+// errRedirectUnreachable: the gateway answered, but the node it sent the
+// agent to cannot be reached - most likely a node that has just died and
+// that the gateway's ring has not yet declared dead (about a second).
+var errRedirectUnreachable = errors.New("tunnel: redirected to an unreachable node")
+
+// quickRetries is how many redirects to an unreachable node in a row are
+// retried after MinBackoff rather than a doubling backoff: enough to
+// outlast failure detection (1.2 s at 250 ms), few enough that an agent
+// that cannot reach its owner for another reason soon backs off as usual.
+const quickRetries = 5
 
 // ErrRedirectLoop: a node the agent was redirected to redirected it again.
 var ErrRedirectLoop = errors.New("tunnel: redirected twice")

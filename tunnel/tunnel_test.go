@@ -496,3 +496,71 @@ func TestDisconnectIssuedBefore(t *testing.T) {
 		t.Fatal("still connected")
 	}
 }
+
+// Two gateways that redirect the agent to each other: the agent follows
+// one redirect per attempt, counts the second as a failed attempt, and
+// backs off - no panic, no storm.
+func TestRedirectLoopBacksOff(t *testing.T) {
+	auth, err := ca.New(ca.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := auth.IssueServer([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ls [2]net.Listener
+	for i := range ls {
+		if ls[i], err = tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13,
+			ClientAuth: tls.RequireAnyClientCert, NextProtos: []string{ALPN2}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for i, l := range ls {
+		other := ls[1-i].Addr().String()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.(*tls.Conn).Handshake()
+				WriteJSON(c, FrameWelcome, &Welcome{Redirect: other})
+				c.Close()
+			}
+		}()
+	}
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+		wg.Wait()
+	}()
+	key, keyPEM, _ := pki.NewKey()
+	chain, _ := auth.IssueAgent(context.Background(), "c1", key.Public(), time.Hour)
+	agentCert, _ := tls.X509KeyPair(chain, keyPEM)
+	cfg := DefaultClientConfig()
+	cfg.GatewayAddr, cfg.ServerName, cfg.RootCAs, cfg.Proxy = ls[0].Addr().String(), "127.0.0.1", auth.RootPool(), nil
+	cfg.MinBackoff, cfg.MaxBackoff = 10*time.Millisecond, 40*time.Millisecond
+	cfg.GetCertificate = func() (*tls.Certificate, error) { return &agentCert, nil }
+	cfg.Handler = whoami
+	c, err := NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+	waitFor(t, "three attempts", func() bool { return c.Attempts() >= 3 })
+	cancel()
+	<-done
+	if c.Sessions() != 0 || c.Redirects() < 3 {
+		t.Fatalf("sessions %d, redirects %d", c.Sessions(), c.Redirects())
+	}
+}
