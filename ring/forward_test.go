@@ -35,7 +35,7 @@ type gw struct {
 	tunnels *ring.Tunnels
 }
 
-func startGW(t *testing.T, auth *ca.Authority, name string, seeds ...string) *gw {
+func startGW(t testing.TB, auth *ca.Authority, name string, seeds ...string) *gw {
 	t.Helper()
 	cert, err := auth.IssueServer([]string{"127.0.0.1"}, time.Hour)
 	if err != nil {
@@ -129,7 +129,7 @@ var agentHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request)
 	fmt.Fprintf(w, "%s %s", h.User, r.URL.Path)
 })
 
-func runAgent(t *testing.T, auth *ca.Authority, cluster, addr string) *tunnel.Client {
+func runAgent(t testing.TB, auth *ca.Authority, cluster, addr string) *tunnel.Client {
 	t.Helper()
 	key, keyPEM, _ := pki.NewKey()
 	chain, err := auth.IssueAgent(context.Background(), cluster, key.Public(), time.Hour)
