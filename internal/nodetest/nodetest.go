@@ -263,6 +263,9 @@ func (n *Node) Start() {
 			"--seeds", strings.Join(seeds, ","))
 	}
 	n.cmd = exec.Command(n.c.Bin, args...)
+	// Killed with the test process, even one that panics before its
+	// cleanups run: no node outlives the test.
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	n.cmd.Stdout, n.cmd.Stderr = log, log
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
