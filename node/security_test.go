@@ -156,18 +156,8 @@ func TestHeaderLimits(t *testing.T) {
 	})
 
 	t.Run("http2", func(t *testing.T) {
-		conn, err := tls.Dial("tcp", b.addr, tlsCfg("h2"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn, fr := h2Dial(t, b)
 		defer conn.Close()
-		if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
-			t.Fatal(err)
-		}
-		fr := http2.NewFramer(conn, conn)
-		if err := fr.WriteSettings(); err != nil {
-			t.Fatal(err)
-		}
 		// The server's settings say its limits.
 		f, err := fr.ReadFrame()
 		if err != nil {
@@ -258,14 +248,8 @@ func TestHTTP2ConcurrentStreamsLimit(t *testing.T) {
 	b := startBedWith(t, false, 0, func(c *node.Config) {
 		c.MaxConcurrentStreams, c.UnauthenticatedRate, c.UnauthenticatedBurst = limit, 1000, 1000
 	})
-	conn, err := tls.Dial("tcp", b.addr, &tls.Config{RootCAs: b.auth.RootPool(), ServerName: "127.0.0.1", NextProtos: []string{"h2"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, fr := h2Dial(t, b)
 	defer conn.Close()
-	io.WriteString(conn, http2.ClientPreface)
-	fr := http2.NewFramer(conn, conn)
-	fr.WriteSettings()
 	// Wait for the server's settings and acknowledge them, so that its
 	// limit is in force.
 	for {
@@ -281,11 +265,7 @@ func TestHTTP2ConcurrentStreamsLimit(t *testing.T) {
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
 	for i := range limit + 1 {
-		block.Reset()
-		for _, hf := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"}, {Name: ":path", Value: "/v1/agents/register"},
-			{Name: ":authority", Value: "x"}, {Name: "content-type", Value: "application/json"}, {Name: "content-length", Value: "1000"}} {
-			enc.WriteField(hf)
-		}
+		registrationHeaders(enc, &block)
 		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: block.Bytes(), EndHeaders: true}); err != nil {
 			t.Fatal(err)
 		}
@@ -321,14 +301,8 @@ func TestHTTP2RapidResetIsBounded(t *testing.T) {
 	b := startBedWith(t, false, 0, func(c *node.Config) {
 		c.MaxConcurrentStreams, c.UnauthenticatedRate, c.UnauthenticatedBurst = limit, 1e6, 1e6
 	})
-	conn, err := tls.Dial("tcp", b.addr, &tls.Config{RootCAs: b.auth.RootPool(), ServerName: "127.0.0.1", NextProtos: []string{"h2"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, fr := h2Dial(t, b)
 	defer conn.Close()
-	io.WriteString(conn, http2.ClientPreface)
-	fr := http2.NewFramer(conn, conn)
-	fr.WriteSettings()
 	var frames atomic.Int64
 	var goaway atomic.Pointer[http2.GoAwayFrame]
 	readDone := make(chan struct{})
@@ -366,11 +340,7 @@ func TestHTTP2RapidResetIsBounded(t *testing.T) {
 	enc := hpack.NewEncoder(&block)
 	sent := 0
 	for i := range pairs {
-		block.Reset()
-		for _, hf := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"}, {Name: ":path", Value: "/v1/agents/register"},
-			{Name: ":authority", Value: "x"}, {Name: "content-type", Value: "application/json"}, {Name: "content-length", Value: "1000"}} {
-			enc.WriteField(hf)
-		}
+		registrationHeaders(enc, &block)
 		id := uint32(2*i + 1)
 		if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block.Bytes(), EndHeaders: true}) != nil ||
 			fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
@@ -396,4 +366,33 @@ func TestHTTP2RapidResetIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+}
+
+// h2Dial opens an HTTP/2 connection to the bed's node by hand: the
+// preface and our (empty) settings sent, nothing read.
+func h2Dial(t *testing.T, b *bed) (*tls.Conn, *http2.Framer) {
+	t.Helper()
+	conn, err := tls.Dial("tcp", b.addr, &tls.Config{RootCAs: b.auth.RootPool(), ServerName: "127.0.0.1", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	return conn, fr
+}
+
+// registrationHeaders encodes into block (reset first) the header block of
+// an agent registration whose 1000-byte body never comes: a stream that
+// holds its slot until the read deadline.
+func registrationHeaders(enc *hpack.Encoder, block *bytes.Buffer) {
+	block.Reset()
+	for _, hf := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"}, {Name: ":path", Value: "/v1/agents/register"},
+		{Name: ":authority", Value: "x"}, {Name: "content-type", Value: "application/json"}, {Name: "content-length", Value: "1000"}} {
+		enc.WriteField(hf)
+	}
 }

@@ -53,42 +53,40 @@ func (s *Store) TunnelDown(ctx context.Context, session string) error {
 }
 
 // TunnelHeartbeat stamps the tunnels node holds (by session) as alive now,
-// and forgets the other rows of node (left by a crash).
+// and forgets the other rows of node (left by a crash): one statement for
+// the stamp, whatever the number of tunnels, and one per stale row.
 func (s *Store) TunnelHeartbeat(ctx context.Context, node string, sessions []string) error {
-	now := micros(s.now())
+	live := make(map[string]bool, len(sessions))
+	for _, sess := range sessions {
+		live[sess] = true
+	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT session FROM agent_tunnels WHERE node = $1`, node)
 		if err != nil {
 			return err
 		}
-		var have []string
+		var stale []string
 		for rows.Next() {
 			var sess string
 			if err := rows.Scan(&sess); err != nil {
 				rows.Close()
 				return err
 			}
-			have = append(have, sess)
+			if !live[sess] {
+				stale = append(stale, sess)
+			}
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		live := map[string]bool{}
-		for _, sess := range sessions {
-			live[sess] = true
-		}
-		for _, sess := range have {
-			q := `UPDATE agent_tunnels SET heartbeat_us = $1 WHERE session = $2`
-			args := []any{now, sess}
-			if !live[sess] {
-				q, args = `DELETE FROM agent_tunnels WHERE session = $1`, []any{sess}
-			}
-			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		for _, sess := range stale {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM agent_tunnels WHERE session = $1`, sess); err != nil {
 				return err
 			}
 		}
-		return nil
+		_, err = tx.ExecContext(ctx, `UPDATE agent_tunnels SET heartbeat_us = $1 WHERE node = $2`, micros(s.now()), node)
+		return err
 	})
 }
 

@@ -33,22 +33,14 @@ func TestMain(m *testing.M) {
 
 // TestDevEndsWithWorkingKubeconfig is what `make run` promises: the admin
 // kubeconfig works with stock kubectl, through the gateway and the agent.
-// freeAddr returns a loopback address with a port free now, for a gateway
-// that must keep its port across a restart.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	cfg := devsetup.DefaultConfig()
 	cfg.StateDir = t.TempDir()
-	cfg.Addr, cfg.KratosPort = freeAddr(t), 0
+	addr, err := testenv.FreeAddr("127.0.0.1") // the gateway keeps its port across the restart
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Addr, cfg.KratosPort = addr, 0
 	var out bytes.Buffer
 	cfg.Out = &out
 	ctx := context.Background()

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/control/apiclient"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
 // Gateway is one `gatehouse node` process of gatehouse dev --gateways N,
@@ -40,25 +41,6 @@ type gatewaysConfig struct {
 	bin, dsn, kekFile, gossipKeyFile, publicURL, kratosPublic, kratosAdmin, logLevel string
 }
 
-// loopbackAddr returns host:port on a loopback address (127.0.0.N) whose
-// port is free for TCP and UDP now.
-func loopbackAddr(host string) (string, error) {
-	for range 20 {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			return "", err
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr, nil
-		}
-	}
-	return "", fmt.Errorf("dev: no free port on %s", host)
-}
-
 // startGateways runs n gateway node processes on 127.0.0.2, 127.0.0.3, ...
 // as one gateway cluster, and a TCP front on addr that spreads connections
 // over them (the stand-in for an anycast address or an L4 load balancer),
@@ -77,7 +59,7 @@ func (e *Env) startGateways(ctx context.Context, n int, front net.Listener, gc g
 		g := &Gateway{Name: fmt.Sprintf("gw-%d", i+1)}
 		var err error
 		for _, p := range []*string{&g.Addr, &g.PeerAddr, &g.GossipAddr} {
-			if *p, err = loopbackAddr(host); err != nil {
+			if *p, err = testenv.FreeAddr(host); err != nil {
 				return err
 			}
 		}

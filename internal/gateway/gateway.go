@@ -13,8 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,6 +160,7 @@ type Gateway struct {
 	cert        atomic.Pointer[tls.Certificate]
 	feed        *control.Follower
 	book        *tunnelBook
+	revoker     *node.Revoker // the API's, and the change feed's
 	ring        *ring.Ring    // nil for a node alone
 	peers       *ring.Peers   // nil for a node alone
 	ringMetrics *ring.Metrics // nil for a node alone
@@ -177,7 +180,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{})}
-	g.book = &tunnelBook{g: g, sessions: map[string]string{}}
+	g.book = &tunnelBook{g: g, sessions: map[string]struct{}{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -249,6 +252,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		g.Registry.Close()
 		return nil, err
 	}
+	g.revoker = &node.Revoker{CA: g.CA, Node: g.Node}
 	return g, nil
 }
 
@@ -307,23 +311,41 @@ func (g *Gateway) Ring() *ring.Ring { return g.ring }
 // ringLoop keeps the ring's list of clusters and this node's tunnel count
 // current, until ctx ends.
 func (g *Gateway) ringLoop(ctx context.Context) {
-	t := time.NewTicker(g.keysInterval())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, g.keysInterval(), func() {
 		if keys, err := g.cfg.Store.ClusterNames(ctx); err == nil {
 			g.ring.SetKeys(keys)
 		} else if ctx.Err() == nil {
 			g.log.Warn("ring: cluster list", "err", err)
 		}
 		if n := g.Registry.Len(); n != g.ring.Meta().Tunnels {
-			g.ring.SetMeta(ctx, func(m *ring.Meta) { m.Tunnels = n })
+			if err := g.ring.SetMeta(ctx, func(m *ring.Meta) { m.Tunnels = n }); err != nil && ctx.Err() == nil {
+				g.log.Warn("ring: tunnel count not gossiped", "err", err)
+			}
+		}
+	})
+}
+
+// every calls fn each interval d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
 		}
 	}
+}
+
+// goRun runs fn in a goroutine that Run waits for.
+func (g *Gateway) goRun(fn func()) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		fn()
+	}()
 }
 
 // handoverLoop moves the tunnels this node holds whose cluster now belongs
@@ -445,23 +467,16 @@ func (g *Gateway) ServingCertificate() *tls.Certificate { return g.cert.Load() }
 // renewLoop renews the serving certificate once two thirds of its life
 // have passed, looking every CertCheckInterval.
 func (g *Gateway) renewLoop(ctx context.Context) {
-	t := time.NewTicker(g.cfg.CertCheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, g.cfg.CertCheckInterval, func() {
 		if c := g.cert.Load(); c.Leaf.NotAfter.Sub(g.now()) > g.cfg.ServingCertTTL/3 {
-			continue
+			return
 		}
 		if err := g.renewCert(); err != nil {
 			g.log.Error("serving certificate not renewed; trying again", "err", err)
-			continue
+			return
 		}
 		g.log.Info("serving certificate renewed", "notAfter", g.cert.Load().Leaf.NotAfter)
-	}
+	})
 }
 
 // Run serves until ctx ends: the node (with the API once it has its
@@ -475,20 +490,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 1)
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		errc <- g.Node.Run(ctx)
-	}()
+	g.goRun(func() { errc <- g.Node.Run(ctx) })
 	// The node's address, or its failure to listen (then it never has one).
 	addrc := make(chan net.Addr, 1)
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
+	g.goRun(func() {
 		if a, err := g.Node.Addr(ctx); err == nil {
 			addrc <- a
 		}
-	}()
+	})
 	var addr net.Addr
 	select {
 	case err := <-errc:
@@ -504,40 +513,20 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return err
 	}
 	close(g.ready)
-	g.wg.Add(3)
-	go func() {
-		defer g.wg.Done()
-		// Every node looks for expired grants; the change feed tells them
-		// all (this one included) whose access changed.
-		(&control.Expirer{Store: g.cfg.Store, Interval: g.cfg.ExpiryInterval, Logger: g.log}).Run(ctx)
-	}()
-	go func() {
-		defer g.wg.Done()
-		g.feed.Run(ctx)
-	}()
-	go func() {
-		defer g.wg.Done()
-		g.renewLoop(ctx)
-	}()
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		g.book.heartbeats(ctx)
-	}()
+	// Every node looks for expired grants; the change feed tells them all
+	// (this one included) whose access changed.
+	g.goRun(func() { (&control.Expirer{Store: g.cfg.Store, Interval: g.cfg.ExpiryInterval, Logger: g.log}).Run(ctx) })
+	g.goRun(func() { g.feed.Run(ctx) })
+	g.goRun(func() { g.renewLoop(ctx) })
+	g.goRun(func() { g.book.heartbeats(ctx) })
 	if g.ring != nil {
-		g.wg.Add(3)
-		go func() {
-			defer g.wg.Done()
-			g.peers.Serve(ctx)
-		}()
-		go func() {
-			defer g.wg.Done()
-			g.handoverLoop(ctx)
-		}()
-		go func() {
-			defer g.wg.Done()
-			g.ringLoop(ctx)
-		}()
+		g.goRun(func() {
+			if err := g.peers.Serve(ctx); err != nil {
+				g.log.Error("ring: peer endpoint stopped", "err", err)
+			}
+		})
+		g.goRun(func() { g.handoverLoop(ctx) })
+		g.goRun(func() { g.ringLoop(ctx) })
 	}
 	select {
 	case err := <-errc: // the node failed
@@ -551,9 +540,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 	// after failure detection.
 	if g.ring != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
-		g.ring.SetMeta(sctx, func(m *ring.Meta) { m.Draining = true })
+		if err := g.ring.SetMeta(sctx, func(m *ring.Meta) { m.Draining = true }); err != nil {
+			g.log.Warn("ring: draining not gossiped", "err", err)
+		}
 		scancel()
-		g.ring.Leave(2 * time.Second)
+		if err := g.ring.Leave(2 * time.Second); err != nil {
+			g.log.Warn("ring: leave not gossiped; the others notice by failure detection", "err", err)
+		}
 	}
 	err := <-errc
 	g.wg.Wait()
@@ -570,7 +563,7 @@ func (g *Gateway) startAPI(addr net.Addr) error {
 	acfg.Store, acfg.Policy, acfg.Audit, acfg.Node, acfg.Logger = g.cfg.Store, g.policy, g.cfg.Audit, g.cfg.Node.Name, g.log
 	acfg.GatewayURL, acfg.GatewayCA = g.url, g.CA.RootPEM()
 	acfg.Identity, acfg.SSO = g.cfg.Identity, g.cfg.SSO
-	acfg.Issuer, acfg.Revoker, acfg.Notify = g.CA, &node.Revoker{CA: g.CA, Node: g.Node}, g.Node
+	acfg.Issuer, acfg.Revoker, acfg.Notify = g.CA, g.revoker, g.Node
 	acfg.View = g
 	a, err := api.New(acfg)
 	if err != nil {
@@ -608,8 +601,7 @@ var _ control.ChangeHandler = applier{}
 // ApplyChange implements control.ChangeHandler. The node that made a change
 // has applied it already; applying it again does no harm.
 func (a applier) ApplyChange(ctx context.Context, c store.Change) error {
-	g := a.g
-	rev := &node.Revoker{CA: g.CA, Node: g.Node}
+	g, rev := a.g, a.g.revoker
 	switch c.Kind {
 	case store.ChangeAccess:
 		return g.Node.AccessChanged(ctx, c.Subject, nil)
@@ -661,8 +653,8 @@ func (g *Gateway) Owner(cluster string) string {
 type tunnelBook struct {
 	g *Gateway
 
-	mu       sync.Mutex        // guards sessions
-	sessions map[string]string // session -> cluster, of tunnels up here
+	mu       sync.Mutex          // guards sessions
+	sessions map[string]struct{} // of the tunnels up here
 }
 
 // HeartbeatInterval is how often a node stamps its tunnels alive in the
@@ -671,7 +663,7 @@ const HeartbeatInterval = 30 * time.Second
 
 func (b *tunnelBook) TunnelUp(cluster, session string, hello tunnel.Hello) {
 	b.mu.Lock()
-	b.sessions[session] = cluster
+	b.sessions[session] = struct{}{}
 	b.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -693,22 +685,12 @@ func (b *tunnelBook) TunnelDown(session string) {
 }
 
 func (b *tunnelBook) heartbeats(ctx context.Context) {
-	t := time.NewTicker(HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, HeartbeatInterval, func() {
 		b.mu.Lock()
-		sessions := make([]string, 0, len(b.sessions))
-		for s := range b.sessions {
-			sessions = append(sessions, s)
-		}
+		sessions := slices.Collect(maps.Keys(b.sessions))
 		b.mu.Unlock()
 		if err := b.g.cfg.Store.TunnelHeartbeat(ctx, b.g.cfg.Node.Name, sessions); err != nil && ctx.Err() == nil {
 			b.g.log.Warn("status: heartbeat not recorded", "err", err)
 		}
-	}
+	})
 }

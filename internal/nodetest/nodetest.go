@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -212,21 +211,11 @@ func (c *Cluster) newNode(name string) *Node {
 // freeAddr returns a loopback address whose port is free now (TCP and,
 // for gossip, UDP).
 func (c *Cluster) freeAddr() string {
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
-		}
+	addr, err := testenv.FreeAddr("127.0.0.1")
+	if err != nil {
+		c.t.Fatal(err)
 	}
-	c.t.Fatal("no free port")
-	return ""
+	return addr
 }
 
 // AddNode starts one more node; in a ring it joins the others. It changes

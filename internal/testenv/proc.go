@@ -140,6 +140,26 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// FreeAddr returns host:port on host (a loopback address) whose port was
+// free a moment ago for TCP and for UDP alike: what a memberlist address
+// needs, and enough for any listener.
+func FreeAddr(host string) (string, error) {
+	for range 20 {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return "", fmt.Errorf("testenv: free address: %w", err)
+		}
+		addr := l.Addr().String()
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err == nil {
+			u.Close()
+			return addr, nil
+		}
+	}
+	return "", fmt.Errorf("testenv: no port free for TCP and UDP on %s", host)
+}
+
 func freePorts(n int) ([]int, error) {
 	// Hold every listener until all are chosen so the ports differ.
 	ls := make([]net.Listener, 0, n)
