@@ -269,6 +269,9 @@ type Node struct {
 	metrics  *metrics
 	limiter  *addrLimiter                 // of unauthenticated endpoints
 	api      atomic.Pointer[http.Handler] // the control-plane API, if any
+	draining atomic.Bool                  // a graceful stop has begun
+	drainAt  atomic.Int64                 // when (Unix ns)
+	srv      atomic.Pointer[http.Server]  // while Run serves
 
 	// bg owns the control messages in flight to agents (fanOut); bgCtx
 	// ends them when Run returns. bgMu guards bgStopped, so that no send
@@ -279,6 +282,31 @@ type Node struct {
 	bgMu      sync.Mutex
 	bgStopped bool
 }
+
+// Drain begins a graceful stop: /readyz answers 503, so that load
+// balancers send no new connections, and keep-alive ends: HTTP/1.1
+// answers carry "Connection: close", and an HTTP/2 connection says GOAWAY
+// once its streams are done. Clients thus move to other nodes on their
+// own, while the node goes on serving until Run's context ends. It is
+// idempotent; Run calls it at the end too.
+func (n *Node) Drain() {
+	if !n.draining.CompareAndSwap(false, true) {
+		return
+	}
+	n.drainAt.Store(n.cfg.Now().UnixNano())
+	if srv := n.srv.Load(); srv != nil {
+		srv.SetKeepAlivesEnabled(false)
+	}
+}
+
+// ConnectionDrain is how long Run lets clients leave after Drain before it
+// shuts the server down. Shutdown closes an idle HTTP/2 connection at
+// once, and a request that the client sends at that moment is lost with a
+// GOAWAY it may not retry (seen under load: "server sent GOAWAY and
+// closed the connection"); with keep-alive off for a second first, every
+// busy connection has said GOAWAY gracefully, and the client sends its
+// next request elsewhere.
+const ConnectionDrain = time.Second
 
 // SetAPI serves h under /api/ on the node's port (the REST API,
 // control/api). It may be called before or while the node runs; until then
@@ -317,7 +345,13 @@ func (n *Node) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		// 503 from Drain on: a load balancer sends no new connections.
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if n.draining.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "draining")
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("POST /v1/agents/register", n.limiter.wrap(n.registerHandler))
@@ -495,6 +529,10 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Info("node metrics listening", "addr", ml.Addr().String())
 	}
 
+	n.srv.Store(srv)
+	if n.draining.Load() {
+		srv.SetKeepAlivesEnabled(false)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(l, "", "") }()
 	n.log.Info("node listening", "addr", l.Addr().String(), "name", n.cfg.Name)
@@ -507,6 +545,11 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("node: serve: %w", err)
 	case <-ctx.Done():
+	}
+	n.Drain()
+	drained := n.cfg.Now().Sub(time.Unix(0, n.drainAt.Load()))
+	if wait := min(ConnectionDrain, n.cfg.ShutdownTimeout/2) - drained; wait > 0 {
+		time.Sleep(wait)
 	}
 	if metricsSrv != nil {
 		metricsSrv.Close()
@@ -564,6 +607,9 @@ func (n *Node) serveAgent(ctx context.Context, c *tls.Conn, version int) {
 			if addr, ok := n.cfg.Redirector.Redirect(cluster); ok {
 				w.Redirect = addr
 			}
+		}
+		if w.Redirect == "" {
+			w.Node = n.cfg.Name
 		}
 		c.SetWriteDeadline(n.cfg.Now().Add(10 * time.Second))
 		if err := tunnel.WriteJSON(c, tunnel.FrameWelcome, &w); err != nil {

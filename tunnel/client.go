@@ -115,6 +115,7 @@ type Client struct {
 	mu     sync.Mutex // guards sess and remote
 	sess   *yamux.Session
 	remote string // the address of the node holding the tunnel
+	node   string // its name, from its welcome
 
 	// A move (OpMove) serves a second session beside the first until the
 	// gateway closes the first. active counts the sessions being served;
@@ -269,7 +270,7 @@ var ErrRedirectLoop = errors.New("tunnel: redirected twice")
 
 // handshake runs TLS on raw and, on a version-2 tunnel, reads the
 // gateway's welcome: a redirect closes the connection and is returned.
-func (c *Client) handshake(ctx context.Context, raw net.Conn) (*tls.Conn, string, error) {
+func (c *Client) handshake(ctx context.Context, raw net.Conn) (net.Conn, string, error) {
 	tc := tls.Client(raw, &tls.Config{
 		ServerName: c.cfg.ServerName,
 		RootCAs:    c.cfg.RootCAs,
@@ -315,7 +316,14 @@ func (c *Client) handshake(ctx context.Context, raw net.Conn) (*tls.Conn, string
 		tc.Close()
 		return nil, "", fmt.Errorf("tunnel: hello: %w", err)
 	}
-	return tc, "", nil
+	return &welcomedConn{Conn: tc, node: w.Node}, "", nil
+}
+
+// welcomedConn is a tunnel's connection with the name of the node that
+// welcomed it.
+type welcomedConn struct {
+	*tls.Conn
+	node string
 }
 
 // Remote returns the address of the node holding the current tunnel, or
@@ -327,6 +335,17 @@ func (c *Client) Remote() string {
 		return ""
 	}
 	return c.remote
+}
+
+// Node returns the name of the node holding the current tunnel, as it
+// said in its welcome; "" when none is up or the gateway did not say.
+func (c *Client) Node() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess == nil {
+		return ""
+	}
+	return c.node
 }
 
 // Attempts returns how many times the client has dialled the gateway.
@@ -355,6 +374,10 @@ func (c *Client) serve(ctx context.Context, conn net.Conn, ready chan<- struct{}
 	c.mu.Lock()
 	c.sess = sess
 	c.remote = conn.RemoteAddr().String()
+	c.node = ""
+	if wc, ok := conn.(*welcomedConn); ok {
+		c.node = wc.node
+	}
 	c.mu.Unlock()
 	c.connected.Store(true)
 	c.sessions.Add(1)

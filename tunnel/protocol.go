@@ -138,6 +138,10 @@ type Welcome struct {
 	// connection after saying it, and the agent dials there. Empty: the
 	// tunnel starts here.
 	Redirect string `json:"redirect,omitempty"`
+	// Node, when the tunnel starts here, is the node's name (for the
+	// agent's logs and status; an agent behind a load balancer cannot tell
+	// nodes apart by address).
+	Node string `json:"node,omitempty"`
 }
 
 // Hello is what a version-2 agent says of itself when its tunnel starts,

@@ -62,6 +62,7 @@ func commands() []command {
 		{"invite", "issue an invitation with which a person sets the first (or a new) password of their local account", runInvite},
 		{"revoke", "revoke a person (everything they hold) or one certificate, at once", runRevoke},
 		{"cluster", "create, list, get, delete clusters, or print a new bootstrap manifest (through the API)", runCluster},
+		{"loadtest", "simulated agents and clients against a gateway: connect time, request rate, latency and failures", runLoadtest},
 		{"status", "the gateway cluster's members, and each cluster's owner node, agent connection, versions and heartbeat (admin)", runStatus},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			_, err := fmt.Fprintln(stdout, "gatehouse", version)
@@ -193,6 +194,9 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	peerAddr := fs.String("peer-addr", "", "where other nodes forward requests to this one, host:port (node-to-node mutual TLS)")
 	ringPublic := fs.String("node-addr", "", "this node's own address for agents, host:port, where other nodes redirect agents whose tunnel belongs here (default -addr)")
 	zone := fs.String("zone", "", "this node's failure domain (zone), if known")
+	fs.Float64Var(&cfg.UnauthenticatedRate, "unauthenticated-rate", cfg.UnauthenticatedRate, "requests per second each client address may make to the endpoints that need no credentials (agent registration); raise it for a mass enrolment or a load test")
+	fs.IntVar(&cfg.UnauthenticatedBurst, "unauthenticated-burst", cfg.UnauthenticatedBurst, "burst of --unauthenticated-rate")
+	drainTimeout := fs.Duration("drain-timeout", gateway.DefaultDrainTimeout, "on SIGTERM, how long to spend handing this node's agents over to other nodes before stopping (then --shutdown-timeout for requests in flight)")
 	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "", "also route https://CLUSTER.DOMAIN/ to CLUSTER (DNS: a wildcard record for *.DOMAIN to the gateway); for clients that drop a server's path, such as kubectl proxy")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
@@ -206,7 +210,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		gcfg.Ring = &gateway.RingConfig{GossipAddr: *gossipAddr, Key: key, PeerAddr: *peerAddr, PublicAddr: *ringPublic, Zone: *zone}
+		gcfg.Ring = &gateway.RingConfig{GossipAddr: *gossipAddr, Key: key, PeerAddr: *peerAddr, PublicAddr: *ringPublic, Zone: *zone, DrainTimeout: *drainTimeout}
 		for _, s := range strings.Split(*seeds, ",") {
 			if s = strings.TrimSpace(s); s != "" {
 				gcfg.Ring.Seeds = append(gcfg.Ring.Seeds, s)

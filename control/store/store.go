@@ -92,7 +92,9 @@ func (c Config) Validate() error {
 type Store struct {
 	db     *sql.DB
 	driver string
-	now    func() time.Time
+	// cockroach: the postgres driver talks to CockroachDB.
+	cockroach bool
+	now       func() time.Time
 }
 
 //go:embed migrations/*.sql
@@ -144,7 +146,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: connect: %w", err)
 	}
-	return &Store{db: db, driver: cfg.Driver, now: cfg.Now}, nil
+	st := &Store{db: db, driver: cfg.Driver, now: cfg.Now}
+	if cfg.Driver == DriverPostgres {
+		var v string
+		if err := db.QueryRowContext(ctx, `SELECT version()`).Scan(&v); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("store: server version: %w", err)
+		}
+		st.cockroach = strings.Contains(v, "CockroachDB")
+	}
+	return st, nil
 }
 
 // Close closes the connection pool.
@@ -186,21 +197,36 @@ func (s *Store) SchemaVersion(ctx context.Context) (int64, error) {
 	return v.Int64, nil
 }
 
-// tx runs fn in a transaction through crdb.ExecuteTx, which retries
-// CockroachDB's serialization restarts inside the transaction (its
-// SAVEPOINT cockroach_restart protocol). PostgreSQL cannot resume a
-// transaction that failed to serialize from a savepoint, so each attempt of
-// ExecuteTx is also retried whole (crdb.ExecuteCtx) on the same error; on
-// CockroachDB the outer loop never sees one. fn may run more than once.
+// tx runs fn in a serializable transaction, retried on serialization
+// failures; fn may run more than once.
+//
+// On CockroachDB it goes through crdb.ExecuteTx, whose SAVEPOINT
+// cockroach_restart protocol retries inside the transaction; there the
+// RELEASE of that savepoint commits. Elsewhere RELEASE does not commit, and
+// ExecuteTx ignores the error of the COMMIT that follows: on PostgreSQL a
+// transaction that failed to serialize at COMMIT was then lost while tx
+// reported success (bootstrap tokens issued under load vanished;
+// TestBootstrapTokensOfManyClustersAtOnce). So PostgreSQL and SQLite run
+// plain BEGIN ... COMMIT, the COMMIT's error checked, and the whole
+// transaction is retried by crdb.ExecuteCtx on the same retryable errors.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	if s.driver != DriverPostgres {
-		return classify(crdb.ExecuteTx(ctx, s.db, nil, fn))
-	}
-	// CockroachDB runs every transaction serializable; so do the tests on
-	// PostgreSQL, so that what passes here passes there.
 	opts := &sql.TxOptions{Isolation: sql.LevelSerializable}
+	if s.cockroach {
+		return classify(crdb.ExecuteTx(ctx, s.db, opts, fn))
+	}
+	if s.driver != DriverPostgres {
+		opts = nil // SQLite is serializable; it takes no isolation option
+	}
 	return classify(crdb.ExecuteCtx(crdb.WithMaxRetries(ctx, txAttempts), func(ctx context.Context, _ ...any) error {
-		return crdb.ExecuteTx(crdb.WithMaxRetries(ctx, 1), s.db, opts, fn)
+		tx, err := s.db.BeginTx(ctx, opts)
+		if err != nil {
+			return err
+		}
+		if err := fn(tx); err != nil {
+			tx.Rollback()
+			return err
+		}
+		return tx.Commit()
 	}))
 }
 

@@ -801,3 +801,37 @@ func TestAgentTunnels(t *testing.T) {
 		}
 	})
 }
+
+// Many clusters made and registered at once (a fleet enrolling, or the
+// loadtest tool): every token issued works, once. Under serializable
+// isolation the writers conflict and are retried; a token must never be
+// lost to a retry.
+func TestBootstrapTokensOfManyClustersAtOnce(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, _ *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		var wg sync.WaitGroup
+		for i := range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := range 4 {
+					cl := &store.Cluster{ProjectID: f.project.ID, Name: fmt.Sprintf("c-%d-%d", i, j)}
+					if err := s.CreateCluster(ctx, cl); err != nil {
+						t.Errorf("create %s: %v", cl.Name, err)
+						return
+					}
+					token, err := s.CreateBootstrapToken(ctx, cl.ID, time.Hour)
+					if err != nil {
+						t.Errorf("token of %s: %v", cl.Name, err)
+						return
+					}
+					if name, err := s.Redeem(ctx, token, "uid-"+cl.Name); err != nil || name != cl.Name {
+						t.Errorf("redeem the token of %s: %q %v", cl.Name, name, err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	})
+}

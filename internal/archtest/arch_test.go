@@ -59,6 +59,10 @@ func TestImportDirections(t *testing.T) {
 		{"ring", "control", "the ring does not know the control plane"},
 		{"node", "tunnel/agent", "the gateway does not link the agent"},
 		{"control/apiclient", "control/api", "the CLI's client does not link the API server"},
+		{"loadtest", "node", "the load generator is a client: it drives a gateway from outside"},
+		{"loadtest", "ring", "the load generator is a client: it drives a gateway from outside"},
+		{"loadtest", "internal/gateway", "the load generator is a client: it drives a gateway from outside"},
+		{"loadtest", "control/api", "the load generator is a client: it drives a gateway from outside"},
 	}
 	for pkg, ds := range all {
 		for _, r := range rules {

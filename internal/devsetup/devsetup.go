@@ -146,13 +146,10 @@ type Env struct {
 	cfg Config
 	log *slog.Logger
 
-	gateways   []*Gateway // --gateways N > 1
-	frontAddr  string
-	frontMu    sync.Mutex // guards frontConns
-	frontConns map[net.Conn]bool
-	closers    []func() // run in reverse by Close
-	wg         sync.WaitGroup
-	errc       chan error // first failure of a background component
+	gateways []*Gateway // --gateways N > 1
+	closers  []func()   // run in reverse by Close
+	wg       sync.WaitGroup
+	errc     chan error // first failure of a background component
 
 	closeOnce sync.Once
 }

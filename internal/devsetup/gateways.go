@@ -7,19 +7,17 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/control/apiclient"
+	"github.com/gatehouse-dev/gatehouse/internal/front"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
@@ -42,12 +40,12 @@ type gatewaysConfig struct {
 }
 
 // startGateways runs n gateway node processes on 127.0.0.2, 127.0.0.3, ...
-// as one gateway cluster, and a TCP front on addr that spreads connections
+// as one gateway cluster, and a TCP front (package front) that spreads connections
 // over them (the stand-in for an anycast address or an L4 load balancer),
-// on front, which it then owns. It returns when every node serves, having
+// on l, which it then owns. It returns when every node serves, having
 // written gateways.json.
-func (e *Env) startGateways(ctx context.Context, n int, front net.Listener, gc gatewaysConfig) error {
-	e.closers = append(e.closers, func() { front.Close() })
+func (e *Env) startGateways(ctx context.Context, n int, l net.Listener, gc gatewaysConfig) error {
+	e.closers = append(e.closers, func() { l.Close() })
 	key := make([]byte, 32)
 	rand.Read(key)
 	gc.gossipKeyFile = filepath.Join(e.cfg.StateDir, "gossip.key")
@@ -78,7 +76,12 @@ func (e *Env) startGateways(ctx context.Context, n int, front net.Listener, gc g
 			return err
 		}
 	}
-	e.runFront(front)
+	addrs := make([]string, len(e.gateways))
+	for i, g := range e.gateways {
+		addrs[i] = g.Addr
+	}
+	f := front.Serve(l, func() []string { return addrs })
+	e.closers = append(e.closers, func() { f.Close() })
 	return nil
 }
 
@@ -164,58 +167,6 @@ func (e *Env) writeGatewaysJSON() error {
 // gateway in this process).
 func (e *Env) Gateways() []*Gateway { return e.gateways }
 
-// runFront hands each connection l accepts to the next gateway that
-// accepts one, round robin: an L4 load balancer, as people and agents would
-// have in front of a gateway cluster.
-func (e *Env) runFront(l net.Listener) {
-	e.frontAddr = l.Addr().String()
-	e.frontConns = map[net.Conn]bool{}
-	var next atomic.Uint64
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			e.frontMu.Lock()
-			e.frontConns[c] = true
-			e.frontMu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() {
-					e.frontMu.Lock()
-					delete(e.frontConns, c)
-					e.frontMu.Unlock()
-					c.Close()
-				}()
-				start := next.Add(1)
-				for i := range len(e.gateways) {
-					g := e.gateways[(int(start)+i)%len(e.gateways)]
-					b, err := net.DialTimeout("tcp", g.Addr, time.Second)
-					if err != nil {
-						continue // a node that is down: the next one
-					}
-					pipeTCP(c, b)
-					return
-				}
-			}()
-		}
-	}()
-	e.closers = append(e.closers, func() {
-		l.Close()
-		e.frontMu.Lock()
-		for c := range e.frontConns {
-			c.Close()
-		}
-		e.frontMu.Unlock()
-		wg.Wait()
-	})
-}
-
 // clusterConnected asks the gateways (through the front) whether cluster's
 // agent is connected, as the admin.
 func (e *Env) clusterConnected(ctx context.Context, cluster string) bool {
@@ -242,23 +193,4 @@ func (e *Env) clusterConnected(ctx context.Context, cluster string) bool {
 		}
 	}
 	return false
-}
-
-// pipeTCP copies both ways until either side ends.
-func pipeTCP(a, b net.Conn) {
-	defer b.Close()
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}
-	go cp(a, b)
-	go cp(b, a)
-	<-done
-	a.Close()
-	b.Close()
-	<-done
 }

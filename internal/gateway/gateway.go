@@ -107,6 +107,9 @@ type RingConfig struct {
 	// KeysInterval is how often the node reads the list of clusters it
 	// places (new clusters are placed by rendezvous alone until then).
 	KeysInterval time.Duration
+	// DrainTimeout bounds how long a graceful stop spends handing its
+	// agents over to their new owners; zero means DefaultDrainTimeout.
+	DrainTimeout time.Duration
 	// HandoverGrace bounds how long a tunnel whose cluster now belongs on
 	// another node keeps serving its streams (watches, exec) after the
 	// agent has moved; zero means DefaultHandoverGrace.
@@ -118,6 +121,11 @@ type RingConfig struct {
 // older than that is cut, and its client watches again (through the new
 // owner).
 const DefaultHandoverGrace = time.Minute
+
+// DefaultDrainTimeout: a move is one TLS handshake on the new owner, so
+// thousands of agents move in a few seconds; ten is room for that and
+// short against a pod's usual 30 s termination grace period.
+const DefaultDrainTimeout = 10 * time.Second
 
 // DefaultConfig returns the defaults; Store, KEK and Audit must be set.
 func DefaultConfig() Config {
@@ -400,7 +408,7 @@ func (g *Gateway) handover(ctx context.Context, cluster string, owner ring.Membe
 	if err != nil {
 		// A version-1 agent cannot move; it stays, and the ring forwards
 		// to it.
-		g.log.Info("ring: tunnel not handed over", "cluster", cluster, "to", owner.Name, "err", err)
+		g.log.Warn("ring: tunnel not handed over", "cluster", cluster, "to", owner.Name, "err", err)
 		g.ringMetrics.HandedOver(false)
 		return
 	}
@@ -489,8 +497,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The node and the peer endpoint outlive ctx by the drain: a graceful
+	// stop first moves this node's agents, serving meanwhile. The peer
+	// endpoint (and the pool of connections to the other nodes) outlives
+	// the node: the node's last requests are forwarded through it.
+	serveCtx, stopServing := context.WithCancel(context.Background())
+	defer stopServing()
+	peerCtx, stopPeers := context.WithCancel(context.Background())
+	defer stopPeers()
 	errc := make(chan error, 1)
-	g.goRun(func() { errc <- g.Node.Run(ctx) })
+	g.goRun(func() { errc <- g.Node.Run(serveCtx) })
 	// The node's address, or its failure to listen (then it never has one).
 	addrc := make(chan net.Addr, 1)
 	g.goRun(func() {
@@ -502,12 +518,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 	select {
 	case err := <-errc:
 		cancel()
+		stopServing()
+		stopPeers()
 		g.wg.Wait()
 		return err
 	case addr = <-addrc:
 	}
 	if err := g.startAPI(addr); err != nil {
 		cancel()
+		stopServing()
+		stopPeers()
 		g.wg.Wait()
 		<-errc
 		return err
@@ -521,7 +541,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.goRun(func() { g.book.heartbeats(ctx) })
 	if g.ring != nil {
 		g.goRun(func() {
-			if err := g.peers.Serve(ctx); err != nil {
+			if err := g.peers.Serve(peerCtx); err != nil {
 				g.log.Error("ring: peer endpoint stopped", "err", err)
 			}
 		})
@@ -531,26 +551,88 @@ func (g *Gateway) Run(ctx context.Context) error {
 	select {
 	case err := <-errc: // the node failed
 		cancel()
+		stopServing()
+		stopPeers()
 		g.wg.Wait()
 		return err
 	case <-ctx.Done():
 	}
-	// A graceful stop: the others stop placing tunnels here and hear that
-	// this node leaves, so they take its clusters at once rather than
-	// after failure detection.
+	g.drain()
+	stopServing()
+	err := <-errc
 	if g.ring != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := g.ring.SetMeta(sctx, func(m *ring.Meta) { m.Draining = true }); err != nil {
-			g.log.Warn("ring: draining not gossiped", "err", err)
-		}
-		scancel()
+		// Only now: until the node has stopped, the others may still
+		// forward to it requests for tunnels it was handing over, and its
+		// own requests in flight go through the peer pool.
 		if err := g.ring.Leave(2 * time.Second); err != nil {
 			g.log.Warn("ring: leave not gossiped; the others notice by failure detection", "err", err)
 		}
 	}
-	err := <-errc
+	stopPeers()
 	g.wg.Wait()
 	return err
+}
+
+// drain is the first half of a graceful stop. The node says it is not
+// ready (load balancers send no new connections) and, in a gateway
+// cluster, that it is draining: the others stop placing tunnels here, and
+// it hands each of its agents over to the cluster's new owner, new tunnel
+// first, as when a node joins. It returns once no agent is left here (or
+// after DrainTimeout); requests and streams in flight go on meanwhile, and
+// the node's shutdown then waits for them. An agent that cannot move (a
+// version-1 agent, or no other node) stays until the node closes and then
+// reconnects through the public address.
+func (g *Gateway) drain() {
+	g.Node.Drain()
+	if g.ring == nil {
+		return
+	}
+	timeout := g.cfg.Ring.DrainTimeout
+	if timeout <= 0 {
+		timeout = DefaultDrainTimeout
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := g.ring.SetMeta(ctx, func(m *ring.Meta) { m.Draining = true }); err != nil {
+		g.log.Warn("ring: draining not gossiped", "err", err)
+	}
+	left := g.Registry.Len()
+	g.log.Info("draining: handing agents over", "tunnels", left, "timeout", timeout)
+	// A node that has not yet heard that this one drains redirects the
+	// agent back here, and the move fails: try again until the view has
+	// spread (gossip takes a few hundred milliseconds).
+	for {
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 64) // moves at a time: each one is a TLS handshake on the new owner
+		moves := 0
+		for _, cluster := range g.Registry.Clusters() {
+			owner, ok := g.ring.Owner(cluster)
+			if !ok || owner.Name == g.ring.Name() || owner.Meta.PublicAddr == "" {
+				continue // no other node: the agent stays until the node closes
+			}
+			moves++
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				g.handover(ctx, cluster, owner)
+			}()
+		}
+		wg.Wait()
+		left = g.Registry.Len()
+		if left == 0 || moves == 0 || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	g.log.Info("draining: done", "tunnelsLeft", left, "took", time.Since(start).Round(time.Millisecond))
 }
 
 func (g *Gateway) startAPI(addr net.Addr) error {

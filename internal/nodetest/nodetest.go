@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -29,6 +30,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +40,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/front"
 	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
@@ -108,6 +111,9 @@ type Cluster struct {
 
 	rootOnce sync.Once
 	root     []byte
+
+	front      *front.Front
+	frontAddrs atomic.Pointer[[]string] // every node's address, for the front
 }
 
 // Node is one `gatehouse node` process.
@@ -173,6 +179,15 @@ func start(t testing.TB, n int, inRing bool, clusters []string) *Cluster {
 	for i := range n {
 		c.Nodes = append(c.Nodes, c.newNode(fmt.Sprintf("node-%d", i+1)))
 	}
+	// A failed test shows what went wrong in the nodes, before their
+	// directories go.
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, nd := range c.Nodes {
+				t.Logf("%s: warnings and errors:\n%s", nd.Name, nd.Problems(40))
+			}
+		}
+	})
 	for _, nd := range c.Nodes {
 		nd.Start()
 	}
@@ -205,7 +220,26 @@ func (c *Cluster) newNode(name string) *Node {
 	if c.GossipKeyFile != "" {
 		n.GossipAddr, n.PeerAddr = c.freeAddr(), c.freeAddr()
 	}
+	var addrs []string
+	if p := c.frontAddrs.Load(); p != nil {
+		addrs = slices.Clone(*p)
+	}
+	addrs = append(addrs, n.Addr)
+	c.frontAddrs.Store(&addrs)
 	return n
+}
+
+// Front returns the https URL of a TCP front over every node (package
+// front): the one public address of a gateway cluster. Nodes added later
+// are behind it too; a stopped node is skipped.
+func (c *Cluster) Front() string {
+	if c.front == nil {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		must(c.t, err)
+		c.front = front.Serve(l, func() []string { return *c.frontAddrs.Load() })
+		c.t.Cleanup(func() { c.front.Close() })
+	}
+	return "https://" + c.front.Addr()
 }
 
 // freeAddr returns a loopback address whose port is free now (TCP and,
@@ -240,7 +274,10 @@ func (n *Node) Start() {
 	n.log = log
 	args := []string{"node", "--name", n.Name, "--addr", n.Addr, "--state-dir", n.Dir,
 		"--store-driver", "postgres", "--store-dsn", n.c.DSN, "--ca-kek-file", n.c.KEKFile, "--log-level", "debug",
-		"--shutdown-timeout", "5s", "--metrics-addr", n.MetricsAddr}
+		"--shutdown-timeout", "5s", "--metrics-addr", n.MetricsAddr,
+		// Agents register through one address here (a test's, or the
+		// front's), far faster than a real fleet's.
+		"--unauthenticated-rate", "1000", "--unauthenticated-burst", "1000"}
 	if n.GossipAddr != "" {
 		var seeds []string
 		for _, o := range n.c.Nodes {
@@ -338,6 +375,21 @@ func (n *Node) Kill() {
 	<-n.done
 	n.cmd = nil
 	n.log.Close()
+}
+
+// Problems returns the last max warnings and errors in the node's log.
+func (n *Node) Problems(max int) string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "node.log"))
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+			out = append(out, line)
+		}
+	}
+	if len(out) > max {
+		out = out[len(out)-max:]
+	}
+	return strings.Join(out, "\n")
 }
 
 // LogTail returns the end of the node's log.

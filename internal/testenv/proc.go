@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -130,11 +132,45 @@ func (p *process) waitReady(ctx context.Context, ready func(context.Context) err
 	}
 }
 
+// listenOutsideEphemeral listens on host at a random port below the
+// kernel's ephemeral range. A port picked by the kernel (":0") comes from
+// that range, which outgoing connections draw from too: a test that picks
+// a port, closes it and hands it to a process could see it taken by some
+// connection in between ("address already in use": seen when a load test
+// was opening hundreds of connections). Below the range only listeners
+// compete.
+func listenOutsideEphemeral(host string) (net.Listener, error) {
+	lo := ephemeralLow()
+	var err error
+	for range 100 {
+		port := 10000 + mrand.IntN(lo-10000)
+		var l net.Listener
+		if l, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port))); err == nil {
+			return l, nil
+		}
+	}
+	return nil, fmt.Errorf("testenv: free port: %w", err)
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768
+// when it cannot be read; at least 20000).
+func ephemeralLow() int {
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				lo = v
+			}
+		}
+	}
+	return max(lo, 20000)
+}
+
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := listenOutsideEphemeral("127.0.0.1")
 	if err != nil {
-		return 0, fmt.Errorf("testenv: free port: %w", err)
+		return 0, err
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
@@ -145,9 +181,9 @@ func freePort() (int, error) {
 // needs, and enough for any listener.
 func FreeAddr(host string) (string, error) {
 	for range 20 {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		l, err := listenOutsideEphemeral(host)
 		if err != nil {
-			return "", fmt.Errorf("testenv: free address: %w", err)
+			return "", err
 		}
 		addr := l.Addr().String()
 		u, err := net.ListenPacket("udp", addr)
@@ -170,9 +206,9 @@ func freePorts(n int) ([]int, error) {
 	}()
 	ports := make([]int, 0, n)
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := listenOutsideEphemeral("127.0.0.1")
 		if err != nil {
-			return nil, fmt.Errorf("testenv: free port: %w", err)
+			return nil, err
 		}
 		ls = append(ls, l)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)

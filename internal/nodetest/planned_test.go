@@ -1,0 +1,116 @@
+package nodetest_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/internal/nodetest"
+	"github.com/gatehouse-dev/gatehouse/loadtest"
+	"github.com/gatehouse-dev/gatehouse/ring"
+)
+
+// startLoad connects a loadtest fleet of agents through c's front and
+// returns it, with the time its agents took to connect.
+func startLoad(t *testing.T, c *nodetest.Cluster, agents, clients int) *loadtest.Run {
+	t.Helper()
+	cfg := loadtest.DefaultConfig()
+	cfg.Server, cfg.Token, cfg.CAPEM, cfg.Project = c.Front(), c.AdminToken, c.RootPEM(), c.Project.Name
+	cfg.Agents, cfg.Clients = agents, clients
+	if testing.Verbose() {
+		cfg.Progress = os.Stderr
+	}
+	run, err := loadtest.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { run.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	took, err := run.Setup(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d agents connected through the front in %s", agents, took.Round(time.Millisecond))
+	return run
+}
+
+// settled waits until every agent's tunnel is on the node rendezvous
+// hashing picks among the running nodes.
+func settled(t *testing.T, c *nodetest.Cluster, run *loadtest.Run, running []*nodetest.Node) {
+	t.Helper()
+	var names []string
+	for _, n := range running {
+		names = append(names, n.Name)
+	}
+	want := ring.Place(run.Clusters(), names, ring.DefaultEpsilon)
+	eventually(t, 60*time.Second, fmt.Sprintf("every tunnel on its owner among %v", names), func() bool {
+		got := run.Holders()
+		for cl, owner := range want {
+			if got[cl] != owner {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// Planned changes while the loadtest tool's clients run through the front:
+// a node joins, one is drained and removed, then each of the remaining
+// three restarts in turn. Not one request may fail: agents move new
+// tunnel first, a stopping node hands its agents over before it closes,
+// and requests that meet a moving tunnel wait for it.
+func TestPlannedChangesUnderLoad(t *testing.T) {
+	c := nodetest.StartRing(t, 3)
+	run := startLoad(t, c, 60, 8)
+	settled(t, c, run, c.Nodes)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	resc := make(chan *loadtest.Result, 1)
+	go func() {
+		res, err := run.Drive(ctx, 0)
+		if err != nil {
+			t.Error(err)
+		}
+		resc <- res
+	}()
+	step := func(what string, fn func()) {
+		start := time.Now()
+		fn()
+		t.Logf("%s: %s", what, time.Since(start).Round(time.Millisecond))
+	}
+	time.Sleep(time.Second) // load before any change
+
+	n4 := c.AddNode()
+	step("node-4 joined and took its share", func() { settled(t, c, run, c.Nodes) })
+
+	n2 := c.Nodes[1]
+	running := []*nodetest.Node{c.Nodes[0], c.Nodes[2], n4}
+	step("node-2 drained and stopped", n2.Stop)
+	step("its agents settled on the other three", func() { settled(t, c, run, running) })
+
+	for _, n := range running {
+		step(n.Name+" stopped (drained)", n.Stop)
+		n.Start()
+		step(n.Name+" back and holding its share", func() { settled(t, c, run, running) })
+	}
+	time.Sleep(time.Second) // load after the last change
+	cancel()
+	res := <-resc
+	if res == nil {
+		t.FailNow()
+	}
+	t.Logf("load through every change: %s", res)
+	for _, f := range res.Samples {
+		t.Logf("failure at %s on %s: %s", f.At.Format("15:04:05.000"), f.Cluster, f.Error)
+	}
+	if res.Requests < 1000 {
+		t.Fatalf("only %d requests ran", res.Requests)
+	}
+	if res.Failed != 0 {
+		t.Fatalf("%d of %d requests failed during planned changes", res.Failed, res.Requests)
+	}
+}
