@@ -108,12 +108,13 @@ var ErrClosed = errors.New("loadtest: closed")
 
 // Run is one load test: its clusters, agents and clients.
 type Run struct {
-	cfg   Config
-	api   *apiclient.Client
-	pool  *x509.CertPool
-	host  string // host:port of Server
-	sname string // the name checked in the gateway's certificate
-	log   *slog.Logger
+	cfg       Config
+	api       *apiclient.Client
+	regClient *http.Client // registrations
+	pool      *x509.CertPool
+	host      string // host:port of Server
+	sname     string // the name checked in the gateway's certificate
+	log       *slog.Logger
 
 	mu       sync.Mutex // guards agents and created
 	agents   []*agent
@@ -158,7 +159,14 @@ func New(cfg Config) (*Run, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Run{cfg: cfg, api: api, pool: pool, host: host, sname: u.Hostname(), log: cfg.Logger, ctx: ctx, cancel: cancel}, nil
+	// One pool of keep-alive connections for every registration: a new
+	// connection each would leave tens of thousands of ports in TIME_WAIT
+	// beside the tunnels, and run out.
+	reg := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, ServerName: u.Hostname()},
+		MaxIdleConnsPerHost: cfg.Parallel,
+	}}
+	return &Run{cfg: cfg, api: api, regClient: reg, pool: pool, host: host, sname: u.Hostname(), log: cfg.Logger, ctx: ctx, cancel: cancel}, nil
 }
 
 // Clusters returns the names of the clusters this run made.
@@ -375,8 +383,7 @@ func (r *Run) register(ctx context.Context, token, name string) (tls.Certificate
 		return tls.Certificate{}, err
 	}
 	body, _ := json.Marshal(map[string]string{"token": token, "csr": string(csr), "fingerprint": "loadtest-" + rand.Text()})
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: r.pool, ServerName: r.sname}}}
-	defer hc.CloseIdleConnections()
+	hc := r.regClient
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(r.cfg.Server, "/")+"/v1/agents/register", bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
@@ -439,6 +446,7 @@ func (r *Run) Close() error {
 			r.closeErr = r.deleteClusters()
 		}
 		r.api.Close()
+		r.regClient.CloseIdleConnections()
 	})
 	return r.closeErr
 }

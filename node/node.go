@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -524,6 +525,10 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", n.MetricsHandler())
+		// Profiles beside the metrics, on the same internal address: what
+		// an operator needs to see where a node's memory or CPU goes.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { metricsErr <- metricsSrv.Serve(ml) }()
 		n.log.Info("node metrics listening", "addr", ml.Addr().String())

@@ -557,10 +557,55 @@ func TestRedirectLoopBacksOff(t *testing.T) {
 		defer close(done)
 		c.Run(ctx)
 	}()
-	waitFor(t, "three attempts", func() bool { return c.Attempts() >= 3 })
+	// Attempts counts an attempt when it starts and Redirects once its
+	// redirect is read: wait for the redirects themselves.
+	waitFor(t, "three redirects", func() bool { return c.Redirects() >= 3 })
 	cancel()
 	<-done
-	if c.Sessions() != 0 || c.Redirects() < 3 {
-		t.Fatalf("sessions %d, redirects %d", c.Sessions(), c.Redirects())
+	if c.Sessions() != 0 || c.Redirects() < 3 || c.Redirects() > c.Attempts() {
+		t.Fatalf("sessions %d, redirects %d, attempts %d", c.Sessions(), c.Redirects(), c.Attempts())
+	}
+}
+
+// The registry pings every tunnel from one loop: a live agent answers and
+// stays; one that stops answering is closed after the dead-after time.
+func TestRegistryPingsTunnels(t *testing.T) {
+	reg := NewRegistry(nil)
+	reg.pingEvery, reg.deadAfter = 50*time.Millisecond, 200*time.Millisecond
+	defer reg.Close()
+	serve := func(cluster string) (net.Conn, chan struct{}) {
+		srv, cli := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			reg.Serve(context.Background(), cluster, srv, ServeOptions{})
+		}()
+		return cli, done
+	}
+	// A live agent: yamux answers the pings.
+	liveConn, liveDone := serve("live")
+	live, err := yamux.Client(liveConn, yamuxConfig(nil, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	// A hung agent: it spoke yamux once, then reads nothing more.
+	hungConn, hungDone := serve("hung")
+	defer hungConn.Close()
+	waitFor(t, "both tunnels", func() bool { return reg.Connected("live") && reg.Connected("hung") })
+	start := time.Now()
+	select {
+	case <-hungDone:
+		t.Logf("the hung tunnel closed %s after both were up", time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hung tunnel was not closed")
+	}
+	if !reg.Connected("live") {
+		t.Fatal("the live tunnel was closed")
+	}
+	select {
+	case <-liveDone:
+		t.Fatal("the live tunnel's Serve returned")
+	default:
 	}
 }

@@ -26,13 +26,19 @@ const (
 	StreamWindow = 16 << 20
 )
 
-func yamuxConfig(logger *slog.Logger) *yamux.Config {
+func yamuxConfig(logger *slog.Logger, keepAlive bool) *yamux.Config {
+	return yamuxConfigDead(logger, keepAlive, DeadAfter)
+}
+
+// yamuxConfigDead is yamuxConfig with deadAfter in place of DeadAfter
+// (shorter in tests).
+func yamuxConfigDead(logger *slog.Logger, keepAlive bool, deadAfter time.Duration) *yamux.Config {
 	c := yamux.DefaultConfig()
-	c.EnableKeepAlive = true
+	c.EnableKeepAlive = keepAlive
 	c.KeepAliveInterval = KeepAliveInterval
-	c.ConnectionWriteTimeout = DeadAfter
+	c.ConnectionWriteTimeout = deadAfter
 	c.MaxStreamWindowSize = StreamWindow
-	c.StreamOpenTimeout = DeadAfter
+	c.StreamOpenTimeout = deadAfter
 	c.StreamCloseTimeout = 5 * time.Minute
 	c.LogOutput = nil
 	if logger != nil {

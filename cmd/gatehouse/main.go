@@ -175,7 +175,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "listen address, host:port")
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "node name, in audit events and logs")
-	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (an internal address); empty: off")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and Go profiles at /debug/pprof/ (an internal address); empty: off")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long to wait for in-flight requests on shutdown")
 	stateDir := fs.String("state-dir", ".gatehouse/node", "directory for the CA certificate, the audit log and the embedded store")
 	storeCfg := storeFlags(fs, stateDir)

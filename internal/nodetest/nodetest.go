@@ -365,6 +365,24 @@ func (n *Node) Metric(prefix string) float64 {
 	return sum
 }
 
+// RSS returns the resident set size of the node's process, in bytes.
+func (n *Node) RSS() int64 {
+	n.c.t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.cmd.Process.Pid))
+	if err != nil {
+		n.c.t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" && f[2] == "kB" {
+			var kb int64
+			fmt.Sscan(f[1], &kb)
+			return kb << 10
+		}
+	}
+	n.c.t.Fatalf("no VmRSS in /proc/%d/status", n.cmd.Process.Pid)
+	return 0
+}
+
 // Kill kills the node's process outright (SIGKILL: no leave, no drain) and
 // waits for it to be gone. Start starts it again.
 func (n *Node) Kill() {
