@@ -143,6 +143,9 @@ type Ring struct {
 
 	changes chan struct{} // one pending notice of a membership change
 
+	failedMu sync.Mutex              // guards failed
+	failed   map[string]failedMember // members declared dead, by name
+
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -154,7 +157,8 @@ func New(cfg Config) (*Ring, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	r := &Ring{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, members: map[string]Member{}, changes: make(chan struct{}, 1), stop: make(chan struct{})}
+	r := &Ring{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, members: map[string]Member{}, changes: make(chan struct{}, 1), stop: make(chan struct{}),
+		failed: map[string]failedMember{}}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -175,11 +179,26 @@ func New(cfg Config) (*Ring, error) {
 	mc.SecretKey = cfg.Key
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = cfg.ProbeInterval, cfg.ProbeTimeout, cfg.SuspicionMult
+	// Gossip leaves from the gossip address, TCP as well as UDP, so that
+	// firewalls (and the partition test) can tell nodes apart by address.
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: mc.BindPort,
+		Logger: slog.NewLogLogger(r.log.Handler(), slog.LevelDebug)})
+	if err != nil {
+		return nil, fmt.Errorf("ring: %w", err)
+	}
+	mc.Transport = &boundTransport{NetTransport: nt, local: localAddr(host)}
+	if mc.BindPort == 0 { // memberlist does this only for a transport of its own
+		mc.BindPort = nt.GetAutoBindPort()
+		if cfg.AdvertiseAddr == "" {
+			mc.AdvertisePort = mc.BindPort
+		}
+	}
 	mc.Delegate = delegate{r}
 	mc.Events = events{r}
 	mc.Logger = slog.NewLogLogger(r.log.Handler(), slog.LevelDebug)
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		nt.Shutdown()
 		return nil, fmt.Errorf("ring: %w", err)
 	}
 	r.ml = ml
@@ -191,13 +210,21 @@ func New(cfg Config) (*Ring, error) {
 		if n, err := ml.Join(cfg.Seeds); err != nil || n == 0 {
 			r.log.Warn("ring: no seed reached; serving alone and trying again", "seeds", cfg.Seeds, "err", err)
 		}
-		r.wg.Add(1)
-		go r.rejoin()
 	}
+	r.wg.Add(1)
+	go r.rejoin()
 	return r, nil
 }
 
-// rejoin tries the seeds again while the node is alone.
+// ReconnectFor is how long a node keeps trying to reach a member it saw
+// die (not leave): a partition of up to a day heals by itself.
+const ReconnectFor = 24 * time.Hour
+
+// rejoin, every JoinRetry, tries the seeds again while the node is alone,
+// and tries each member declared dead (not one that left) again, as
+// Serf's reconnect does. memberlist alone never heals a partition longer
+// than its gossip-to-the-dead time (30 s): each side has declared the
+// other dead and stops talking to it.
 func (r *Ring) rejoin() {
 	defer r.wg.Done()
 	t := time.NewTicker(r.cfg.JoinRetry)
@@ -208,13 +235,62 @@ func (r *Ring) rejoin() {
 			return
 		case <-t.C:
 		}
-		if r.ml.NumMembers() > 1 {
-			continue
+		if r.ml.NumMembers() <= 1 && len(r.cfg.Seeds) > 0 {
+			if n, err := r.ml.Join(r.cfg.Seeds); err == nil && n > 0 {
+				r.log.Info("ring: joined", "seeds", r.cfg.Seeds, "members", r.ml.NumMembers())
+			}
 		}
-		if n, err := r.ml.Join(r.cfg.Seeds); err == nil && n > 0 {
-			r.log.Info("ring: joined", "seeds", r.cfg.Seeds, "members", r.ml.NumMembers())
+		r.failedMu.Lock()
+		var addrs []string
+		for name, f := range r.failed {
+			if time.Since(f.at) > ReconnectFor {
+				delete(r.failed, name)
+				continue
+			}
+			addrs = append(addrs, f.addr)
 		}
+		r.failedMu.Unlock()
+		// At once: an address that is gone costs a dial timeout.
+		var wg sync.WaitGroup
+		for _, addr := range addrs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if n, err := r.ml.Join([]string{addr}); err == nil && n > 0 {
+					r.log.Info("ring: reached a member seen dead", "addr", addr, "members", r.ml.NumMembers())
+				}
+			}()
+		}
+		wg.Wait()
 	}
+}
+
+// boundTransport is memberlist's TCP/UDP transport with outgoing TCP
+// connections bound to the gossip address.
+type boundTransport struct {
+	*memberlist.NetTransport
+	local *net.TCPAddr // nil: the kernel chooses
+}
+
+// DialAddressTimeout implements memberlist.NodeAwareTransport.
+func (t *boundTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout, LocalAddr: t.local}
+	return d.Dial("tcp", a.Addr)
+}
+
+// DialTimeout implements memberlist.Transport.
+func (t *boundTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	return t.DialAddressTimeout(memberlist.Address{Addr: addr}, timeout)
+}
+
+// localAddr is the address outgoing connections are bound to: host's IP,
+// or nil for an unspecified host (0.0.0.0, ::, a name).
+func localAddr(host string) *net.TCPAddr {
+	ip := net.ParseIP(host)
+	if ip == nil || ip.IsUnspecified() {
+		return nil
+	}
+	return &net.TCPAddr{IP: ip}
 }
 
 // Name is this node's name.
@@ -399,8 +475,39 @@ func (delegate) MergeRemoteState([]byte, bool)   {}
 // with its locks held: they must not block.
 type events struct{ r *Ring }
 
-func (e events) NotifyJoin(n *memberlist.Node)   { e.r.upsert(n); e.r.changed() }
-func (e events) NotifyLeave(n *memberlist.Node)  { e.r.remove(n.Name); e.r.changed() }
+func (e events) NotifyJoin(n *memberlist.Node) {
+	e.r.upsert(n)
+	e.r.recovered(n)
+	e.r.changed()
+}
+
+func (e events) NotifyLeave(n *memberlist.Node) {
+	e.r.remove(n.Name)
+	// A node that left on purpose said first that it was draining; any
+	// other leave is a death or a partition: try it again. (memberlist
+	// v0.6.0 does not fill in the Node's State in this event.)
+	var meta Meta
+	if json.Unmarshal(n.Meta, &meta) != nil || !meta.Draining {
+		e.r.failedMu.Lock()
+		e.r.failed[n.Name] = failedMember{addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), at: time.Now()}
+		e.r.failedMu.Unlock()
+	}
+	e.r.changed()
+}
+
+// failedMember is a member declared dead, to reconnect to.
+type failedMember struct {
+	addr string
+	at   time.Time
+}
+
+// recovered forgets n as a member to reconnect to.
+func (r *Ring) recovered(n *memberlist.Node) {
+	r.failedMu.Lock()
+	delete(r.failed, n.Name)
+	r.failedMu.Unlock()
+}
+
 func (e events) NotifyUpdate(n *memberlist.Node) { e.r.upsert(n); e.r.changed() }
 
 // Redirect implements node.Redirector: the owner's own address when the

@@ -312,7 +312,12 @@ func (p *Peers) session(ctx context.Context, addr string) (*yamux.Session, error
 		return s, nil
 	}
 	p.mu.Unlock()
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: p.cfg.DialTimeout}, Config: &tls.Config{
+	// From the peer address, as gossip: nodes are told apart by address.
+	var local *net.TCPAddr
+	if a, ok := p.ln.Addr().(*net.TCPAddr); ok {
+		local = localAddr(a.IP.String())
+	}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: p.cfg.DialTimeout, LocalAddr: local}, Config: &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{PeerALPN},
 		RootCAs:    p.cfg.Roots,

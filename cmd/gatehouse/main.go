@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -29,6 +30,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/internal/gateway"
 	"github.com/gatehouse-dev/gatehouse/tunnel/agent"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 )
@@ -228,6 +230,15 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	cfg.Logger, gcfg.Logger = log, log
+	// A soft memory limit at 90% of the container's (cgroup) limit, unless
+	// GOMEMLIMIT is set: without one the Go collector lets garbage grow to
+	// the size of the live heap, and a node holding 20,000 idle tunnels
+	// (half a gigabyte live) would pass a 1 GiB limit and be killed.
+	if limit, err := memlimit.Set(memlimit.WithRatio(0.9), memlimit.WithLogger(log)); err != nil {
+		log.Warn("no Go memory limit from the cgroup", "err", err)
+	} else if limit < math.MaxInt64 {
+		log.Info("Go memory limit", "bytes", limit)
+	}
 	if *ssoFile != "" {
 		if *kratosPublic == "" || *kratosAdmin == "" || *tokenKeyFile == "" {
 			return errors.New("--sso-providers needs --kratos-public-url, --kratos-admin-url and --token-key-file")

@@ -112,6 +112,7 @@ type Cluster struct {
 	rootOnce sync.Once
 	root     []byte
 
+	apart      bool // each node on its own address (StartRingApart)
 	front      *front.Front
 	frontAddrs atomic.Pointer[[]string] // every node's address, for the front
 }
@@ -123,6 +124,8 @@ type Node struct {
 	GossipAddr, PeerAddr string
 	// MetricsAddr serves the node's Prometheus metrics (plain HTTP).
 	MetricsAddr string
+	// Env is added to the process's environment at its next Start.
+	Env []string
 	c           *Cluster
 	cmd         *exec.Cmd
 	done        chan error
@@ -140,9 +143,19 @@ func Start(t testing.TB, n int) *Cluster { return start(t, n, false, nil) }
 // so that every node places them from the start.
 func StartRing(t testing.TB, n int, clusters ...string) *Cluster { return start(t, n, true, clusters) }
 
+// StartRingApart is StartRing with each node on a loopback address of its
+// own (127.0.0.11, 127.0.0.12, ...) for all its ports, and its outgoing
+// gossip and forwarding from that address: Partition can then cut nodes
+// apart.
+func StartRingApart(t testing.TB, n int) *Cluster { return startOpts(t, n, true, nil, true) }
+
 func start(t testing.TB, n int, inRing bool, clusters []string) *Cluster {
+	return startOpts(t, n, inRing, clusters, false)
+}
+
+func startOpts(t testing.TB, n int, inRing bool, clusters []string, apart bool) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, Bin: Binary(t), Dir: t.TempDir()}
+	c := &Cluster{t: t, Bin: Binary(t), Dir: t.TempDir(), apart: apart}
 	pg := testenv.PostgresT(t)
 	c.DSN = pg.DSN
 	key := make([]byte, 32)
@@ -216,9 +229,13 @@ func (c *Cluster) newNode(name string) *Node {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		c.t.Fatal(err)
 	}
-	n := &Node{Name: name, Addr: c.freeAddr(), MetricsAddr: c.freeAddr(), Dir: dir, c: c}
+	host := "127.0.0.1"
+	if c.apart {
+		host = fmt.Sprintf("127.0.0.%d", 11+len(c.Nodes))
+	}
+	n := &Node{Name: name, Addr: c.freeAddr(host), MetricsAddr: c.freeAddr("127.0.0.1"), Dir: dir, c: c}
 	if c.GossipKeyFile != "" {
-		n.GossipAddr, n.PeerAddr = c.freeAddr(), c.freeAddr()
+		n.GossipAddr, n.PeerAddr = c.freeAddr(host), c.freeAddr(host)
 	}
 	var addrs []string
 	if p := c.frontAddrs.Load(); p != nil {
@@ -242,10 +259,10 @@ func (c *Cluster) Front() string {
 	return "https://" + c.front.Addr()
 }
 
-// freeAddr returns a loopback address whose port is free now (TCP and,
+// freeAddr returns an address on host whose port is free now (TCP and,
 // for gossip, UDP).
-func (c *Cluster) freeAddr() string {
-	addr, err := testenv.FreeAddr("127.0.0.1")
+func (c *Cluster) freeAddr(host string) string {
+	addr, err := testenv.FreeAddr(host)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -289,6 +306,7 @@ func (n *Node) Start() {
 			"--seeds", strings.Join(seeds, ","))
 	}
 	n.cmd = exec.Command(n.c.Bin, args...)
+	n.cmd.Env = append(os.Environ(), n.Env...)
 	// Killed with the test process, even one that panics before its
 	// cleanups run: no node outlives the test.
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -619,4 +637,63 @@ func PEMChain(c tls.Certificate) []byte {
 		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: der})
 	}
 	return b.Bytes()
+}
+
+// Partition cuts the nodes of side off from every other node, both ways,
+// with iptables rules that drop the packets between their addresses (the
+// nodes must have been started apart: StartRingApart). Clients, agents
+// and the store still reach every node. The returned func heals the
+// partition; the test's cleanup does too.
+func (c *Cluster) Partition(side ...*Node) (heal func()) {
+	t := c.t
+	t.Helper()
+	if !c.apart {
+		t.Fatal("nodetest: Partition needs nodes started apart (StartRingApart)")
+	}
+	ipt, err := exec.LookPath("iptables")
+	if err != nil {
+		t.Fatalf("nodetest: Partition needs iptables (apt-get install iptables; .ci/run installs it): %v", err)
+	}
+	chain := fmt.Sprintf("GH-PART-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
+	run := func(args ...string) error {
+		out, err := exec.Command(ipt, append([]string{"-w"}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	host := func(addr string) string { h, _, _ := net.SplitHostPort(addr); return h }
+	if err := run("-N", chain); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	heal = func() {
+		once.Do(func() {
+			for _, err := range []error{run("-D", "OUTPUT", "-j", chain), run("-F", chain), run("-X", chain)} {
+				if err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	t.Cleanup(heal)
+	for _, n := range side {
+		for _, o := range c.Nodes {
+			if slices.Contains(side, o) {
+				continue
+			}
+			a, b := host(n.Addr), host(o.Addr)
+			for _, rule := range [][]string{{"-s", a, "-d", b}, {"-s", b, "-d", a}} {
+				if err := run(append(append([]string{"-A", chain}, rule...), "-j", "DROP")...); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	// Packets between loopback addresses go out and in through lo: OUTPUT
+	// sees every one.
+	if err := run("-I", "OUTPUT", "-j", chain); err != nil {
+		t.Fatal(err)
+	}
+	return heal
 }

@@ -65,6 +65,19 @@ func BenchmarkIdleTunnels(b *testing.B) {
 	}
 	c := nodetest.Start(b, 1)
 	nd := c.Nodes[0]
+	// The node in a 1 GiB container: the Go memory limit the node sets
+	// itself from its cgroup (90%), given here as there is no cgroup.
+	// GATEHOUSE_BENCH_GOMEMLIMIT=off runs it without.
+	memLimit := "921MiB"
+	if s := os.Getenv("GATEHOUSE_BENCH_GOMEMLIMIT"); s != "" {
+		memLimit = s
+	}
+	if memLimit != "off" {
+		nd.Stop()
+		nd.Env = []string{"GOMEMLIMIT=" + memLimit}
+		nd.Start()
+	}
+	b.Logf("node GOMEMLIMIT: %s", memLimit)
 	dir := b.TempDir()
 	tokenFile, caFile := filepath.Join(dir, "token"), filepath.Join(dir, "ca.crt")
 	os.WriteFile(tokenFile, []byte(c.AdminToken), 0o600)
