@@ -125,11 +125,11 @@ type Node struct {
 	// MetricsAddr serves the node's Prometheus metrics (plain HTTP).
 	MetricsAddr string
 	// Env is added to the process's environment at its next Start.
-	Env []string
-	c           *Cluster
-	cmd         *exec.Cmd
-	done        chan error
-	log         *os.File
+	Env  []string
+	c    *Cluster
+	cmd  *exec.Cmd
+	done chan error
+	log  *os.File
 }
 
 // URL is the node's https URL.
