@@ -366,7 +366,7 @@ func (c *Client) serve(ctx context.Context, conn net.Conn, ready chan<- struct{}
 			}
 		}
 	}()
-	sess, err := yamux.Client(conn, yamuxConfig(c.log, true))
+	sess, err := yamux.Client(CoalesceWrites(conn), yamuxConfig(c.log, true))
 	if err != nil {
 		conn.Close()
 		return

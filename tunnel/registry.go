@@ -90,7 +90,7 @@ func (r *Registry) Serve(ctx context.Context, cluster string, conn net.Conn, opt
 	// An agent opens few streams (renewals): a short accept queue, not
 	// yamux's 256 slots, saves 2 KiB in each of 20,000 tunnels.
 	ycfg.AcceptBacklog = 16
-	sess, err := yamux.Server(conn, ycfg)
+	sess, err := yamux.Server(CoalesceWrites(conn), ycfg)
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("tunnel: %w", err)
