@@ -300,8 +300,16 @@ func (a *API) deleteCluster(w http.ResponseWriter, r *http.Request, c *Caller) e
 		a.auditChange(r.Context(), r, c, string(policy.ClusterDelete), object, http.StatusForbidden, "forbidden")
 		return forbidden(policy.ClusterDelete)
 	}
-	if err := a.cfg.Store.DeleteCluster(r.Context(), cl.ID); err != nil {
+	rev, err := a.cfg.Store.DeleteCluster(r.Context(), cl.ID, time.Now().Add(MaxAgentCertTTL+time.Hour))
+	if err != nil {
 		return err
+	}
+	// The deleted cluster's agent goes at once here; the change feed
+	// tells the other nodes.
+	if ar, ok := a.cfg.Revoker.(AgentRevoker); ok {
+		if err := ar.RevokeAgents(r.Context(), cl.Name, rev.Before); err != nil {
+			a.log.Warn("cluster deleted; its agent not yet disconnected here", "cluster", cl.Name, "err", err)
+		}
 	}
 	a.auditChange(r.Context(), r, c, string(policy.ClusterDelete), object, http.StatusNoContent, "")
 	w.WriteHeader(http.StatusNoContent)

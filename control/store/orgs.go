@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -306,18 +307,35 @@ func (s *Store) UpdateCluster(ctx context.Context, c *Cluster) error {
 	})
 }
 
-// DeleteCluster deletes a cluster and its bootstrap tokens.
-func (s *Store) DeleteCluster(ctx context.Context, id string) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM clusters WHERE id = $1`, id)
-		if err != nil {
+// DeleteCluster deletes a cluster and its bootstrap tokens, and revokes
+// every agent certificate issued for it so far, until until (the longest
+// an agent certificate lives): every node closes the deleted cluster's
+// tunnel, and a cluster made again under the name starts afresh. It
+// returns the revocation.
+func (s *Store) DeleteCluster(ctx context.Context, id string, until time.Time) (*Revocation, error) {
+	now := s.now()
+	r := &Revocation{ID: newID(), ClusterID: id, Before: now, Until: until, Reason: "cluster deleted", Created: now.UTC()}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if err := tx.QueryRowContext(ctx, `SELECT name FROM clusters WHERE id = $1`, id).Scan(&r.ClusterName); errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%w: cluster %s", ErrNotFound, id)
+		} else if err != nil {
 			return err
 		}
-		if err := deleted(res, "cluster "+id); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM clusters WHERE id = $1`, id); err != nil {
 			return err
 		}
-		return s.recordChange(ctx, tx, ChangeAll, "", time.Time{})
+		if err := s.recordChange(ctx, tx, ChangeAll, "", time.Time{}); err != nil {
+			return err
+		}
+		if err := s.recordChange(ctx, tx, ChangeRevokeCluster, r.ClusterName, r.Before); err != nil {
+			return err
+		}
+		return insertRevocation(ctx, tx, r)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // ClusterNames returns the names of every cluster, sorted: the keys the

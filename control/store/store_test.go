@@ -835,3 +835,39 @@ func TestBootstrapTokensOfManyClustersAtOnce(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// Deleting a cluster revokes its agents' certificates, through the change
+// feed, and a cluster made again under the name is another.
+func TestDeleteClusterRevokesItsAgents(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, clk *clock) {
+		ctx := context.Background()
+		f := newFixture(t, s)
+		if _, err := s.DeleteCluster(ctx, "nope", time.Now().Add(time.Hour)); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("delete of a missing cluster: %v", err)
+		}
+		rev, err := s.DeleteCluster(ctx, f.cluster.ID, time.Now().Add(time.Hour))
+		must(t, err)
+		if rev.ClusterName != "prod-eu" || rev.Before.IsZero() {
+			t.Fatalf("revocation: %+v", rev)
+		}
+		revs, err := s.Revocations(ctx, time.Time{})
+		must(t, err)
+		if len(revs) != 1 || revs[0].ClusterName != "prod-eu" || revs[0].ClusterID != f.cluster.ID {
+			t.Fatalf("revocations: %+v", revs)
+		}
+		if _, err := s.GetCluster(ctx, "prod-eu"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("the cluster is still there: %v", err)
+		}
+		changes, err := s.Changes(ctx, time.Time{}, time.Time{}, "", 100)
+		must(t, err)
+		found := false
+		for _, c := range changes {
+			if c.Kind == store.ChangeRevokeCluster && c.Subject == "prod-eu" {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("no %s change: %+v", store.ChangeRevokeCluster, changes)
+		}
+	})
+}

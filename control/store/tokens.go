@@ -389,8 +389,8 @@ func (s *Store) Revoke(ctx context.Context, r *Revocation) error {
 }
 
 func insertRevocation(ctx context.Context, tx *sql.Tx, r *Revocation) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO revocations (id, serial, user_id, cluster_id, token_id, before_us, until_us, reason, created_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		r.ID, r.Serial, r.UserID, r.ClusterID, r.TokenID, micros(r.Before), micros(r.Until), r.Reason, micros(r.Created))
+	_, err := tx.ExecContext(ctx, `INSERT INTO revocations (id, serial, user_id, cluster_id, cluster_name, token_id, before_us, until_us, reason, created_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		r.ID, r.Serial, r.UserID, r.ClusterID, r.ClusterName, r.TokenID, micros(r.Before), micros(r.Until), r.Reason, micros(r.Created))
 	return err
 }
 
@@ -410,7 +410,9 @@ func (s *Store) Revoked(ctx context.Context, serial, userID string, issued time.
 // Revocations returns the revocations made at or after since that are
 // still in force: what a node loads at start and adds to its set.
 func (s *Store) Revocations(ctx context.Context, since time.Time) ([]*Revocation, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT r.id, r.serial, r.user_id, r.cluster_id, COALESCE(c.name, ''), r.token_id, r.before_us, r.until_us, r.reason, r.created_us
+	// Revocations from before migration 00007 name no cluster; the
+	// cluster's row does, while it exists.
+	rows, err := s.db.QueryContext(ctx, `SELECT r.id, r.serial, r.user_id, r.cluster_id, COALESCE(NULLIF(r.cluster_name, ''), c.name, ''), r.token_id, r.before_us, r.until_us, r.reason, r.created_us
 		FROM revocations r LEFT JOIN clusters c ON c.id = r.cluster_id AND r.cluster_id <> ''
 		WHERE r.created_us >= $1 AND r.until_us > $2 ORDER BY r.created_us, r.id`,
 		micros(since), micros(s.now()))

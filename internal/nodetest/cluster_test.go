@@ -400,3 +400,27 @@ func TestHandoverWhenANodeJoins(t *testing.T) {
 		t.Fatalf("%v hand-overs counted, %d clusters moved", handovers, moved)
 	}
 }
+
+// A cluster deleted through one node: its agent's tunnel, held by the
+// other node, closes (the change feed carries the revocation), and the
+// agent cannot come back, even through a node started afterwards (the
+// revocation names the cluster though its row is gone).
+func TestDeletedClusterLosesItsAgent(t *testing.T) {
+	c := nodetest.Start(t, 2)
+	agent := c.StartAgent("doomed", c.Nodes[1], fakeAPI())
+	eventually(t, 10*time.Second, "the tunnel", func() bool { return agent.Remote() != "" })
+	code, body := c.Do(c.Nodes[0], http.MethodDelete, "/api/v1/clusters/doomed", c.AdminToken, nil)
+	if code != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", code, body)
+	}
+	start := time.Now()
+	eventually(t, 10*time.Second, "the deleted cluster's tunnel closed", func() bool { return agent.Remote() == "" })
+	t.Logf("tunnel closed %s after the deletion through the other node", time.Since(start).Round(time.Millisecond))
+	sessions := agent.Sessions()
+	c.Nodes[1].Stop()
+	c.Nodes[1].Start()
+	time.Sleep(2 * time.Second) // the agent retries with backoff
+	if agent.Remote() != "" || agent.Sessions() != sessions {
+		t.Fatalf("the deleted cluster's agent is back: remote %q, %d sessions (was %d)", agent.Remote(), agent.Sessions(), sessions)
+	}
+}
