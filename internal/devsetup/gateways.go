@@ -138,7 +138,8 @@ func (e *Env) waitServes(ctx context.Context, g *Gateway) error {
 		select {
 		case err := <-g.done:
 			g.done <- err
-			exited = fmt.Errorf("dev: %s exited (%v); see %s", g.Name, err, filepath.Join(e.cfg.StateDir, g.Name, "node.log"))
+			log := filepath.Join(e.cfg.StateDir, g.Name, "node.log")
+			exited = fmt.Errorf("dev: %s exited (%v); the end of %s:\n%s", g.Name, err, log, logTail(log, 2000))
 			return true
 		default:
 		}
@@ -193,4 +194,16 @@ func (e *Env) clusterConnected(ctx context.Context, cluster string) bool {
 		}
 	}
 	return false
+}
+
+// logTail returns the last n bytes of the file at path.
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
 }
