@@ -57,7 +57,7 @@ func SplitClusterPath(escaped string) (cluster, rest string, err error) {
 	return cluster, rest, nil
 }
 
-type headerKey struct{}
+type targetKey struct{}
 
 func newRequestID() string { return rand.Text() }
 
@@ -97,7 +97,11 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ev.Cluster = cluster
-	apiReq := r.Clone(r.Context())
+	// A shallow copy with its own URL: the parser reads, never writes.
+	apiReq := new(http.Request)
+	*apiReq = *r
+	apiURL := *r.URL
+	apiReq.URL = &apiURL
 	apiReq.URL.RawPath = rest
 	apiReq.URL.Path, _ = url.PathUnescape(rest)
 	ri, err := kubeapi.Info(apiReq)
@@ -159,7 +163,7 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{ReadCloser: r.Body, n: &bodyIn}
 	}
-	ctx := context.WithValue(r.Context(), headerKey{}, hdr)
+	ctx := context.WithValue(r.Context(), targetKey{}, &streamTarget{cluster: cluster, rest: rest, hdr: hdr})
 	// The person's access ends with their certificate: long streams too.
 	ctx, cancel := context.WithDeadline(ctx, id.NotAfter)
 	defer cancel()
@@ -180,7 +184,28 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		n.writeAudit(r.Context(), ev)
 		n.metrics.observe(ev.Verb, ev.Status, ev.Duration, ev.Phase == audit.PhaseClose)
 	}()
-	n.proxy(cluster, rest).ServeHTTP(cw, r.WithContext(ctx))
+	n.kubeProxy().ServeHTTP(cw, r.WithContext(ctx))
+}
+
+// streamTarget is where a request goes down the tunnel: the cluster, the
+// path inside its API, and the stream's header (who asks). It travels in
+// the request's context to the node's one reverse proxy.
+type streamTarget struct {
+	cluster, rest string
+	hdr           *tunnel.Header
+}
+
+func targetOf(ctx context.Context) *streamTarget {
+	t, _ := ctx.Value(targetKey{}).(*streamTarget)
+	return t
+}
+
+// kubeProxy returns the node's reverse proxy, made once: every request
+// goes down its cluster's tunnel, one stream per request (a stream is one
+// person's, always).
+func (n *Node) kubeProxy() *httputil.ReverseProxy {
+	n.proxyOnce.Do(func() { n.rp = n.newKubeProxy() })
+	return n.rp
 }
 
 func (n *Node) writeAudit(ctx context.Context, ev *audit.Event) {
@@ -190,22 +215,23 @@ func (n *Node) writeAudit(ctx context.Context, ev *audit.Event) {
 	}
 }
 
-// proxy returns a reverse proxy that sends the request down cluster's
-// tunnel, one stream per request (a stream is one person's, always).
-func (n *Node) proxy(cluster, rest string) *httputil.ReverseProxy {
+func (n *Node) newKubeProxy() *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
+			t := targetOf(pr.In.Context())
 			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = cluster
-			pr.Out.Host = cluster
-			pr.Out.URL.RawPath = rest
-			pr.Out.URL.Path, _ = url.PathUnescape(rest)
+			pr.Out.URL.Host = t.cluster
+			pr.Out.Host = t.cluster
+			pr.Out.URL.RawPath = t.rest
+			pr.Out.URL.Path, _ = url.PathUnescape(t.rest)
 			kubeapi.StripClientCredentials(pr.Out.Header)
 		},
-		Transport:     n.tunnelTransport(cluster),
+		Transport:     n.tunnelTransport(),
 		FlushInterval: -1,
+		BufferPool:    kubeapi.CopyBuffers,
 		ErrorLog:      slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			cluster := targetOf(r.Context()).cluster
 			switch {
 			case errors.Is(err, tunnel.ErrNoTunnel):
 				// In a gateway cluster the tunnel may be moving between
@@ -226,14 +252,14 @@ func (n *Node) proxy(cluster, rest string) *httputil.ReverseProxy {
 	}
 }
 
-func (n *Node) tunnelTransport(cluster string) http.RoundTripper {
+func (n *Node) tunnelTransport() http.RoundTripper {
 	return &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			h, _ := ctx.Value(headerKey{}).(*tunnel.Header)
-			if h == nil {
+			t := targetOf(ctx)
+			if t == nil || t.hdr == nil {
 				return nil, errors.New("node: no identity for the stream")
 			}
-			return n.tunnels.Open(ctx, cluster, h)
+			return n.tunnels.Open(ctx, t.cluster, t.hdr)
 		},
 		// One stream per request: never reused for another person.
 		DisableKeepAlives:     true,

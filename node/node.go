@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/http/pprof"
 	"strings"
 	"sync"
@@ -265,14 +266,17 @@ type Node struct {
 	addr    net.Addr
 	ready   chan struct{} // closed once the listener is bound
 
-	agents   sync.WaitGroup // agent connections being served
-	sessions sessions
-	metrics  *metrics
-	limiter  *addrLimiter                 // of unauthenticated endpoints
-	api      atomic.Pointer[http.Handler] // the control-plane API, if any
-	draining atomic.Bool                  // a graceful stop has begun
-	drainAt  atomic.Int64                 // when (Unix ns)
-	srv      atomic.Pointer[http.Server]  // while Run serves
+	agents    sync.WaitGroup // agent connections being served
+	sessions  sessions
+	metrics   *metrics
+	limiter   *addrLimiter                 // of unauthenticated endpoints
+	api       atomic.Pointer[http.Handler] // the control-plane API, if any
+	proxyOnce sync.Once
+	rp        *httputil.ReverseProxy // kubeProxy
+
+	draining atomic.Bool                 // a graceful stop has begun
+	drainAt  atomic.Int64                // when (Unix ns)
+	srv      atomic.Pointer[http.Server] // while Run serves
 
 	// bg owns the control messages in flight to agents (fanOut); bgCtx
 	// ends them when Run returns. bgMu guards bgStopped, so that no send

@@ -6,7 +6,9 @@ package kubeapi
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httputil"
 	"strings"
+	"sync"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
@@ -90,3 +92,19 @@ func AllowedUpgrade(h http.Header) bool {
 	}
 	return true
 }
+
+// CopyBuffers lends the gateway's and the agent's reverse proxies their
+// 32 KiB copy buffers: without a pool, httputil.ReverseProxy allocates one
+// per request, the largest allocation of a small GET's path.
+var CopyBuffers httputil.BufferPool = &bufferPool{}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }

@@ -32,6 +32,8 @@ type Proxy struct {
 	jit    *JIT
 	log    *slog.Logger
 
+	rp *httputil.ReverseProxy // one for every request: see call
+
 	mu         sync.Mutex // guards transports, active and nextID
 	transports map[string]*http.Transport
 	active     map[string]map[uint64]context.CancelFunc // user -> requests in flight
@@ -58,7 +60,44 @@ func NewProxy(cfg *rest.Config, jit *JIT, logger *slog.Logger) (*Proxy, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Proxy{target: u, tls: tlsCfg, jit: jit, log: logger, transports: map[string]*http.Transport{}, active: map[string]map[uint64]context.CancelFunc{}}, nil
+	p := &Proxy{target: u, tls: tlsCfg, jit: jit, log: logger, transports: map[string]*http.Transport{}, active: map[string]map[uint64]context.CancelFunc{}}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			c := pr.In.Context().Value(callKey{}).(*call)
+			pr.SetURL(p.target)
+			pr.Out.Host = p.target.Host
+			kubeapi.StripClientCredentials(pr.Out.Header)
+			pr.Out.Header.Set("Authorization", "Bearer "+c.token)
+		},
+		Transport:     personTransport{p},
+		FlushInterval: -1, // watch and logs -f stream as they come
+		BufferPool:    kubeapi.CopyBuffers,
+		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) {
+				return
+			}
+			kubeapi.WriteStatus(w, http.StatusBadGateway, metav1.StatusReasonInternalError, "gatehouse agent cannot reach the API server: "+err.Error())
+		},
+	}
+	return p, nil
+}
+
+// call is what the one reverse proxy needs to know of a request: whose it
+// is, and the token it runs with. It travels in the request's context.
+type call struct{ user, token string }
+
+type callKey struct{}
+
+// personTransport sends each request over its person's own pool.
+type personTransport struct{ p *Proxy }
+
+func (t personTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c, ok := r.Context().Value(callKey{}).(*call)
+	if !ok {
+		return nil, errors.New("agent: a request without its person")
+	}
+	return t.p.transportFor(c.user).RoundTrip(r)
 }
 
 // transportFor returns the person's own connection pool: a backend
@@ -167,22 +206,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kubeapi.WriteStatus(w, http.StatusBadGateway, metav1.StatusReasonInternalError, "gatehouse agent could not prepare your service account in the cluster")
 		return
 	}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(p.target)
-			pr.Out.Host = p.target.Host
-			kubeapi.StripClientCredentials(pr.Out.Header)
-			pr.Out.Header.Set("Authorization", "Bearer "+token)
-		},
-		Transport:     p.transportFor(h.User),
-		FlushInterval: -1, // watch and logs -f stream as they come
-		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, context.Canceled) {
-				return
-			}
-			kubeapi.WriteStatus(w, http.StatusBadGateway, metav1.StatusReasonInternalError, "gatehouse agent cannot reach the API server: "+err.Error())
-		},
-	}
-	rp.ServeHTTP(w, r.WithContext(ctx))
+	ctx = context.WithValue(ctx, callKey{}, &call{user: h.User, token: token})
+	p.rp.ServeHTTP(w, r.WithContext(ctx))
 }
