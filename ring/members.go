@@ -41,6 +41,10 @@ type Meta struct {
 	Generation int64 `json:"g,omitempty"`
 	// Draining: it is leaving; no new tunnel is placed on it.
 	Draining bool `json:"d,omitempty"`
+	// Consensus: the node holds Raft state (it is, or was, in the
+	// consensus group). A fresh cluster forms only among nodes of which
+	// none has any (package consensus).
+	Consensus bool `json:"r,omitempty"`
 }
 
 // Member is a live node of the ring.
@@ -143,6 +147,8 @@ type Ring struct {
 
 	changes chan struct{} // one pending notice of a membership change
 
+	conflict chan struct{} // another address claims this node's name (its previous life)
+
 	failedMu sync.Mutex              // guards failed
 	failed   map[string]failedMember // members declared dead, by name
 
@@ -158,7 +164,7 @@ func New(cfg Config) (*Ring, error) {
 		return nil, err
 	}
 	r := &Ring{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, members: map[string]Member{}, changes: make(chan struct{}, 1), stop: make(chan struct{}),
-		failed: map[string]failedMember{}}
+		failed: map[string]failedMember{}, conflict: make(chan struct{}, 1)}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -177,6 +183,10 @@ func New(cfg Config) (*Ring, error) {
 		mc.AdvertisePort, _ = strconv.Atoi(p)
 	}
 	mc.SecretKey = cfg.Key
+	// A node that died and comes back under its name on another address
+	// (a rescheduled pod) takes its name back once the old one has been
+	// dead this long; memberlist's default (0) refuses it for ever.
+	mc.DeadNodeReclaimTime = time.Second
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = cfg.ProbeInterval, cfg.ProbeTimeout, cfg.SuspicionMult
 	// Gossip leaves from the gossip address, TCP as well as UDP, so that
@@ -193,6 +203,7 @@ func New(cfg Config) (*Ring, error) {
 			mc.AdvertisePort = mc.BindPort
 		}
 	}
+	mc.Conflict = conflicts{r}
 	mc.Delegate = delegate{r}
 	mc.Events = events{r}
 	mc.Logger = slog.NewLogLogger(r.log.Handler(), slog.LevelDebug)
@@ -216,6 +227,10 @@ func New(cfg Config) (*Ring, error) {
 	return r, nil
 }
 
+// AnnounceFor is how long a node that found its name held by an older
+// address (its previous life) keeps announcing itself.
+const AnnounceFor = 30 * time.Second
+
 // ReconnectFor is how long a node keeps trying to reach a member it saw
 // die (not leave): a partition of up to a day heals by itself.
 const ReconnectFor = 24 * time.Hour
@@ -229,11 +244,21 @@ func (r *Ring) rejoin() {
 	defer r.wg.Done()
 	t := time.NewTicker(r.cfg.JoinRetry)
 	defer t.Stop()
+	// After a conflict over this node's name, it announces itself at every
+	// tick for a while: the others take the new address only once the old
+	// one has been dead for a second, which takes failure detection.
+	var announceUntil time.Time
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
+		case <-r.conflict:
+			announceUntil = time.Now().Add(AnnounceFor)
+			continue
+		}
+		if time.Now().Before(announceUntil) {
+			r.announce()
 		}
 		if r.ml.NumMembers() <= 1 && len(r.cfg.Seeds) > 0 {
 			if n, err := r.ml.Join(r.cfg.Seeds); err == nil && n > 0 {
@@ -262,6 +287,39 @@ func (r *Ring) rejoin() {
 			}()
 		}
 		wg.Wait()
+	}
+}
+
+// announce pushes this node's state to the others again (a join with the
+// seeds and the members it knows): after it came back on another address,
+// the others refuse its name until the old address is declared dead, and
+// memberlist itself would only tell them again at its next push-pull.
+func (r *Ring) announce() {
+	addrs := slices.Clone(r.cfg.Seeds)
+	for _, m := range r.Members() {
+		if m.Name != r.cfg.Name {
+			addrs = append(addrs, m.GossipAddr)
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	if n, err := r.ml.Join(addrs); err == nil && n > 0 {
+		r.log.Info("ring: announced this node again after a conflict over its name", "reached", n)
+	}
+}
+
+// conflicts hears of another address claiming a member's name.
+type conflicts struct{ r *Ring }
+
+func (c conflicts) NotifyConflict(existing, other *memberlist.Node) {
+	if existing.Name != c.r.cfg.Name {
+		return
+	}
+	c.r.log.Info("ring: this node's name is held by an older address; announcing it again", "other", other.Address())
+	select {
+	case c.r.conflict <- struct{}{}:
+	default:
 	}
 }
 

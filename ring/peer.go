@@ -85,7 +85,12 @@ type PeerConfig struct {
 	// DialTimeout bounds connecting to a peer. A second: peers are in one
 	// datacenter or region.
 	DialTimeout time.Duration
-	Logger      *slog.Logger
+	// Protocols serve other node-to-node protocols on the same port, told
+	// apart by their TLS application protocol (the Raft transport). A
+	// connection that negotiated one, from a verified node, is handed to
+	// its function, which owns it from then on.
+	Protocols map[string]func(*tls.Conn)
+	Logger    *slog.Logger
 }
 
 // Peers serves forwarded requests to this node's tunnels and forwards
@@ -118,9 +123,13 @@ func NewPeers(cfg PeerConfig) (*Peers, error) {
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
+	protos := []string{PeerALPN}
+	for alpn := range cfg.Protocols {
+		protos = append(protos, alpn)
+	}
 	ln, err := tls.Listen("tcp", cfg.Addr, &tls.Config{
 		MinVersion:     tls.VersionTLS13,
-		NextProtos:     []string{PeerALPN},
+		NextProtos:     protos,
 		ClientAuth:     tls.RequireAnyClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cfg.GetCertificate(), nil },
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
@@ -162,7 +171,15 @@ func (p *Peers) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("ring: accept: %w", err)
 		}
+		// Under mu, so that no Add comes after Close began to Wait.
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.Close()
+			return nil
+		}
 		p.wg.Add(1)
+		p.mu.Unlock()
 		go func() {
 			defer p.wg.Done()
 			p.servePeer(ctx, c.(*tls.Conn))
@@ -178,14 +195,23 @@ func (p *Peers) isClosed() bool {
 
 // servePeer serves one peer's session: each stream is a forwarded request.
 func (p *Peers) servePeer(ctx context.Context, c *tls.Conn) {
-	defer c.Close()
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err := c.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
+		c.Close()
 		p.log.Warn("ring: peer refused", "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
+	if alpn := c.ConnectionState().NegotiatedProtocol; alpn != PeerALPN {
+		if fn := p.cfg.Protocols[alpn]; fn != nil {
+			fn(c)
+			return
+		}
+		c.Close()
+		return
+	}
+	defer c.Close()
 	sess, err := yamux.Server(c, peerYamux())
 	if err != nil {
 		return
@@ -300,6 +326,45 @@ func (p *Peers) Open(ctx context.Context, addr, cluster string, h *tunnel.Header
 	return st, nil
 }
 
+// DialProtocol opens a mutual-TLS connection to the peer at addr for
+// another node-to-node protocol (one of a peer's Protocols), from this
+// node's peer address, verified as a node's.
+func (p *Peers) DialProtocol(ctx context.Context, addr, alpn string) (*tls.Conn, error) {
+	c, err := p.dialer(alpn).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w %s: %v", ErrPeer, addr, err)
+	}
+	return c.(*tls.Conn), nil
+}
+
+// dialer dials peers for protocol alpn.
+func (p *Peers) dialer(alpn string) *tls.Dialer {
+	// From the peer address, as gossip: nodes are told apart by address.
+	var local *net.TCPAddr
+	if a, ok := p.ln.Addr().(*net.TCPAddr); ok {
+		local = localAddr(a.IP.String())
+	}
+	return &tls.Dialer{NetDialer: &net.Dialer{Timeout: p.cfg.DialTimeout, LocalAddr: local}, Config: &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{alpn},
+		RootCAs:    p.cfg.Roots,
+		// Peers are addressed by IP:port from gossip; the chain must be a
+		// node's (VerifyConnection), whatever name it carries.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if cs.NegotiatedProtocol != alpn {
+				return fmt.Errorf("ring: peer does not speak %s", alpn)
+			}
+			raw := make([][]byte, len(cs.PeerCertificates))
+			for i, c := range cs.PeerCertificates {
+				raw[i] = c.Raw
+			}
+			return verifyNode(p.cfg.Verifier, raw)
+		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return p.cfg.GetCertificate(), nil },
+	}}
+}
+
 // session returns the pooled session to addr, dialling it if needed.
 func (p *Peers) session(ctx context.Context, addr string) (*yamux.Session, error) {
 	p.mu.Lock()
@@ -312,28 +377,7 @@ func (p *Peers) session(ctx context.Context, addr string) (*yamux.Session, error
 		return s, nil
 	}
 	p.mu.Unlock()
-	// From the peer address, as gossip: nodes are told apart by address.
-	var local *net.TCPAddr
-	if a, ok := p.ln.Addr().(*net.TCPAddr); ok {
-		local = localAddr(a.IP.String())
-	}
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: p.cfg.DialTimeout, LocalAddr: local}, Config: &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{PeerALPN},
-		RootCAs:    p.cfg.Roots,
-		// Peers are addressed by IP:port from gossip; the chain must be a
-		// node's (VerifyConnection), whatever name it carries.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			raw := make([][]byte, len(cs.PeerCertificates))
-			for i, c := range cs.PeerCertificates {
-				raw[i] = c.Raw
-			}
-			return verifyNode(p.cfg.Verifier, raw)
-		},
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return p.cfg.GetCertificate(), nil },
-	}}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := p.dialer(PeerALPN).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w %s: %v", ErrPeer, addr, err)
 	}
