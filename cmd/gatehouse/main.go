@@ -198,6 +198,8 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	zone := fs.String("zone", "", "this node's failure domain (zone), if known")
 	fs.Float64Var(&cfg.UnauthenticatedRate, "unauthenticated-rate", cfg.UnauthenticatedRate, "requests per second each client address may make to the endpoints that need no credentials (agent registration); raise it for a mass enrolment or a load test")
 	fs.IntVar(&cfg.UnauthenticatedBurst, "unauthenticated-burst", cfg.UnauthenticatedBurst, "burst of --unauthenticated-rate")
+	voters := fs.Int("voters", 3, "with --gossip-addr: how many nodes vote in the Raft group that elects the certificate authority's leader (3 or 5; the others stand by)")
+	bootstrapExpect := fs.Int("bootstrap-expect", 0, "with --gossip-addr: how many nodes, none with Raft state, must be seen before a new Raft group forms (default --voters)")
 	drainTimeout := fs.Duration("drain-timeout", gateway.DefaultDrainTimeout, "on SIGTERM, how long to spend handing this node's agents over to other nodes before stopping (then --shutdown-timeout for requests in flight)")
 	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "", "also route https://CLUSTER.DOMAIN/ to CLUSTER (DNS: a wildcard record for *.DOMAIN to the gateway); for clients that drop a server's path, such as kubectl proxy")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -212,7 +214,11 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		gcfg.Ring = &gateway.RingConfig{GossipAddr: *gossipAddr, Key: key, PeerAddr: *peerAddr, PublicAddr: *ringPublic, Zone: *zone, DrainTimeout: *drainTimeout}
+		gcfg.Ring = &gateway.RingConfig{GossipAddr: *gossipAddr, Key: key, PeerAddr: *peerAddr, PublicAddr: *ringPublic, Zone: *zone, DrainTimeout: *drainTimeout,
+			RaftDir: filepath.Join(*stateDir, "raft"), Voters: *voters, BootstrapExpect: *bootstrapExpect}
+		if *voters < 1 || *voters > 9 || *bootstrapExpect < 0 {
+			return fmt.Errorf("--voters %d, --bootstrap-expect %d: voters from 1 to 9, expect not negative", *voters, *bootstrapExpect)
+		}
 		for _, s := range strings.Split(*seeds, ",") {
 			if s = strings.TrimSpace(s); s != "" {
 				gcfg.Ring.Seeds = append(gcfg.Ring.Seeds, s)

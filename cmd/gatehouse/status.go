@@ -32,13 +32,13 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return cf.print(stdout, st, "", nil)
 	}
 	fmt.Fprintf(stdout, "answered by %s\n\n", st.Node)
-	err = cf.print(stdout, st, "MEMBER\tADDRESS\tZONE\tTUNNELS\tSTATE", func(w io.Writer) {
+	err = cf.print(stdout, st, "MEMBER\tADDRESS\tZONE\tTUNNELS\tSTATE\tRAFT", func(w io.Writer) {
 		for _, m := range st.Members {
 			state := "alive"
 			if m.Draining {
 				state = "draining"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", m.Name, m.PublicAddr, dash(m.Zone), m.Tunnels, state)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", m.Name, m.PublicAddr, dash(m.Zone), m.Tunnels, state, dash(m.Raft))
 		}
 	})
 	if err != nil {

@@ -196,6 +196,9 @@ type Member struct {
 	Draining   bool   `json:"draining,omitempty"`
 	// Generation tells a restarted node from its previous life.
 	Generation int64 `json:"generation,omitempty"`
+	// Raft is its place in the Raft group that elects the certificate
+	// authority's leader: leader, voter or non-voter ("" outside it).
+	Raft string `json:"raft,omitempty"`
 }
 
 // ClusterStatus is one cluster's health: which node should hold its

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -106,7 +107,8 @@ func (e *Env) startGateway(g *Gateway, gc gatewaysConfig) error {
 		"--store-driver", "postgres", "--store-dsn", gc.dsn, "--ca-kek-file", gc.kekFile,
 		"--gossip-addr", g.GossipAddr, "--seeds", strings.Join(seeds, ","), "--gossip-key-file", gc.gossipKeyFile,
 		"--peer-addr", g.PeerAddr, "--public-url", gc.publicURL, "--shutdown-timeout", "5s", "--log-level", gc.logLevel,
-		"--kratos-public-url", gc.kratosPublic, "--kratos-admin-url", gc.kratosAdmin)
+		"--kratos-public-url", gc.kratosPublic, "--kratos-admin-url", gc.kratosAdmin,
+		"--voters", strconv.Itoa(min(len(e.gateways), 3)))
 	g.cmd.Env = append(os.Environ(), "GATEHOUSE_CA_KEK=")
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
 	// Its own process group, killed with this process (as the test bed's).

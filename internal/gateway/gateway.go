@@ -31,6 +31,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/node"
 	"github.com/gatehouse-dev/gatehouse/ring"
+	"github.com/gatehouse-dev/gatehouse/ring/consensus"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
@@ -107,6 +108,14 @@ type RingConfig struct {
 	// KeysInterval is how often the node reads the list of clusters it
 	// places (new clusters are placed by rendezvous alone until then).
 	KeysInterval time.Duration
+	// RaftDir, when set, makes the node a member of the Raft group that
+	// elects the certificate authority's leader (design 0006), with its
+	// state there.
+	RaftDir string
+	// Voters is how many voters the Raft group keeps (3 or 5);
+	// BootstrapExpect how many fresh members must be seen before a new
+	// group forms (zero: Voters).
+	Voters, BootstrapExpect int
 	// DrainTimeout bounds how long a graceful stop spends handing its
 	// agents over to their new owners; zero means DefaultDrainTimeout.
 	DrainTimeout time.Duration
@@ -169,9 +178,10 @@ type Gateway struct {
 	feed        *control.Follower
 	book        *tunnelBook
 	revoker     *node.Revoker // the API's, and the change feed's
-	ring        *ring.Ring    // nil for a node alone
-	peers       *ring.Peers   // nil for a node alone
-	ringMetrics *ring.Metrics // nil for a node alone
+	ring        *ring.Ring
+	cons        *consensus.Consensus // nil without a Raft group
+	peers       *ring.Peers          // nil for a node alone
+	ringMetrics *ring.Metrics        // nil for a node alone
 
 	ready   chan struct{} // closed once the API serves
 	url     string        // set before ready closes
@@ -276,7 +286,19 @@ func (g *Gateway) joinRing(listen string) error {
 		public = listen
 	}
 	var err error
-	g.peers, err = ring.NewPeers(ring.PeerConfig{Addr: rc.PeerAddr, GetCertificate: g.cert.Load, Roots: g.CA.RootPool(), Verifier: g.CA, Local: g.Registry, Logger: g.log})
+	pcfg := ring.PeerConfig{Addr: rc.PeerAddr, GetCertificate: g.cert.Load, Roots: g.CA.RootPool(), Verifier: g.CA, Local: g.Registry, Logger: g.log}
+	if rc.RaftDir != "" {
+		// Set before the peer endpoint serves (Run), read by its
+		// goroutines after.
+		pcfg.Protocols = map[string]func(*tls.Conn){consensus.ALPN: func(c *tls.Conn) {
+			if g.cons == nil {
+				c.Close()
+				return
+			}
+			g.cons.Handoff(c)
+		}}
+	}
+	g.peers, err = ring.NewPeers(pcfg)
 	if err != nil {
 		return err
 	}
@@ -293,10 +315,26 @@ func (g *Gateway) joinRing(listen string) error {
 		return err
 	}
 	g.ring.SetKeys(keys)
+	if rc.RaftDir != "" {
+		ccfg := consensus.DefaultConfig()
+		ccfg.Ring, ccfg.Dialer, ccfg.Addr, ccfg.Dir, ccfg.Logger = g.ring, g.peers, g.peers.Addr(), rc.RaftDir, g.log
+		if rc.Voters > 0 {
+			ccfg.Voters = rc.Voters
+		}
+		ccfg.BootstrapExpect = rc.BootstrapExpect
+		if g.cons, err = consensus.New(ccfg); err != nil {
+			g.ring.Close()
+			g.peers.Close()
+			return err
+		}
+	}
 	return nil
 }
 
 func (g *Gateway) closeRing() {
+	if g.cons != nil {
+		g.cons.Close()
+	}
 	if g.ring != nil {
 		g.ring.Close()
 	}
@@ -546,6 +584,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 			}
 		})
 		g.goRun(func() { g.handoverLoop(ctx) })
+		if g.cons != nil {
+			g.goRun(func() {
+				if err := g.cons.Run(peerCtx); err != nil {
+					g.log.Error("consensus stopped", "err", err)
+				}
+			})
+		}
 		g.goRun(func() { g.ringLoop(ctx) })
 	}
 	select {
@@ -560,6 +605,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.drain()
 	stopServing()
 	err := <-errc
+	if g.cons != nil {
+		// A leader hands leadership over first: signing pauses for a
+		// hand-over, not an election.
+		if err := g.cons.Close(); err != nil {
+			g.log.Warn("consensus: stop", "err", err)
+		}
+	}
 	if g.ring != nil {
 		// Only now: until the node has stopped, the others may still
 		// forward to it requests for tunnels it was handing over, and its
@@ -586,6 +638,13 @@ func (g *Gateway) drain() {
 	g.Node.Drain()
 	if g.ring == nil {
 		return
+	}
+	if g.cons != nil {
+		// Leadership first: signing moves in a hand-over, while this node
+		// drains.
+		if err := g.cons.StepDown(); err != nil {
+			g.log.Warn("consensus: leadership not handed over", "err", err)
+		}
 	}
 	timeout := g.cfg.Ring.DrainTimeout
 	if timeout <= 0 {
@@ -712,10 +771,14 @@ func (g *Gateway) Members() []apitypes.Member {
 		}
 		return []apitypes.Member{{Name: g.cfg.Node.Name, PublicAddr: host, Tunnels: g.Registry.Len()}}
 	}
+	var roles map[string]string
+	if g.cons != nil {
+		roles = g.cons.Roles()
+	}
 	var out []apitypes.Member
 	for _, m := range g.ring.Members() {
 		out = append(out, apitypes.Member{Name: m.Name, PublicAddr: m.Meta.PublicAddr, PeerAddr: m.Meta.PeerAddr, Zone: m.Meta.Zone,
-			Tunnels: m.Meta.Tunnels, Draining: m.Meta.Draining, Generation: m.Meta.Generation})
+			Tunnels: m.Meta.Tunnels, Draining: m.Meta.Draining, Generation: m.Meta.Generation, Raft: roles[m.Name]})
 	}
 	return out
 }

@@ -424,3 +424,96 @@ func TestDeletedClusterLosesItsAgent(t *testing.T) {
 		t.Fatalf("the deleted cluster's agent is back: remote %q, %d sessions (was %d)", agent.Remote(), agent.Sessions(), sessions)
 	}
 }
+
+// raftRoles asks node n for the members' places in the Raft group (nil
+// if it cannot say); it may run outside the test's goroutine.
+func raftRoles(t *testing.T, c *nodetest.Cluster, n *nodetest.Node) map[string]string {
+	req, _ := http.NewRequest(http.MethodGet, n.URL()+"/api/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+c.AdminToken)
+	hc := c.HTTPClient(nil)
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var st apitypes.Status
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return nil
+	}
+	roles := map[string]string{}
+	for _, m := range st.Members {
+		roles[m.Name] = m.Raft
+	}
+	return roles
+}
+
+// Three node processes form one Raft group (design 0006): one leader and
+// two voters, as every node reports. The leader's graceful stop hands
+// leadership to another; back, it is a voter again.
+func TestRaftGroupAmongNodeProcesses(t *testing.T) {
+	c := nodetest.StartRing(t, 3)
+	leaderOf := func(roles map[string]string) string {
+		leader, voters := "", 0
+		for name, r := range roles {
+			switch r {
+			case "leader":
+				leader = name
+			case "voter":
+				voters++
+			}
+		}
+		if voters != 2 {
+			return ""
+		}
+		return leader
+	}
+	var leader string
+	eventually(t, 30*time.Second, "one leader and two voters, as every node sees it", func() bool {
+		leader = ""
+		for _, n := range c.Nodes {
+			l := leaderOf(raftRoles(t, c, n))
+			if l == "" || (leader != "" && l != leader) {
+				return false
+			}
+			leader = l
+		}
+		return true
+	})
+	t.Logf("%s leads", leader)
+	var old *nodetest.Node
+	var others []*nodetest.Node
+	for _, n := range c.Nodes {
+		if n.Name == leader {
+			old = n
+		} else {
+			others = append(others, n)
+		}
+	}
+	// Leadership moves at the start of the leader's drain, before its
+	// process ends.
+	start := time.Now()
+	moved := make(chan time.Duration, 1)
+	go func() {
+		for time.Since(start) < 30*time.Second {
+			roles := raftRoles(t, c, others[0])
+			if roles[others[0].Name] == "leader" || roles[others[1].Name] == "leader" {
+				moved <- time.Since(start)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		moved <- -1
+	}()
+	old.Stop()
+	stopped := time.Since(start)
+	d := <-moved
+	if d < 0 {
+		t.Fatal("no other node leads")
+	}
+	t.Logf("%s asked to stop: another node led %s later; the process ended after %s", old.Name, d.Round(time.Millisecond), stopped.Round(time.Millisecond))
+	old.Start()
+	eventually(t, 30*time.Second, old.Name+" a voter again", func() bool {
+		return raftRoles(t, c, others[0])[old.Name] == "voter"
+	})
+}

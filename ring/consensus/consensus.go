@@ -435,6 +435,28 @@ func (c *Consensus) Servers() ([]raft.Server, error) {
 	return fut.Configuration().Servers, nil
 }
 
+// Roles returns each server's place in the group by name: "leader",
+// "voter" or "non-voter".
+func (c *Consensus) Roles() map[string]string {
+	servers, err := c.Servers()
+	if err != nil {
+		return nil
+	}
+	leader, _ := c.Leader()
+	roles := make(map[string]string, len(servers))
+	for _, s := range servers {
+		switch {
+		case string(s.ID) == leader:
+			roles[string(s.ID)] = "leader"
+		case s.Suffrage == raft.Voter:
+			roles[string(s.ID)] = "voter"
+		default:
+			roles[string(s.ID)] = "non-voter"
+		}
+	}
+	return roles
+}
+
 // Stats returns Raft's own figures (state, term, indexes, last contact).
 func (c *Consensus) Stats() map[string]string { return c.raft.Stats() }
 
@@ -475,6 +497,15 @@ func (b addressBook) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 		}
 	}
 	return "", fmt.Errorf("consensus: %s is not a live member", id)
+}
+
+// StepDown hands leadership to another voter if this node leads (a
+// graceful stop begins with it); it stays a member.
+func (c *Consensus) StepDown() error {
+	if !c.IsLeader() {
+		return nil
+	}
+	return c.raft.LeadershipTransfer().Error()
 }
 
 // Halt stops at once, without handing leadership over: to the others it
