@@ -2,9 +2,9 @@ package consensus_test
 
 import (
 	"context"
-	"log/slog"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
