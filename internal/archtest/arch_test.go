@@ -47,7 +47,8 @@ func under(pkg, root string) bool { return pkg == root || strings.HasPrefix(pkg,
 // tunnel never depends on the control plane; the control plane never on
 // the tunnel or the node; audit on nothing of ours; the ring never on the
 // control plane; the node never on the agent; the CLI's API client never
-// on the API server; the release binary never on package testing or kfake.
+// on the API server; the release binary never on kfake, and on package
+// testing only through hashicorp/raft.
 func TestImportDirections(t *testing.T) {
 	all := deps(t)
 	rules := []struct {
