@@ -253,6 +253,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		ncfg.Redirector = g.ring
 		ncfg.Collectors = append(ncfg.Collectors, g.ringMetrics.Collectors()...)
 		ncfg.Collectors = append(ncfg.Collectors, ring.MembersGauge(g.ring))
+		if g.cons != nil {
+			ncfg.Collectors = append(ncfg.Collectors, g.cons.Collectors()...)
+		}
 	}
 	ncfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return g.cert.Load(), nil }
 	ncfg.Verifier, ncfg.Registry, ncfg.Audit = g.CA, g.Registry, cfg.Audit

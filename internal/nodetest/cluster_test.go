@@ -481,6 +481,15 @@ func TestRaftGroupAmongNodeProcesses(t *testing.T) {
 		return true
 	})
 	t.Logf("%s leads", leader)
+	leaders, voters, commits := 0.0, 0.0, 0.0
+	for _, n := range c.Nodes {
+		leaders += n.Metric("gatehouse_raft_leader ")
+		voters += n.Metric("gatehouse_raft_voter ")
+		commits += n.Metric("gatehouse_raft_commit_index ")
+	}
+	if leaders != 1 || voters != 3 || commits == 0 {
+		t.Fatalf("metrics: %v leaders, %v voters, commit indexes adding to %v", leaders, voters, commits)
+	}
 	var old *nodetest.Node
 	var others []*nodetest.Node
 	for _, n := range c.Nodes {

@@ -24,12 +24,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/ring"
 )
@@ -143,6 +145,9 @@ type Consensus struct {
 	snaps raft.SnapshotStore
 	id    raft.ServerID
 
+	leaderChanges prometheus.Counter
+	applyLatency  prometheus.Histogram
+
 	mu     sync.Mutex           // guards seen
 	seen   map[string]time.Time // when the leader first saw a member dead
 	obs    *raft.Observer
@@ -194,6 +199,16 @@ func New(cfg Config) (*Consensus, error) {
 		c.store.Close()
 		return nil, fmt.Errorf("consensus: %w", err)
 	}
+	c.leaderChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gatehouse_raft_leader_changes_total",
+		Help: "Changes of the Raft group's leader seen by this node.",
+	})
+	c.applyLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "gatehouse_raft_apply_seconds",
+		Help: "Time from Apply on the leader to the command's commit (commit latency).",
+		// From a tenth of a millisecond to a few seconds.
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 13),
+	})
 	c.obsCh = make(chan raft.Observation, 16)
 	c.obs = raft.NewObserver(c.obsCh, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)
@@ -238,6 +253,7 @@ func (c *Consensus) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-c.obsCh:
+			c.leaderChanges.Inc()
 		}
 		// A node added by the leader has state from then on.
 		if !has && c.raft.Leader() != "" {
@@ -418,7 +434,11 @@ func (c *Consensus) LeaderCh() <-chan bool { return c.raft.LeaderCh() }
 // Apply commits cmd to the log; every node's Config.Apply receives it. It
 // fails with ErrNotLeader on a follower.
 func (c *Consensus) Apply(cmd []byte, timeout time.Duration) error {
+	start := time.Now()
 	err := c.raft.Apply(cmd, timeout).Error()
+	if err == nil {
+		c.applyLatency.Observe(time.Since(start).Seconds())
+	}
 	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
 		return fmt.Errorf("%w: %v", ErrNotLeader, err)
 	}
@@ -455,6 +475,48 @@ func (c *Consensus) Roles() map[string]string {
 		}
 	}
 	return roles
+}
+
+// Collectors returns the group's Prometheus metrics: this node's state,
+// term and indexes, its last contact with the leader, leader changes and
+// commit latency.
+func (c *Consensus) Collectors() []prometheus.Collector {
+	stat := func(key string) float64 {
+		v, _ := strconv.ParseFloat(c.raft.Stats()[key], 64)
+		return v
+	}
+	gauge := func(name, help string, fn func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, fn)
+	}
+	return []prometheus.Collector{
+		c.leaderChanges, c.applyLatency,
+		gauge("gatehouse_raft_leader", "1 while this node leads the Raft group.", func() float64 {
+			if c.IsLeader() {
+				return 1
+			}
+			return 0
+		}),
+		gauge("gatehouse_raft_voter", "1 while this node votes in the Raft group.", func() float64 {
+			if r := c.Roles()[string(c.id)]; r == "leader" || r == "voter" {
+				return 1
+			}
+			return 0
+		}),
+		gauge("gatehouse_raft_term", "The Raft group's current term, as this node knows it.", func() float64 { return stat("term") }),
+		gauge("gatehouse_raft_commit_index", "The last log index this node knows committed.", func() float64 { return stat("commit_index") }),
+		gauge("gatehouse_raft_applied_index", "The last log index this node applied.", func() float64 { return stat("applied_index") }),
+		gauge("gatehouse_raft_last_contact_seconds", "Since this node last heard from the leader (0 on the leader; -1: never).", func() float64 {
+			switch v := c.raft.Stats()["last_contact"]; v {
+			case "0":
+				return 0
+			case "never", "":
+				return -1
+			default:
+				d, _ := time.ParseDuration(v)
+				return d.Seconds()
+			}
+		}),
+	}
 }
 
 // Stats returns Raft's own figures (state, term, indexes, last contact).
