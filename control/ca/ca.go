@@ -109,6 +109,10 @@ type Authority struct {
 	now                        func() time.Time
 	root, users, agents, nodes *signer
 
+	// keyMu guards the signers' keys: nil while the authority is sealed
+	// (a node that does not lead the gateway cluster holds none).
+	keyMu sync.RWMutex
+
 	mu           sync.RWMutex // guards revoked, usersBefore and agentsBefore
 	revoked      map[string]time.Time
 	usersBefore  map[string]time.Time // user -> certificates issued before are refused
@@ -218,9 +222,43 @@ func (a *Authority) IssueAgent(_ context.Context, cluster string, pub crypto.Pub
 	return a.issueClient(a.agents, pkix.Name{CommonName: cluster}, pub, ttl)
 }
 
+// key returns s's key, or ErrNotLeader while the authority is sealed.
+func (a *Authority) key(s *signer) (crypto.Signer, error) {
+	a.keyMu.RLock()
+	defer a.keyMu.RUnlock()
+	if s.key == nil {
+		return nil, ErrNotLeader
+	}
+	return s.key, nil
+}
+
+// Sealed reports whether the authority holds no signing key: it verifies,
+// and Issue* answer ErrNotLeader.
+func (a *Authority) Sealed() bool {
+	_, err := a.key(a.users)
+	return err != nil
+}
+
+// Seal drops the signing keys from memory (a node that stops leading);
+// verification goes on. Unseal loads them again.
+func (a *Authority) Seal() {
+	a.keyMu.Lock()
+	defer a.keyMu.Unlock()
+	for _, s := range a.signers() {
+		if k, ok := s.signer.key.(*ecdsa.PrivateKey); ok {
+			k.D.SetInt64(0) // best effort: the big.Int's words are overwritten
+		}
+		s.signer.key = nil
+	}
+}
+
 func (a *Authority) issueClient(s *signer, subject pkix.Name, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
 	if ttl <= 0 {
 		return nil, errors.New("ca: ttl must be positive")
+	}
+	key, err := a.key(s)
+	if err != nil {
+		return nil, err
 	}
 	now := a.now()
 	tmpl := &x509.Certificate{
@@ -232,7 +270,7 @@ func (a *Authority) issueClient(s *signer, subject pkix.Name, pub crypto.PublicK
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, pub, s.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, pub, key)
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
@@ -246,6 +284,10 @@ func (a *Authority) issueClient(s *signer, subject pkix.Name, pub crypto.PublicK
 func (a *Authority) IssueServer(hosts []string, ttl time.Duration) (tls.Certificate, error) {
 	if len(hosts) == 0 || ttl <= 0 {
 		return tls.Certificate{}, errors.New("ca: a server certificate needs hosts and a positive ttl")
+	}
+	nodesKey, err := a.key(a.nodes)
+	if err != nil {
+		return tls.Certificate{}, err
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -267,7 +309,7 @@ func (a *Authority) IssueServer(hosts []string, ttl time.Duration) (tls.Certific
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.nodes.cert, key.Public(), a.nodes.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.nodes.cert, key.Public(), nodesKey)
 	if err != nil {
 		return tls.Certificate{}, err
 	}

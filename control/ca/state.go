@@ -231,35 +231,43 @@ func Open(ctx context.Context, cfg Config, kek KEK, st StateStore) (*Authority, 
 	if kek == nil {
 		return nil, ErrNoKEK
 	}
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	state, err := st.LoadCA(ctx)
+	a, state, err := openPublic(ctx, cfg, st)
 	if err != nil {
 		return nil, err
 	}
+	if err := a.unseal(ctx, kek, state); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// OpenPublic loads the CA from st without its keys: it verifies every kind
+// of certificate and signs nothing (Issue* answer ErrNotLeader) until
+// Unseal. A node that does not lead the gateway cluster runs so.
+func OpenPublic(ctx context.Context, cfg Config, st StateStore) (*Authority, error) {
+	a, _, err := openPublic(ctx, cfg, st)
+	return a, err
+}
+
+func openPublic(ctx context.Context, cfg Config, st StateStore) (*Authority, *State, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, nil, err
+	}
+	state, err := st.LoadCA(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	a := newAuthority(cfg)
 	for _, k := range state.Keys {
-		if k.KEKID != kek.ID() {
-			return nil, fmt.Errorf("ca: the %s key was sealed with key-encryption key %s, and this node has %s", k.Role, k.KEKID, kek.ID())
-		}
 		block, _ := pem.Decode(k.CertPEM)
 		if block == nil {
-			return nil, fmt.Errorf("ca: the %s certificate is not PEM", k.Role)
+			return nil, nil, fmt.Errorf("ca: the %s certificate is not PEM", k.Role)
 		}
 		cert, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("ca: the %s certificate: %w", k.Role, err)
+			return nil, nil, fmt.Errorf("ca: the %s certificate: %w", k.Role, err)
 		}
-		key, err := openKey(ctx, kek, k.SealedKey, keyAD(k.Role, k.Generation))
-		if err != nil {
-			return nil, fmt.Errorf("ca: the %s key: %w", k.Role, err)
-		}
-		pub, ok := key.Public().(*ecdsa.PublicKey)
-		if !ok || !pub.Equal(cert.PublicKey) {
-			return nil, fmt.Errorf("ca: the %s key does not match its certificate", k.Role)
-		}
-		s := &signer{cert: cert, key: key, pool: x509.NewCertPool()}
+		s := &signer{cert: cert, pool: x509.NewCertPool()}
 		s.pool.AddCert(cert)
 		switch k.Role {
 		case RoleRoot:
@@ -271,18 +279,64 @@ func Open(ctx context.Context, cfg Config, kek KEK, st StateStore) (*Authority, 
 		case RoleNodes:
 			a.nodes = s
 		default:
-			return nil, fmt.Errorf("ca: unknown key role %q", k.Role)
+			return nil, nil, fmt.Errorf("ca: unknown key role %q", k.Role)
 		}
 	}
 	if a.root == nil || a.users == nil || a.agents == nil || a.nodes == nil {
-		return nil, errors.New("ca: the stored state lacks a key (root, users, agents and nodes are needed)")
+		return nil, nil, errors.New("ca: the stored state lacks a key (root, users, agents and nodes are needed)")
 	}
 	for _, s := range []*signer{a.users, a.agents, a.nodes} {
 		if err := s.cert.CheckSignatureFrom(a.root.cert); err != nil {
-			return nil, fmt.Errorf("ca: intermediate %q is not signed by the root: %w", s.cert.Subject.CommonName, err)
+			return nil, nil, fmt.Errorf("ca: intermediate %q is not signed by the root: %w", s.cert.Subject.CommonName, err)
 		}
 	}
-	return a, nil
+	return a, state, nil
+}
+
+// Unseal loads the signing keys from st, unsealed with kek: the node now
+// signs (it leads the gateway cluster). Each key must match the
+// certificate the authority was opened with.
+func (a *Authority) Unseal(ctx context.Context, kek KEK, st StateStore) error {
+	if kek == nil {
+		return ErrNoKEK
+	}
+	state, err := st.LoadCA(ctx)
+	if err != nil {
+		return err
+	}
+	return a.unseal(ctx, kek, state)
+}
+
+func (a *Authority) unseal(ctx context.Context, kek KEK, state *State) error {
+	keys := map[*signer]crypto.Signer{}
+	byRole := map[string]*signer{RoleRoot: a.root, RoleUsers: a.users, RoleAgents: a.agents, RoleNodes: a.nodes}
+	for _, k := range state.Keys {
+		s := byRole[k.Role]
+		if s == nil {
+			return fmt.Errorf("ca: unknown key role %q", k.Role)
+		}
+		if k.KEKID != kek.ID() {
+			return fmt.Errorf("ca: the %s key was sealed with key-encryption key %s, and this node has %s", k.Role, k.KEKID, kek.ID())
+		}
+		key, err := openKey(ctx, kek, k.SealedKey, keyAD(k.Role, k.Generation))
+		if err != nil {
+			return fmt.Errorf("ca: the %s key: %w", k.Role, err)
+		}
+		pub, ok := key.Public().(*ecdsa.PublicKey)
+		if !ok || !pub.Equal(s.cert.PublicKey) {
+			return fmt.Errorf("ca: the %s key does not match its certificate", k.Role)
+		}
+		keys[s] = key
+	}
+	if len(keys) != 4 {
+		return errors.New("ca: the stored state lacks a key (root, users, agents and nodes are needed)")
+	}
+	a.keyMu.Lock()
+	defer a.keyMu.Unlock()
+	for s, key := range keys {
+		s.key = key
+	}
+	return nil
 }
 
 type roleSigner struct {
