@@ -393,7 +393,9 @@ func (r *Run) register(ctx context.Context, token, name string) (tls.Certificate
 		}
 		rb, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusTooManyRequests {
+		// Too many at once, or no signer for a moment (an election):
+		// wait as told, as an agent does.
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 			wait, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
 			select {
 			case <-ctx.Done():

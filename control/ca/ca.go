@@ -282,16 +282,28 @@ func (a *Authority) issueClient(s *signer, subject pkix.Name, pub crypto.PublicK
 // (leaf, intermediate) verifies against the root that clients hold. It is
 // good for serving and, later, for node-to-node mutual TLS.
 func (a *Authority) IssueServer(hosts []string, ttl time.Duration) (tls.Certificate, error) {
-	if len(hosts) == 0 || ttl <= 0 {
-		return tls.Certificate{}, errors.New("ca: a server certificate needs hosts and a positive ttl")
-	}
-	nodesKey, err := a.key(a.nodes)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
+	}
+	chain, err := a.IssueNode(context.Background(), hosts, key.Public(), ttl)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return NodeCertificate(chain, key)
+}
+
+// IssueNode signs a gateway node's certificate for hosts (DNS names or
+// IPs) and pub, with the nodes intermediate: serving, and node-to-node
+// mutual TLS. The chain (leaf, intermediate) is returned in PEM. A node
+// whose authority is sealed has the leader sign it, and keeps its key.
+func (a *Authority) IssueNode(_ context.Context, hosts []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
+	if len(hosts) == 0 || ttl <= 0 {
+		return nil, errors.New("ca: a node certificate needs hosts and a positive ttl")
+	}
+	nodesKey, err := a.key(a.nodes)
+	if err != nil {
+		return nil, err
 	}
 	now := a.now()
 	tmpl := &x509.Certificate{
@@ -309,15 +321,36 @@ func (a *Authority) IssueServer(hosts []string, ttl time.Duration) (tls.Certific
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.nodes.cert, key.Public(), nodesKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.nodes.cert, pub, nodesKey)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	return append(pemBlock("CERTIFICATE", der), certPEM(a.nodes.cert)...), nil
+}
+
+// NodeCertificate makes a TLS certificate of a node's chain (PEM, from
+// IssueNode) and its key.
+func NodeCertificate(chainPEM []byte, key crypto.Signer) (tls.Certificate, error) {
+	var cert tls.Certificate
+	for rest := chainPEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		cert.Certificate = append(cert.Certificate, b.Bytes)
+	}
+	if len(cert.Certificate) == 0 {
+		return tls.Certificate{}, errors.New("ca: no certificate in the chain")
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, err
+	if pk, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pk.Equal(key.Public()) {
+		return tls.Certificate{}, errors.New("ca: the certificate is not for this key")
 	}
-	return tls.Certificate{Certificate: [][]byte{der, a.nodes.cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+	cert.PrivateKey, cert.Leaf = key, leaf
+	return cert, nil
 }
 
 // UserIdentity is who a verified person certificate names.

@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/api"
@@ -29,6 +31,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/identity"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/node"
 	"github.com/gatehouse-dev/gatehouse/ring"
 	"github.com/gatehouse-dev/gatehouse/ring/consensus"
@@ -256,11 +259,20 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		if g.cons != nil {
 			ncfg.Collectors = append(ncfg.Collectors, g.cons.Collectors()...)
 		}
+		ncfg.Collectors = append(ncfg.Collectors, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gatehouse_ca_signing",
+			Help: "1 while this node holds the certificate authority's signing keys (in a gateway cluster, the Raft leader alone).",
+		}, func() float64 {
+			if g.CA.Sealed() {
+				return 0
+			}
+			return 1
+		}))
 	}
 	ncfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return g.cert.Load(), nil }
 	ncfg.Verifier, ncfg.Registry, ncfg.Audit = g.CA, g.Registry, cfg.Audit
 	ncfg.Grants = &control.Access{Store: cfg.Store, Policy: g.policy, CacheTTL: cfg.AccessCacheTTL, Now: cfg.Now}
-	ncfg.Registrar, ncfg.AgentIssuer = cfg.Store, g.CA
+	ncfg.Registrar, ncfg.AgentIssuer = cfg.Store, signer{g: g}
 	ncfg.TunnelRecorder = g.book
 	if ncfg.Logger == nil {
 		ncfg.Logger = cfg.Logger
@@ -274,7 +286,41 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g.revoker = &node.Revoker{CA: g.CA, Node: g.Node}
+	if g.cons != nil {
+		// Only the Raft leader holds the signing keys (design 0006); this
+		// node signed its own serving certificate at start, and unseals
+		// again if it is elected.
+		g.CA.Seal()
+	}
 	return g, nil
+}
+
+// leadership unseals the authority while this node leads the Raft group
+// and seals it when it stops leading, until ctx ends.
+func (g *Gateway) leadership(ctx context.Context) {
+	defer g.CA.Seal()
+	ch := g.cons.LeaderCh()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case lead := <-ch:
+			if !lead {
+				g.CA.Seal()
+				g.log.Info("consensus: no longer the leader; signing keys sealed")
+				continue
+			}
+			if err := g.CA.Unseal(ctx, g.cfg.KEK, g.cfg.Store); err != nil {
+				// A leader that cannot sign hands over to one that can.
+				g.log.Error("consensus: elected, but the signing keys do not unseal; stepping down", "err", err)
+				if err := g.cons.StepDown(); err != nil {
+					g.log.Warn("consensus: step down", "err", err)
+				}
+				continue
+			}
+			g.log.Info("consensus: elected leader; signing keys unsealed")
+		}
+	}
 }
 
 // joinRing starts the peer endpoint and joins the gateway cluster.
@@ -299,7 +345,7 @@ func (g *Gateway) joinRing(listen string) error {
 				return
 			}
 			g.cons.Handoff(c)
-		}}
+		}, SignALPN: g.serveSign}
 	}
 	g.peers, err = ring.NewPeers(pcfg)
 	if err != nil {
@@ -502,7 +548,16 @@ func applyRevocation(auth *ca.Authority, r *store.Revocation) {
 
 // renewCert issues a new serving certificate from the nodes intermediate.
 func (g *Gateway) renewCert() error {
-	c, err := g.CA.IssueServer(g.cfg.Hosts, g.cfg.ServingCertTTL)
+	key, _, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	// This node's authority while it is unsealed, else the leader's.
+	chain, err := signer{g: g}.IssueNode(context.Background(), g.cfg.Hosts, key.Public(), g.cfg.ServingCertTTL)
+	if err != nil {
+		return fmt.Errorf("gateway: serving certificate: %w", err)
+	}
+	c, err := ca.NodeCertificate(chain, key)
 	if err != nil {
 		return fmt.Errorf("gateway: serving certificate: %w", err)
 	}
@@ -593,6 +648,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 					g.log.Error("consensus stopped", "err", err)
 				}
 			})
+			g.goRun(func() { g.leadership(peerCtx) })
 		}
 		g.goRun(func() { g.ringLoop(ctx) })
 	}
@@ -707,7 +763,7 @@ func (g *Gateway) startAPI(addr net.Addr) error {
 	acfg.Store, acfg.Policy, acfg.Audit, acfg.Node, acfg.Logger = g.cfg.Store, g.policy, g.cfg.Audit, g.cfg.Node.Name, g.log
 	acfg.GatewayURL, acfg.GatewayCA = g.url, g.CA.RootPEM()
 	acfg.Identity, acfg.SSO = g.cfg.Identity, g.cfg.SSO
-	acfg.Issuer, acfg.Revoker, acfg.Notify = g.CA, g.revoker, g.Node
+	acfg.Issuer, acfg.Revoker, acfg.Notify = signer{g: g}, g.revoker, g.Node
 	acfg.View = g
 	a, err := api.New(acfg)
 	if err != nil {

@@ -490,6 +490,29 @@ func TestRaftGroupAmongNodeProcesses(t *testing.T) {
 	if leaders != 1 || voters != 3 || commits == 0 {
 		t.Fatalf("metrics: %v leaders, %v voters, commit indexes adding to %v", leaders, voters, commits)
 	}
+	// Only the leader holds the signing keys; a credential asked of any
+	// node is signed by it, and works through every node.
+	eventually(t, 10*time.Second, "the leader alone holds the signing keys", func() bool {
+		held := 0.0
+		for _, n := range c.Nodes {
+			held += n.Metric("gatehouse_ca_signing ")
+			if n.Name == leader && n.Metric("gatehouse_ca_signing ") != 1 {
+				return false
+			}
+		}
+		return held == 1
+	})
+	agent := c.StartAgent("signed", c.Nodes[0], fakeAPI())
+	eventually(t, 10*time.Second, "the agent's tunnel", func() bool { return agent.Remote() != "" })
+	_, token := c.Person("sign@acme.test", "PROJECT_READ_ONLY", c.Project.ID, "")
+	for _, n := range c.Nodes {
+		cert := c.Credential(n, token)
+		for _, through := range c.Nodes {
+			if code := get(t, c, through, cert, "/k8s/signed/api/v1/namespaces"); code != http.StatusOK {
+				t.Fatalf("a credential from %s (leader %s) through %s: %d", n.Name, leader, through.Name, code)
+			}
+		}
+	}
 	var old *nodetest.Node
 	var others []*nodetest.Node
 	for _, n := range c.Nodes {
@@ -521,6 +544,11 @@ func TestRaftGroupAmongNodeProcesses(t *testing.T) {
 		t.Fatal("no other node leads")
 	}
 	t.Logf("%s asked to stop: another node led %s later; the process ended after %s", old.Name, d.Round(time.Millisecond), stopped.Round(time.Millisecond))
+	// The new leader signs: a credential asked of the other follower.
+	cert := c.Credential(others[1], token)
+	if code := get(t, c, others[0], cert, "/k8s/signed/api/v1/namespaces"); code != http.StatusOK {
+		t.Fatalf("a credential signed after the hand-over: %d", code)
+	}
 	old.Start()
 	eventually(t, 30*time.Second, old.Name+" a voter again", func() bool {
 		return raftRoles(t, c, others[0])[old.Name] == "voter"

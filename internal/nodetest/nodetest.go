@@ -31,6 +31,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -113,6 +114,7 @@ type Cluster struct {
 	root     []byte
 
 	apart      bool // each node on its own address (StartRingApart)
+	voters     int  // of the Raft group: the nodes started, up to 3
 	front      *front.Front
 	frontAddrs atomic.Pointer[[]string] // every node's address, for the front
 }
@@ -155,7 +157,7 @@ func start(t testing.TB, n int, inRing bool, clusters []string) *Cluster {
 
 func startOpts(t testing.TB, n int, inRing bool, clusters []string, apart bool) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, Bin: Binary(t), Dir: t.TempDir(), apart: apart}
+	c := &Cluster{t: t, Bin: Binary(t), Dir: t.TempDir(), apart: apart, voters: min(max(n, 1), 3)}
 	pg := testenv.PostgresT(t)
 	c.DSN = pg.DSN
 	key := make([]byte, 32)
@@ -205,7 +207,27 @@ func startOpts(t testing.TB, n int, inRing bool, clusters []string, apart bool) 
 		nd.Start()
 	}
 	c.RootPEM() // read once, before tests use the cluster from several goroutines
+	if inRing {
+		c.waitLeader()
+	}
 	return c
+}
+
+// waitLeader waits until the nodes' Raft group has a leader: only it
+// signs (design 0006), so credentials and registrations wait for it.
+func (c *Cluster) waitLeader() {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := c.Do(c.Nodes[0], http.MethodGet, "/api/v1/status", c.AdminToken, nil)
+		if code == http.StatusOK && strings.Contains(string(body), `"raft":"leader"`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("no Raft leader among the nodes: %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func must(t testing.TB, err error) {
@@ -303,7 +325,7 @@ func (n *Node) Start() {
 			}
 		}
 		args = append(args, "--gossip-addr", n.GossipAddr, "--gossip-key-file", n.c.GossipKeyFile, "--peer-addr", n.PeerAddr,
-			"--seeds", strings.Join(seeds, ","))
+			"--seeds", strings.Join(seeds, ","), "--voters", strconv.Itoa(n.c.voters))
 	}
 	n.cmd = exec.Command(n.c.Bin, args...)
 	n.cmd.Env = append(os.Environ(), n.Env...)

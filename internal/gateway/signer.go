@@ -1,0 +1,199 @@
+package gateway
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/tunnel"
+)
+
+// SignALPN is the TLS application protocol, on the peer port, of signing
+// requests that a node forwards to the Raft leader (design 0006). Only
+// nodes reach it: the peer port demands a node certificate.
+const SignALPN = "gatehouse-sign/1"
+
+// Frames of the signing protocol (tunnel frame encoding).
+const (
+	frameSign   tunnel.FrameType = 1 // a JSON signRequest
+	frameSigned tunnel.FrameType = 2 // a JSON signResponse
+)
+
+// DefaultSignWait bounds how long a signing request waits for a leader
+// (an election takes about a second) before it fails with a retryable
+// error: the API then answers 503 with Retry-After.
+const DefaultSignWait = 5 * time.Second
+
+type signRequest struct {
+	// Kind is "user", "agent" or "node".
+	Kind    string   `json:"kind"`
+	Subject string   `json:"subject,omitempty"`
+	Groups  []string `json:"groups,omitempty"`
+	// Hosts are a node certificate's names and addresses.
+	Hosts []string `json:"hosts,omitempty"`
+	// PublicKey is the certificate's key, PKIX DER.
+	PublicKey []byte        `json:"publicKey"`
+	TTL       time.Duration `json:"ttl"`
+}
+
+type signResponse struct {
+	Chain     string `json:"chain,omitempty"`
+	Error     string `json:"error,omitempty"`
+	NotLeader bool   `json:"notLeader,omitempty"`
+}
+
+// signer signs people's and agents' certificates on whichever node can:
+// this one while its authority is unsealed (it leads), else the Raft
+// leader, over the peer port. It implements api.CertIssuer and
+// node.AgentIssuer.
+type signer struct {
+	g    *Gateway
+	wait time.Duration
+}
+
+func (s signer) IssueUser(ctx context.Context, user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
+	return s.issue(ctx, signRequest{Kind: "user", Subject: user, Groups: groups, TTL: ttl}, pub)
+}
+
+func (s signer) IssueAgent(ctx context.Context, cluster string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
+	return s.issue(ctx, signRequest{Kind: "agent", Subject: cluster, TTL: ttl}, pub)
+}
+
+// IssueNode signs a node certificate for hosts and pub (this node's
+// serving certificate, renewed).
+func (s signer) IssueNode(ctx context.Context, hosts []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
+	return s.issue(ctx, signRequest{Kind: "node", Hosts: hosts, TTL: ttl}, pub)
+}
+
+func (s signer) issue(ctx context.Context, req signRequest, pub crypto.PublicKey) ([]byte, error) {
+	chain, err := signLocal(ctx, s.g.CA, req, pub)
+	if !errors.Is(err, ca.ErrNotLeader) || s.g.cons == nil {
+		return chain, err
+	}
+	if req.PublicKey, err = x509.MarshalPKIXPublicKey(pub); err != nil {
+		return nil, fmt.Errorf("gateway: public key: %w", err)
+	}
+	wait := s.wait
+	if wait <= 0 {
+		wait = DefaultSignWait
+	}
+	deadline := time.Now().Add(wait)
+	last := error(ca.ErrNotLeader)
+	for {
+		if addr, ok := s.leaderPeerAddr(); ok {
+			chain, err := s.remote(ctx, addr, req)
+			if err == nil || !ca.Retryable(err) {
+				return chain, err
+			}
+			last = err
+		} else if !s.g.CA.Sealed() { // this node leads now
+			return signLocal(ctx, s.g.CA, req, pub)
+		}
+		if !time.Now().Before(deadline) {
+			return nil, fmt.Errorf("gateway: no leader signed within %s: %w", wait, last)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// leaderPeerAddr is the Raft leader's current peer address, from the
+// ring, unless this node leads or there is no leader.
+func (s signer) leaderPeerAddr() (string, bool) {
+	name, _ := s.g.cons.Leader()
+	if name == "" || name == s.g.ring.Name() {
+		return "", false
+	}
+	for _, m := range s.g.ring.Members() {
+		if m.Name == name && m.Meta.PeerAddr != "" {
+			return m.Meta.PeerAddr, true
+		}
+	}
+	return "", false
+}
+
+// remoteErr is the leader's refusal: not retryable unless it says it no
+// longer leads.
+type remoteErr struct {
+	msg       string
+	notLeader bool
+}
+
+func (e remoteErr) Error() string   { return "gateway: the leader refused to sign: " + e.msg }
+func (e remoteErr) Retryable() bool { return e.notLeader }
+
+// retryableErr marks a failure to reach the leader as worth a retry.
+type retryableErr struct{ error }
+
+func (e retryableErr) Retryable() bool { return true }
+func (e retryableErr) Unwrap() error   { return e.error }
+
+// remote asks the leader at addr to sign.
+func (s signer) remote(ctx context.Context, addr string, req signRequest) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := s.g.peers.DialProtocol(ctx, addr, SignALPN)
+	if err != nil {
+		return nil, retryableErr{err}
+	}
+	defer c.Close()
+	if d, ok := ctx.Deadline(); ok {
+		c.SetDeadline(d)
+	}
+	if err := tunnel.WriteJSON(c, frameSign, &req); err != nil {
+		return nil, retryableErr{err}
+	}
+	var res signResponse
+	if err := tunnel.ReadJSON(c, frameSigned, &res); err != nil {
+		return nil, retryableErr{err}
+	}
+	if res.Error != "" {
+		return nil, remoteErr{msg: res.Error, notLeader: res.NotLeader}
+	}
+	return []byte(res.Chain), nil
+}
+
+// serveSign answers one node's signing request (Peers.Protocols): the
+// peer port has verified that it is a node.
+func (g *Gateway) serveSign(c *tls.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	var req signRequest
+	if err := tunnel.ReadJSON(c, frameSign, &req); err != nil {
+		g.log.Warn("signing: bad request from a node", "remote", c.RemoteAddr().String(), "err", err)
+		return
+	}
+	var res signResponse
+	pub, err := x509.ParsePKIXPublicKey(req.PublicKey)
+	if err == nil {
+		var chain []byte
+		chain, err = signLocal(context.Background(), g.CA, req, pub)
+		res.Chain = string(chain)
+	}
+	if err != nil {
+		res.Error, res.NotLeader = err.Error(), errors.Is(err, ca.ErrNotLeader)
+	}
+	tunnel.WriteJSON(c, frameSigned, &res)
+}
+
+// signLocal signs with this node's authority (ca.ErrNotLeader while it is
+// sealed).
+func signLocal(ctx context.Context, auth *ca.Authority, req signRequest, pub crypto.PublicKey) ([]byte, error) {
+	switch req.Kind {
+	case "user":
+		return auth.IssueUser(ctx, req.Subject, req.Groups, pub, req.TTL)
+	case "agent":
+		return auth.IssueAgent(ctx, req.Subject, pub, req.TTL)
+	case "node":
+		return auth.IssueNode(ctx, req.Hosts, pub, req.TTL)
+	}
+	return nil, fmt.Errorf("gateway: unknown certificate kind %q", req.Kind)
+}
