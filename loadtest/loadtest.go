@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -149,10 +148,9 @@ func New(cfg Config) (*Run, error) {
 	if !pool.AppendCertsFromPEM(cfg.CAPEM) {
 		return nil, errors.New("loadtest: the CA file holds no certificate")
 	}
-	u, _ := url.Parse(cfg.Server)
-	host := u.Host
-	if u.Port() == "" {
-		host = net.JoinHostPort(u.Hostname(), "443")
+	host, sname, err := tunnel.GatewayAddr(cfg.Server)
+	if err != nil {
+		return nil, err
 	}
 	api, err := apiclient.New(apiclient.Config{Server: cfg.Server, Token: cfg.Token, CAPEM: cfg.CAPEM})
 	if err != nil {
@@ -163,10 +161,10 @@ func New(cfg Config) (*Run, error) {
 	// connection each would leave tens of thousands of ports in TIME_WAIT
 	// beside the tunnels, and run out.
 	reg := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool, ServerName: u.Hostname()},
+		TLSClientConfig:     &tls.Config{RootCAs: pool, ServerName: sname},
 		MaxIdleConnsPerHost: cfg.Parallel,
 	}}
-	return &Run{cfg: cfg, api: api, regClient: reg, pool: pool, host: host, sname: u.Hostname(), log: cfg.Logger, ctx: ctx, cancel: cancel}, nil
+	return &Run{cfg: cfg, api: api, regClient: reg, pool: pool, host: host, sname: sname, log: cfg.Logger, ctx: ctx, cancel: cancel}, nil
 }
 
 // Clusters returns the names of the clusters this run made.

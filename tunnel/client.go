@@ -663,3 +663,18 @@ type streamConn struct {
 	*yamux.Stream
 	header *Header // read-only
 }
+
+// GatewayAddr returns the host:port an agent dials for a gateway URL
+// (https://HOST[:PORT], 443 by default) and the host its certificate must
+// name.
+func GatewayAddr(gatewayURL string) (addr, host string, err error) {
+	u, err := url.Parse(gatewayURL)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return "", "", fmt.Errorf("tunnel: gateway URL %q must be https://HOST[:PORT]", gatewayURL)
+	}
+	addr = u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "443")
+	}
+	return addr, u.Hostname(), nil
+}

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -132,10 +131,9 @@ func New(cfg Config) (*Agent, error) {
 	if !pool.AppendCertsFromPEM(cfg.GatewayCA) {
 		return nil, errors.New("agent: GatewayCA holds no certificate")
 	}
-	u, _ := url.Parse(cfg.GatewayURL)
-	addr := u.Host
-	if u.Port() == "" {
-		addr = net.JoinHostPort(u.Hostname(), "443")
+	addr, _, err := tunnel.GatewayAddr(cfg.GatewayURL)
+	if err != nil {
+		return nil, err
 	}
 	log := cfg.Logger
 	if log == nil {
