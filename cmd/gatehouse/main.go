@@ -259,6 +259,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := os.MkdirAll(*stateDir, 0o700); err != nil {
 		return err
 	}
+	gcfg.CertDir = *stateDir
 	st, err := openStore(ctx, storeCfg(), *migrate)
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
@@ -14,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -346,4 +348,62 @@ type roleSigner struct {
 
 func (a *Authority) signers() []roleSigner {
 	return []roleSigner{{RoleRoot, a.root}, {RoleUsers, a.users}, {RoleAgents, a.agents}, {RoleNodes, a.nodes}}
+}
+
+// Files of a node's kept certificate, in its state directory.
+const (
+	nodeCertFile = "node.crt"
+	nodeKeyFile  = "node.key.sealed"
+)
+
+func nodeKeyAD(name string) []byte { return []byte("gatehouse-node-key/" + name) }
+
+// SaveNodeCertificate keeps a node's certificate in dir (node.crt) with
+// its key sealed under kek (node.key.sealed, never in plaintext), so that
+// the node starts again without a signer: in a gateway cluster only the
+// leader signs.
+func SaveNodeCertificate(ctx context.Context, kek KEK, dir, name string, cert tls.Certificate) error {
+	key, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return errors.New("ca: the node certificate has no signing key")
+	}
+	sealed, err := sealKey(ctx, kek, key, nodeKeyAD(name))
+	if err != nil {
+		return err
+	}
+	var chain []byte
+	for _, der := range cert.Certificate {
+		chain = append(chain, pemBlock("CERTIFICATE", der)...)
+	}
+	if err := writeFile(filepath.Join(dir, nodeKeyFile), sealed); err != nil {
+		return err
+	}
+	return writeFile(filepath.Join(dir, nodeCertFile), chain)
+}
+
+// LoadNodeCertificate reads what SaveNodeCertificate kept (an error
+// wrapping fs.ErrNotExist if nothing is kept).
+func LoadNodeCertificate(ctx context.Context, kek KEK, dir, name string) (tls.Certificate, error) {
+	chain, err := os.ReadFile(filepath.Join(dir, nodeCertFile))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	sealed, err := os.ReadFile(filepath.Join(dir, nodeKeyFile))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	key, err := openKey(ctx, kek, sealed, nodeKeyAD(name))
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("ca: the kept node key: %w", err)
+	}
+	return NodeCertificate(chain, key)
+}
+
+// writeFile replaces path atomically, mode 0600.
+func writeFile(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

@@ -1,11 +1,16 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -104,5 +109,46 @@ func TestOpenPublicVerifiesAndUnsealSigns(t *testing.T) {
 	// Another KEK cannot unseal.
 	if err := leader.Unseal(ctx, newKEK(t), st); err == nil {
 		t.Fatal("unsealed with another key-encryption key")
+	}
+}
+
+// A node's certificate is kept with its key sealed: another KEK cannot
+// open it, and no file holds the key in the clear.
+func TestKeptNodeCertificate(t *testing.T) {
+	ctx := context.Background()
+	st, kek := &memState{}, newKEK(t)
+	auth, err := Init(ctx, DefaultConfig(), kek, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := auth.IssueServer([]string{"127.0.0.1", "gw.example"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if _, err := LoadNodeCertificate(ctx, kek, dir, "n1"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("nothing kept yet: %v", err)
+	}
+	if err := SaveNodeCertificate(ctx, kek, dir, "n1", cert); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadNodeCertificate(ctx, kek, dir, "n1")
+	if err != nil || !bytes.Equal(got.Certificate[0], cert.Certificate[0]) || got.Leaf.VerifyHostname("gw.example") != nil {
+		t.Fatalf("kept certificate: %v", err)
+	}
+	if _, err := LoadNodeCertificate(ctx, newKEK(t), dir, "n1"); err == nil {
+		t.Fatal("another KEK opened the kept key")
+	}
+	if _, err := LoadNodeCertificate(ctx, kek, dir, "n2"); err == nil {
+		t.Fatal("the key opened for another node's name")
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+		info, _ := e.Info()
+		if bytes.Contains(b, der) || bytes.Contains(b, []byte("PRIVATE KEY")) || info.Mode().Perm() != 0o600 {
+			t.Fatalf("%s holds the key in the clear or is mode %v", e.Name(), info.Mode().Perm())
+		}
 	}
 }

@@ -10,13 +10,16 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +50,10 @@ type Config struct {
 	Store *store.Store
 	// KEK unseals the CA's keys.
 	KEK ca.KEK
+	// CertDir, when set, keeps the node's serving certificate across
+	// restarts, its key sealed with KEK: in a gateway cluster a node with a
+	// good kept certificate never unseals the CA's keys unless elected.
+	CertDir string
 	// InitCA creates the CA in the store if it holds none (the first node
 	// of an installation; `gatehouse ca init` does the same on its own).
 	InitCA bool
@@ -219,7 +226,23 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	var err error
 	caCfg := ca.DefaultConfig()
 	caCfg.Now = g.now
-	g.CA, err = ca.Open(ctx, caCfg, cfg.KEK, cfg.Store)
+	// In a gateway cluster only the elected leader unseals the keys: a node
+	// whose kept serving certificate is still good opens the authority
+	// sealed, and never holds them unless it is elected.
+	if cfg.Ring != nil && cfg.Ring.RaftDir != "" && cfg.CertDir != "" {
+		if g.CA, err = ca.OpenPublic(ctx, caCfg, cfg.Store); err == nil {
+			if c, ok := g.keptCert(ctx); ok {
+				g.cert.Store(&c)
+				g.log.Info("serving certificate kept from the last run", "notAfter", c.Leaf.NotAfter)
+			} else {
+				// The interim exception (design 0006): no certificate yet,
+				// and no way to ask the leader before this node has one.
+				err = g.CA.Unseal(ctx, cfg.KEK, cfg.Store)
+			}
+		}
+	} else {
+		g.CA, err = ca.Open(ctx, caCfg, cfg.KEK, cfg.Store)
+	}
 	if errors.Is(err, ca.ErrNoState) && cfg.InitCA {
 		g.CA, err = ca.Init(ctx, caCfg, cfg.KEK, cfg.Store)
 		if errors.Is(err, ca.ErrInitialized) { // another node won the race
@@ -238,8 +261,10 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err := LoadRevocations(ctx, cfg.Store, g.CA); err != nil {
 		return nil, err
 	}
-	if err := g.renewCert(); err != nil {
-		return nil, err
+	if g.cert.Load() == nil {
+		if err := g.renewCert(); err != nil {
+			return nil, err
+		}
 	}
 	if g.policy, err = policy.New(cfg.Store); err != nil {
 		return nil, err
@@ -562,7 +587,52 @@ func (g *Gateway) renewCert() error {
 		return fmt.Errorf("gateway: serving certificate: %w", err)
 	}
 	g.cert.Store(&c)
+	if g.cfg.CertDir != "" {
+		if err := ca.SaveNodeCertificate(context.Background(), g.cfg.KEK, g.cfg.CertDir, g.cfg.Node.Name, c); err != nil {
+			g.log.Warn("serving certificate not kept for the next start", "err", err)
+		}
+	}
 	return nil
+}
+
+// keptCert returns the serving certificate kept from the last run, if it
+// is a node certificate of this CA for this node's hosts with more than a
+// third of its life left (renewal would be due at once otherwise).
+func (g *Gateway) keptCert(ctx context.Context) (tls.Certificate, bool) {
+	c, err := ca.LoadNodeCertificate(ctx, g.cfg.KEK, g.cfg.CertDir, g.cfg.Node.Name)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			g.log.Warn("the kept serving certificate does not load; signing a new one", "err", err)
+		}
+		return tls.Certificate{}, false
+	}
+	var chain []*x509.Certificate
+	for _, der := range c.Certificate {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return tls.Certificate{}, false
+		}
+		chain = append(chain, cert)
+	}
+	if _, err := g.CA.VerifyNode(chain); err != nil {
+		g.log.Info("the kept serving certificate is not good any more; signing a new one", "err", err)
+		return tls.Certificate{}, false
+	}
+	if c.Leaf.NotAfter.Sub(g.now()) < g.cfg.ServingCertTTL/3 {
+		return tls.Certificate{}, false
+	}
+	for _, h := range g.cfg.Hosts {
+		if strings.HasPrefix(h, "*.") {
+			if !slices.Contains(c.Leaf.DNSNames, h) {
+				return tls.Certificate{}, false
+			}
+			continue
+		}
+		if c.Leaf.VerifyHostname(h) != nil {
+			return tls.Certificate{}, false
+		}
+	}
+	return c, true
 }
 
 // ServingCertificate returns the certificate the node serves now.

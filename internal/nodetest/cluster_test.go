@@ -553,4 +553,9 @@ func TestRaftGroupAmongNodeProcesses(t *testing.T) {
 	eventually(t, 30*time.Second, old.Name+" a voter again", func() bool {
 		return raftRoles(t, c, others[0])[old.Name] == "voter"
 	})
+	// It came back with the serving certificate it kept (its key sealed),
+	// so it never unsealed the signing keys: it does not lead.
+	if !old.LogContains("serving certificate kept from the last run") || old.Metric("gatehouse_ca_signing ") != 0 {
+		t.Fatalf("%s did not start sealed with its kept certificate (signing: %v)", old.Name, old.Metric("gatehouse_ca_signing "))
+	}
 }

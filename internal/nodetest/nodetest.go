@@ -450,6 +450,12 @@ func (n *Node) Problems(max int) string {
 	return strings.Join(out, "\n")
 }
 
+// LogContains reports whether the node's log (all its runs) holds s.
+func (n *Node) LogContains(s string) bool {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "node.log"))
+	return bytes.Contains(b, []byte(s))
+}
+
 // LogTail returns the end of the node's log.
 func (n *Node) LogTail() string {
 	b, _ := os.ReadFile(filepath.Join(n.Dir, "node.log"))
