@@ -244,10 +244,9 @@ func (a *Authority) Sealed() bool {
 func (a *Authority) Seal() {
 	a.keyMu.Lock()
 	defer a.keyMu.Unlock()
+	// The references go; Go offers no reliable way to wipe key memory (the
+	// collector may have copied it), so the collector reclaims it.
 	for _, s := range a.signers() {
-		if k, ok := s.signer.key.(*ecdsa.PrivateKey); ok {
-			k.D.SetInt64(0) // best effort: the big.Int's words are overwritten
-		}
 		s.signer.key = nil
 	}
 }
