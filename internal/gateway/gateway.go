@@ -190,6 +190,7 @@ type Gateway struct {
 	revoker     *node.Revoker // the API's, and the change feed's
 	ring        *ring.Ring
 	cons        *consensus.Consensus // nil without a Raft group
+	signMetrics *signMetrics
 	peers       *ring.Peers          // nil for a node alone
 	ringMetrics *ring.Metrics        // nil for a node alone
 
@@ -294,6 +295,8 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 			return 1
 		}))
 	}
+	g.signMetrics = newSignMetrics()
+	ncfg.Collectors = append(ncfg.Collectors, g.signMetrics.collectors()...)
 	ncfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return g.cert.Load(), nil }
 	ncfg.Verifier, ncfg.Registry, ncfg.Audit = g.CA, g.Registry, cfg.Audit
 	ncfg.Grants = &control.Access{Store: cfg.Store, Policy: g.policy, CacheTTL: cfg.AccessCacheTTL, Now: cfg.Now}

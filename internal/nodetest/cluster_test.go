@@ -513,6 +513,16 @@ func TestRaftGroupAmongNodeProcesses(t *testing.T) {
 			}
 		}
 	}
+	// The followers' signing went to the leader; the leader's own signed
+	// where it was asked.
+	forwarded, local := 0.0, 0.0
+	for _, n := range c.Nodes {
+		forwarded += n.Metric(`gatehouse_sign_seconds_count{kind="user",where="leader"}`)
+		local += n.Metric(`gatehouse_sign_seconds_count{kind="user",where="local"}`)
+	}
+	if forwarded != 2 || local != 1 {
+		t.Fatalf("credentials signed: %v through the leader, %v where asked (want 2 and 1)", forwarded, local)
+	}
 	var old *nodetest.Node
 	var others []*nodetest.Node
 	for _, n := range c.Nodes {
