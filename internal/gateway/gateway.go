@@ -191,8 +191,8 @@ type Gateway struct {
 	ring        *ring.Ring
 	cons        *consensus.Consensus // nil without a Raft group
 	signMetrics *signMetrics
-	peers       *ring.Peers          // nil for a node alone
-	ringMetrics *ring.Metrics        // nil for a node alone
+	peers       *ring.Peers   // nil for a node alone
+	ringMetrics *ring.Metrics // nil for a node alone
 
 	ready   chan struct{} // closed once the API serves
 	url     string        // set before ready closes
