@@ -871,3 +871,27 @@ func TestDeleteClusterRevokesItsAgents(t *testing.T) {
 		}
 	})
 }
+
+// A serial is recorded once: a second record of it is refused (the signer
+// then signs again under another serial); expired records are pruned.
+func TestIssuedCertificatesAreUnique(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, clk *clock) {
+		ctx := context.Background()
+		now := time.Now()
+		c := store.IssuedCert{Serial: "ABCDEF0123", Kind: "user", Subject: "ada", Issued: now, NotAfter: now.Add(time.Hour)}
+		must(t, s.RecordIssued(ctx, c))
+		c.Serial = "abcdef0123" // the same serial, in other letters
+		if err := s.RecordIssued(ctx, c); !errors.Is(err, store.ErrExists) {
+			t.Fatalf("a serial recorded twice: %v", err)
+		}
+		if err := s.RecordIssued(ctx, store.IssuedCert{Kind: "user"}); !errors.Is(err, store.ErrInvalid) {
+			t.Fatalf("no serial: %v", err)
+		}
+		must(t, s.RecordIssued(ctx, store.IssuedCert{Serial: "01", Kind: "agent", Subject: "prod", Issued: now, NotAfter: now.Add(-time.Minute)}))
+		n, err := s.PruneIssued(ctx, now)
+		must(t, err)
+		if n != 1 {
+			t.Fatalf("pruned %d, want the one expired", n)
+		}
+	})
+}

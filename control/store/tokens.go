@@ -449,3 +449,56 @@ type withFirst struct {
 }
 
 func (w withFirst) Scan(dest ...any) error { return w.row.Scan(append([]any{w.first}, dest...)...) }
+
+// IssuedCert is a certificate the CA signed.
+type IssuedCert struct {
+	// Serial is the certificate's serial number, lower-case hex.
+	Serial   string
+	Kind     string // user, agent or node
+	Subject  string
+	Issued   time.Time
+	NotAfter time.Time
+}
+
+// RecordIssued records a signed certificate. A serial issued before fails
+// with ErrExists: the signer then signs again under another.
+func (s *Store) RecordIssued(ctx context.Context, c IssuedCert) error {
+	if c.Serial == "" || c.Kind == "" {
+		return fmt.Errorf("%w: an issued certificate needs a serial and a kind", ErrInvalid)
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO issued_certificates (serial, kind, subject, issued_us, not_after_us) VALUES ($1, $2, $3, $4, $5)`,
+			strings.ToLower(c.Serial), c.Kind, c.Subject, micros(c.Issued), micros(c.NotAfter))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: record issued certificate: %w", err)
+	}
+	return nil
+}
+
+// PruneIssued deletes the records of certificates expired before before.
+func (s *Store) PruneIssued(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM issued_certificates WHERE not_after_us < $1`, micros(before))
+	if err != nil {
+		return 0, fmt.Errorf("store: prune issued certificates: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// LookupIssued returns the record of the certificate with serial (hex),
+// or ErrNotFound.
+func (s *Store) LookupIssued(ctx context.Context, serial string) (*IssuedCert, error) {
+	var c IssuedCert
+	var issued, notAfter int64
+	err := s.db.QueryRowContext(ctx, `SELECT serial, kind, subject, issued_us, not_after_us FROM issued_certificates WHERE serial = $1`,
+		strings.ToLower(serial)).Scan(&c.Serial, &c.Kind, &c.Subject, &issued, &notAfter)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: certificate %s", ErrNotFound, serial)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: issued certificate: %w", err)
+	}
+	c.Issued, c.NotAfter = fromMicros(issued), fromMicros(notAfter)
+	return &c, nil
+}

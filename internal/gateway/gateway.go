@@ -708,6 +708,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.goRun(func() { g.feed.Run(ctx) })
 	g.goRun(func() { g.renewLoop(ctx) })
 	g.goRun(func() { g.book.heartbeats(ctx) })
+	// The record of issued serials keeps what may still be in use.
+	g.goRun(func() {
+		every(ctx, time.Hour, func() {
+			if _, err := g.cfg.Store.PruneIssued(ctx, g.now().Add(-time.Hour)); err != nil && ctx.Err() == nil {
+				g.log.Warn("issued certificates not pruned", "err", err)
+			}
+		})
+	})
 	if g.ring != nil {
 		g.goRun(func() {
 			if err := g.peers.Serve(peerCtx); err != nil {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"net"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/gateway"
+	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
@@ -152,5 +155,35 @@ func TestRunReturnsWhenTheNodeCannotListen(t *testing.T) {
 	defer g.Close()
 	if err := g.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "listen") {
 		t.Fatalf("Run on a taken address: %v", err)
+	}
+}
+
+// Every certificate the node signs is recorded by serial (the unique key
+// that keeps a serial from being issued twice): its serving certificate
+// at start, and a person's credential through the API's signer.
+func TestIssuedSerialsAreRecorded(t *testing.T) {
+	st := openStore(t, nil)
+	kek, _ := ca.NewLocalKEK(bytes.Repeat([]byte{3}, 32))
+	cfg := gateway.DefaultConfig()
+	cfg.Node.Addr, cfg.Store, cfg.KEK, cfg.Audit, cfg.InitCA = "127.0.0.1:0", st, kek, &audit.Memory{}, true
+	g, err := gateway.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	serving := g.ServingCertificate().Leaf
+	rec, err := st.LookupIssued(context.Background(), serving.SerialNumber.Text(16))
+	if err != nil || rec.Kind != "node" || rec.Subject != "127.0.0.1" || !rec.NotAfter.Equal(serving.NotAfter.Truncate(time.Microsecond)) {
+		t.Fatalf("the serving certificate's record: %+v %v", rec, err)
+	}
+	key, _, _ := pki.NewKey()
+	chain, err := g.Signer().IssueUser(context.Background(), "ada", nil, key.Public(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(chain)
+	leaf, _ := x509.ParseCertificate(block.Bytes)
+	if rec, err := st.LookupIssued(context.Background(), leaf.SerialNumber.Text(16)); err != nil || rec.Kind != "user" || rec.Subject != "ada" {
+		t.Fatalf("the credential's record: %+v %v", rec, err)
 	}
 }

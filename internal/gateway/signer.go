@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
 )
 
@@ -56,6 +58,15 @@ type signResponse struct {
 type signer struct {
 	g    *Gateway
 	wait time.Duration
+}
+
+// Signer returns the node's signer: this node's authority while it leads
+// (or is alone), else the leader's (api.CertIssuer, node.AgentIssuer).
+func (g *Gateway) Signer() interface {
+	IssueUser(ctx context.Context, user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
+	IssueAgent(ctx context.Context, cluster string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
+} {
+	return signer{g: g}
 }
 
 func (s signer) IssueUser(ctx context.Context, user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
@@ -116,7 +127,7 @@ func (s signer) issue(ctx context.Context, req signRequest, pub crypto.PublicKey
 
 // sign signs locally or on the leader, and says where.
 func (s signer) sign(ctx context.Context, req signRequest, pub crypto.PublicKey) ([]byte, string, error) {
-	chain, err := signLocal(ctx, s.g.CA, req, pub)
+	chain, err := s.g.signLocal(ctx, req, pub)
 	if !errors.Is(err, ca.ErrNotLeader) || s.g.cons == nil {
 		return chain, "local", err
 	}
@@ -137,7 +148,7 @@ func (s signer) sign(ctx context.Context, req signRequest, pub crypto.PublicKey)
 			}
 			last = err
 		} else if !s.g.CA.Sealed() { // this node leads now
-			chain, err := signLocal(ctx, s.g.CA, req, pub)
+			chain, err := s.g.signLocal(ctx, req, pub)
 			return chain, "local", err
 		}
 		if !time.Now().Before(deadline) {
@@ -221,18 +232,54 @@ func (g *Gateway) serveSign(c *tls.Conn) {
 	pub, err := x509.ParsePKIXPublicKey(req.PublicKey)
 	if err == nil {
 		var chain []byte
-		chain, err = signLocal(context.Background(), g.CA, req, pub)
+		chain, err = g.signLocal(context.Background(), req, pub)
 		res.Chain = string(chain)
 	}
 	if err != nil {
-		res.Error, res.NotLeader = err.Error(), errors.Is(err, ca.ErrNotLeader)
+		// NotLeader: worth asking again, here or of a new leader.
+		res.Error, res.NotLeader = err.Error(), ca.Retryable(err)
 	}
 	tunnel.WriteJSON(c, frameSigned, &res)
 }
 
 // signLocal signs with this node's authority (ca.ErrNotLeader while it is
-// sealed).
-func signLocal(ctx context.Context, auth *ca.Authority, req signRequest, pub crypto.PublicKey) ([]byte, error) {
+// sealed) and records the serial in the store, under its unique key: a
+// serial met before (never yet seen: 64 random bits beside the time)
+// means signing again under another.
+func (g *Gateway) signLocal(ctx context.Context, req signRequest, pub crypto.PublicKey) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		chain, err := issueLocal(ctx, g.CA, req, pub)
+		if err != nil {
+			return nil, err
+		}
+		block, _ := pem.Decode(chain)
+		if block == nil {
+			return nil, errors.New("gateway: the authority returned no certificate")
+		}
+		leaf, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		subject := req.Subject
+		if req.Kind == "node" && len(req.Hosts) > 0 {
+			subject = req.Hosts[0]
+		}
+		err = g.cfg.Store.RecordIssued(ctx, store.IssuedCert{Serial: leaf.SerialNumber.Text(16), Kind: req.Kind, Subject: subject,
+			Issued: leaf.NotBefore, NotAfter: leaf.NotAfter})
+		switch {
+		case err == nil:
+			return chain, nil
+		case errors.Is(err, store.ErrExists) && attempt < 3:
+			g.log.Warn("signing: a serial issued before; signing again", "serial", leaf.SerialNumber.Text(16))
+		default:
+			// Not recorded, not handed out: the store decides, and it may
+			// be back in a moment.
+			return nil, retryableErr{fmt.Errorf("gateway: record the issued certificate: %w", err)}
+		}
+	}
+}
+
+func issueLocal(ctx context.Context, auth *ca.Authority, req signRequest, pub crypto.PublicKey) ([]byte, error) {
 	switch req.Kind {
 	case "user":
 		return auth.IssueUser(ctx, req.Subject, req.Groups, pub, req.TTL)
