@@ -100,7 +100,7 @@ func newSignMetrics() *signMetrics {
 		}, []string{"kind", "where"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gatehouse_sign_errors_total",
-			Help: "Certificates asked of this node and not signed, by kind and reason (no_leader, refused).",
+			Help: "Certificates asked of this node and not signed, by kind and reason (unavailable: no leader in time, or the store; refused).",
 		}, []string{"kind", "reason"}),
 	}
 }
@@ -117,7 +117,7 @@ func (s signer) issue(ctx context.Context, req signRequest, pub crypto.PublicKey
 		case err == nil:
 			m.latency.WithLabelValues(req.Kind, where).Observe(time.Since(start).Seconds())
 		case ca.Retryable(err):
-			m.errors.WithLabelValues(req.Kind, "no_leader").Inc()
+			m.errors.WithLabelValues(req.Kind, "unavailable").Inc()
 		default:
 			m.errors.WithLabelValues(req.Kind, "refused").Inc()
 		}
@@ -231,8 +231,10 @@ func (g *Gateway) serveSign(c *tls.Conn) {
 	var res signResponse
 	pub, err := x509.ParsePKIXPublicKey(req.PublicKey)
 	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var chain []byte
-		chain, err = g.signLocal(context.Background(), req, pub)
+		chain, err = g.signLocal(ctx, req, pub)
+		cancel()
 		res.Chain = string(chain)
 	}
 	if err != nil {
