@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -371,7 +372,7 @@ func (r *Ring) Members() []Member {
 	}
 	out = append(out, Member{Name: r.cfg.Name, GossipAddr: r.gossipAddr, Meta: r.meta})
 	r.mu.Unlock()
-	slices.SortFunc(out, func(a, b Member) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -391,16 +392,6 @@ func (r *Ring) remove(name string) {
 	r.mu.Lock()
 	delete(r.members, name)
 	r.mu.Unlock()
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Owners places keys (cluster ids) over the live members that are not

@@ -819,8 +819,7 @@ func (g *Gateway) drain() {
 			}()
 		}
 		wg.Wait()
-		left = g.Registry.Len()
-		if left == 0 || moves == 0 || ctx.Err() != nil {
+		if left = g.Registry.Len(); left == 0 || moves == 0 {
 			break
 		}
 		select {

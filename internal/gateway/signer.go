@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
@@ -62,12 +63,7 @@ type signer struct {
 
 // Signer returns the node's signer: this node's authority while it leads
 // (or is alone), else the leader's (api.CertIssuer, node.AgentIssuer).
-func (g *Gateway) Signer() interface {
-	IssueUser(ctx context.Context, user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
-	IssueAgent(ctx context.Context, cluster string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error)
-} {
-	return signer{g: g}
-}
+func (g *Gateway) Signer() api.CertIssuer { return signer{g: g} }
 
 func (s signer) IssueUser(ctx context.Context, user string, groups []string, pub crypto.PublicKey, ttl time.Duration) ([]byte, error) {
 	return s.issue(ctx, signRequest{Kind: "user", Subject: user, Groups: groups, TTL: ttl}, pub)

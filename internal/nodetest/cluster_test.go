@@ -419,7 +419,10 @@ func TestDeletedClusterLosesItsAgent(t *testing.T) {
 	sessions := agent.Sessions()
 	c.Nodes[1].Stop()
 	c.Nodes[1].Start()
-	time.Sleep(2 * time.Second) // the agent retries with backoff
+	// The agent tries again, with backoff, against a node that is up:
+	// every try is refused.
+	tried := agent.Attempts()
+	eventually(t, 30*time.Second, "two more tries of the agent", func() bool { return agent.Attempts() >= tried+2 })
 	if agent.Remote() != "" || agent.Sessions() != sessions {
 		t.Fatalf("the deleted cluster's agent is back: remote %q, %d sessions (was %d)", agent.Remote(), agent.Sessions(), sessions)
 	}

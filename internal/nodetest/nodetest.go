@@ -581,6 +581,9 @@ func (a *Agent) Redirects() int64 { return a.client.Redirects() }
 // Sessions returns how many tunnel sessions the agent has had.
 func (a *Agent) Sessions() int64 { return a.client.Sessions() }
 
+// Attempts returns how many connections the agent has tried.
+func (a *Agent) Attempts() int64 { return a.client.Attempts() }
+
 // Stop stops the agent. It is idempotent.
 func (a *Agent) Stop() { a.stop() }
 

@@ -87,7 +87,9 @@ func BenchmarkIdleTunnels(b *testing.B) {
 	for range b.N {
 		start := time.Now()
 		var procs []*exec.Cmd
-		connected := make(chan error, n/agentsPerProcess+1)
+		// Each process's reader says once that its agents are up and once
+		// that the process ended: room for both, so that no reader waits.
+		connected := make(chan error, 2*(n/agentsPerProcess+1))
 		for i, left := 0, n; left > 0; i++ {
 			k := min(left, agentsPerProcess)
 			left -= k

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -292,7 +293,7 @@ func (c *Consensus) maybeBootstrap(ctx context.Context) (bool, error) {
 	if len(ready) < c.cfg.BootstrapExpect {
 		return false, nil
 	}
-	slices.SortFunc(ready, func(a, b ring.Member) int { return cmp(a.Name, b.Name) })
+	slices.SortFunc(ready, func(a, b ring.Member) int { return strings.Compare(a.Name, b.Name) })
 	voters := ready[:min(c.cfg.Voters, len(ready))]
 	if !slices.ContainsFunc(voters, func(m ring.Member) bool { return m.Name == string(c.id) }) {
 		return false, nil // not a first voter: added by the leader
@@ -311,16 +312,6 @@ func (c *Consensus) maybeBootstrap(ctx context.Context) (bool, error) {
 	}
 	c.markState(ctx)
 	return true, nil
-}
-
-func cmp(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // reconcile, on the leader, aligns the group with the ring: live members
@@ -526,9 +517,16 @@ func (c *Consensus) Stats() map[string]string { return c.raft.Stats() }
 // voter, so that signing pauses for a hand-over rather than an election.
 // Raft's state stays on disk for the node's return. It is idempotent.
 func (c *Consensus) Close() error {
+	c.shutdown(true)
+	return c.err
+}
+
+// shutdown stops the group's goroutines, Raft and its store, once; a
+// leader first hands leadership over if transfer.
+func (c *Consensus) shutdown(transfer bool) {
 	c.closed.Do(func() {
 		close(c.stop)
-		if c.IsLeader() {
+		if transfer && c.IsLeader() {
 			if err := c.raft.LeadershipTransfer().Error(); err != nil {
 				c.log.Warn("consensus: leadership not transferred", "err", err)
 			} else {
@@ -543,7 +541,6 @@ func (c *Consensus) Close() error {
 			c.err = err
 		}
 	})
-	return c.err
 }
 
 // addressBook finds a server's current address in the ring: a node that
@@ -572,16 +569,7 @@ func (c *Consensus) StepDown() error {
 
 // Halt stops at once, without handing leadership over: to the others it
 // looks like a crash. Tests use it; a node uses Close.
-func (c *Consensus) Halt() {
-	c.closed.Do(func() {
-		close(c.stop)
-		c.trans.Close()
-		c.raft.DeregisterObserver(c.obs)
-		c.err = c.raft.Shutdown().Error()
-		c.wg.Wait()
-		c.store.Close()
-	})
-}
+func (c *Consensus) Halt() { c.shutdown(false) }
 
 // fsm applies commands; its snapshots carry nothing (the store is the
 // truth), only the log's position, which Raft keeps itself.
