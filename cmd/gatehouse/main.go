@@ -189,6 +189,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	kratosAdmin := fs.String("kratos-admin-url", "", "Kratos admin URL (ending a revoked person's sessions, reading SSO links)")
 	ssoFile := fs.String("sso-providers", "", "YAML list of Kratos's OIDC providers whose groups are read at every login (id, preset, issuer, clientID, clientSecret, groupsClaim, provisionOrg)")
 	tokenKeyFile := fs.String("token-key-file", "", "32 random bytes, base64 (openssl rand -base64 32): seals the SSO refresh tokens the store keeps; the same on every node")
+	fs.DurationVar(&gcfg.FeedInterval, "feed-interval", 100*time.Millisecond, "how often the node polls the store's change feed (revocations, grants changed through other nodes; in a gateway cluster revocations also come through the Raft group at once)")
 	fs.DurationVar(&gcfg.AccessCacheTTL, "access-cache-ttl", gcfg.AccessCacheTTL, "how long the node keeps an access decision (0: ask the store on every request); bounds how late a change made through another node is seen")
 	gossipAddr := fs.String("gossip-addr", "", "join a gateway cluster: memberlist's address, host:port (empty: a node on its own)")
 	seeds := fs.String("seeds", "", "other nodes' gossip addresses (or a DNS name resolving to them), comma-separated")
@@ -224,6 +225,9 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 				gcfg.Ring.Seeds = append(gcfg.Ring.Seeds, s)
 			}
 		}
+	}
+	if gcfg.FeedInterval < 10*time.Millisecond || gcfg.FeedInterval > time.Minute {
+		return fmt.Errorf("--feed-interval %s: from 10ms to 1m", gcfg.FeedInterval)
 	}
 	if gcfg.AccessCacheTTL < 0 || gcfg.AccessCacheTTL > time.Minute {
 		return fmt.Errorf("--access-cache-ttl %s: from 0 to 1m", gcfg.AccessCacheTTL)

@@ -191,8 +191,11 @@ type Gateway struct {
 	ring        *ring.Ring
 	cons        *consensus.Consensus // nil without a Raft group
 	signMetrics *signMetrics
-	peers       *ring.Peers   // nil for a node alone
-	ringMetrics *ring.Metrics // nil for a node alone
+	// commands are the Raft log's commands waiting to be applied here.
+	commands         chan []byte
+	broadcastMetrics *broadcastMetrics
+	peers            *ring.Peers   // nil for a node alone
+	ringMetrics      *ring.Metrics // nil for a node alone
 
 	ready   chan struct{} // closed once the API serves
 	url     string        // set before ready closes
@@ -208,7 +211,8 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{})}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{}),
+		commands: make(chan []byte, commandQueue), broadcastMetrics: newBroadcastMetrics()}
 	g.book = &tunnelBook{g: g, sessions: map[string]struct{}{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -257,7 +261,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	// The feed's position first, then the revocations: a revocation made
 	// between the two is both loaded and applied, never neither.
-	g.feed = &control.Follower{Store: cfg.Store, Handler: applier{g}, Interval: cfg.FeedInterval, Logger: g.log, Now: cfg.Now}
+	g.feed = &control.Follower{Store: cfg.Store, Handler: applier{g: g, via: "feed"}, Interval: cfg.FeedInterval, Logger: g.log, Now: cfg.Now}
 	g.feed.Start()
 	if err := LoadRevocations(ctx, cfg.Store, g.CA); err != nil {
 		return nil, err
@@ -297,6 +301,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	g.signMetrics = newSignMetrics()
 	ncfg.Collectors = append(ncfg.Collectors, g.signMetrics.collectors()...)
+	ncfg.Collectors = append(ncfg.Collectors, g.broadcastMetrics.collectors()...)
 	ncfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return g.cert.Load(), nil }
 	ncfg.Verifier, ncfg.Registry, ncfg.Audit = g.CA, g.Registry, cfg.Audit
 	ncfg.Grants = &control.Access{Store: cfg.Store, Policy: g.policy, CacheTTL: cfg.AccessCacheTTL, Now: cfg.Now}
@@ -373,7 +378,7 @@ func (g *Gateway) joinRing(listen string) error {
 				return
 			}
 			g.cons.Handoff(c)
-		}, SignALPN: g.serveSign}
+		}, SignALPN: g.serveSign, ApplyALPN: g.serveApply}
 	}
 	g.peers, err = ring.NewPeers(pcfg)
 	if err != nil {
@@ -399,6 +404,7 @@ func (g *Gateway) joinRing(listen string) error {
 			ccfg.Voters = rc.Voters
 		}
 		ccfg.BootstrapExpect = rc.BootstrapExpect
+		ccfg.Apply = g.committed
 		if g.cons, err = consensus.New(ccfg); err != nil {
 			g.ring.Close()
 			g.peers.Close()
@@ -730,6 +736,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 				}
 			})
 			g.goRun(func() { g.leadership(peerCtx) })
+			g.goRun(func() { g.applyCommands(peerCtx) })
 		}
 		g.goRun(func() { g.ringLoop(ctx) })
 	}
@@ -844,6 +851,11 @@ func (g *Gateway) startAPI(addr net.Addr) error {
 	acfg.GatewayURL, acfg.GatewayCA = g.url, g.CA.RootPEM()
 	acfg.Identity, acfg.SSO = g.cfg.Identity, g.cfg.SSO
 	acfg.Issuer, acfg.Revoker, acfg.Notify = signer{g: g}, g.revoker, g.Node
+	if g.cons != nil {
+		// Revocations reach the other nodes through the Raft log at once,
+		// and through the change feed in any case.
+		acfg.Revoker = clusterRevoker{g}
+	}
 	acfg.View = g
 	a, err := api.New(acfg)
 	if err != nil {
@@ -873,8 +885,12 @@ func (g *Gateway) Close() error {
 	return nil
 }
 
-// applier applies the change feed on this node.
-type applier struct{ g *Gateway }
+// applier applies the change feed, and the Raft log's commands, on this
+// node; via names the way (a metric's label).
+type applier struct {
+	g   *Gateway
+	via string
+}
 
 var _ control.ChangeHandler = applier{}
 
@@ -882,6 +898,7 @@ var _ control.ChangeHandler = applier{}
 // has applied it already; applying it again does no harm.
 func (a applier) ApplyChange(ctx context.Context, c store.Change) error {
 	g, rev := a.g, a.g.revoker
+	g.broadcastMetrics.applied.WithLabelValues(a.via).Inc()
 	switch c.Kind {
 	case store.ChangeAccess:
 		return g.Node.AccessChanged(ctx, c.Subject, nil)

@@ -134,43 +134,13 @@ func (s signer) sign(ctx context.Context, req signRequest, pub crypto.PublicKey)
 	if wait <= 0 {
 		wait = DefaultSignWait
 	}
-	deadline := time.Now().Add(wait)
-	last := error(ca.ErrNotLeader)
-	for {
-		if addr, ok := s.leaderPeerAddr(); ok {
-			chain, err := s.remote(ctx, addr, req)
-			if err == nil || !ca.Retryable(err) {
-				return chain, "leader", err
-			}
-			last = err
-		} else if !s.g.CA.Sealed() { // this node leads now
-			chain, err := s.g.signLocal(ctx, req, pub)
-			return chain, "local", err
-		}
-		if !time.Now().Before(deadline) {
-			return nil, "", fmt.Errorf("gateway: no leader signed within %s: %w", wait, last)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, "", ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
+	where, err := s.g.onLeader(ctx, wait, func() bool { return !s.g.CA.Sealed() },
+		func() (err error) { chain, err = s.g.signLocal(ctx, req, pub); return err },
+		func(addr string) (err error) { chain, err = s.remote(ctx, addr, req); return err })
+	if err != nil {
+		return nil, "", err
 	}
-}
-
-// leaderPeerAddr is the Raft leader's current peer address, from the
-// ring, unless this node leads or there is no leader.
-func (s signer) leaderPeerAddr() (string, bool) {
-	name, _ := s.g.cons.Leader()
-	if name == "" || name == s.g.ring.Name() {
-		return "", false
-	}
-	for _, m := range s.g.ring.Members() {
-		if m.Name == name && m.Meta.PeerAddr != "" {
-			return m.Meta.PeerAddr, true
-		}
-	}
-	return "", false
+	return chain, where, nil
 }
 
 // remoteErr is the leader's refusal: not retryable unless it says it no

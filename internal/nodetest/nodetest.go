@@ -113,7 +113,8 @@ type Cluster struct {
 	rootOnce sync.Once
 	root     []byte
 
-	apart      bool // each node on its own address (StartRingApart)
+	apart      bool     // each node on its own address (StartRingApart)
+	nodeArgs   []string // every node's extra flags (StartRingArgs)
 	voters     int  // of the Raft group: the nodes started, up to 3
 	front      *front.Front
 	frontAddrs atomic.Pointer[[]string] // every node's address, for the front
@@ -127,7 +128,9 @@ type Node struct {
 	// MetricsAddr serves the node's Prometheus metrics (plain HTTP).
 	MetricsAddr string
 	// Env is added to the process's environment at its next Start.
-	Env  []string
+	Env []string
+	// Args are added to the command line at its next Start.
+	Args []string
 	c    *Cluster
 	cmd  *exec.Cmd
 	done chan error
@@ -149,15 +152,20 @@ func StartRing(t testing.TB, n int, clusters ...string) *Cluster { return start(
 // own (127.0.0.11, 127.0.0.12, ...) for all its ports, and its outgoing
 // gossip and forwarding from that address: Partition can then cut nodes
 // apart.
-func StartRingApart(t testing.TB, n int) *Cluster { return startOpts(t, n, true, nil, true) }
+func StartRingApart(t testing.TB, n int) *Cluster { return startOpts(t, n, true, nil, true, nil) }
 
-func start(t testing.TB, n int, inRing bool, clusters []string) *Cluster {
-	return startOpts(t, n, inRing, clusters, false)
+// StartRingArgs is StartRing with extra flags for every node.
+func StartRingArgs(t testing.TB, n int, args ...string) *Cluster {
+	return startOpts(t, n, true, nil, false, args)
 }
 
-func startOpts(t testing.TB, n int, inRing bool, clusters []string, apart bool) *Cluster {
+func start(t testing.TB, n int, inRing bool, clusters []string) *Cluster {
+	return startOpts(t, n, inRing, clusters, false, nil)
+}
+
+func startOpts(t testing.TB, n int, inRing bool, clusters []string, apart bool, args []string) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, Bin: Binary(t), Dir: t.TempDir(), apart: apart, voters: min(max(n, 1), 3)}
+	c := &Cluster{t: t, Bin: Binary(t), Dir: t.TempDir(), apart: apart, voters: min(max(n, 1), 3), nodeArgs: args}
 	pg := testenv.PostgresT(t)
 	c.DSN = pg.DSN
 	key := make([]byte, 32)
@@ -327,6 +335,8 @@ func (n *Node) Start() {
 		args = append(args, "--gossip-addr", n.GossipAddr, "--gossip-key-file", n.c.GossipKeyFile, "--peer-addr", n.PeerAddr,
 			"--seeds", strings.Join(seeds, ","), "--voters", strconv.Itoa(n.c.voters))
 	}
+	args = append(args, n.c.nodeArgs...)
+	args = append(args, n.Args...)
 	n.cmd = exec.Command(n.c.Bin, args...)
 	n.cmd.Env = append(os.Environ(), n.Env...)
 	// Killed with the test process, even one that panics before its
