@@ -115,7 +115,7 @@ type Cluster struct {
 
 	apart      bool     // each node on its own address (StartRingApart)
 	nodeArgs   []string // every node's extra flags (StartRingArgs)
-	voters     int  // of the Raft group: the nodes started, up to 3
+	voters     int      // of the Raft group: the nodes started, up to 3
 	front      *front.Front
 	frontAddrs atomic.Pointer[[]string] // every node's address, for the front
 }
