@@ -61,7 +61,7 @@ func fakeAPI() http.Handler {
 	return mux
 }
 
-func get(t *testing.T, c *nodetest.Cluster, n *nodetest.Node, cert tls.Certificate, path string) int {
+func get(t testing.TB, c *nodetest.Cluster, n *nodetest.Node, cert tls.Certificate, path string) int {
 	t.Helper()
 	hc := c.HTTPClient(&cert)
 	defer hc.CloseIdleConnections()
@@ -430,7 +430,7 @@ func TestDeletedClusterLosesItsAgent(t *testing.T) {
 
 // raftRoles asks node n for the members' places in the Raft group (nil
 // if it cannot say); it may run outside the test's goroutine.
-func raftRoles(t *testing.T, c *nodetest.Cluster, n *nodetest.Node) map[string]string {
+func raftRoles(t testing.TB, c *nodetest.Cluster, n *nodetest.Node) map[string]string {
 	req, _ := http.NewRequest(http.MethodGet, n.URL()+"/api/v1/status", nil)
 	req.Header.Set("Authorization", "Bearer "+c.AdminToken)
 	hc := c.HTTPClient(nil)

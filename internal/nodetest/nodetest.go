@@ -597,6 +597,21 @@ func (a *Agent) Attempts() int64 { return a.client.Attempts() }
 // Stop stops the agent. It is idempotent.
 func (a *Agent) Stop() { a.stop() }
 
+// Renew asks the gateway, over the agent's tunnel, for a certificate for a
+// new key, as the agent does before its certificate expires, and returns
+// the chain (PEM). The agent goes on with the certificate it has.
+func (a *Agent) Renew(ctx context.Context) ([]byte, error) {
+	key, _, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.CSR(key)
+	if err != nil {
+		return nil, err
+	}
+	return a.client.RenewCertificate(ctx, csr)
+}
+
 // StartAgent registers cluster (made in the store, in Project) through
 // node n and runs its agent's tunnel to n, serving h.
 func (c *Cluster) StartAgent(cluster string, n *Node, h http.Handler) *Agent {
