@@ -152,7 +152,7 @@ func (g *Gateway) broadcast(ctx context.Context, ch store.Change) {
 	if err == nil {
 		_, err = g.onLeader(ctx, broadcastWait, g.cons.IsLeader,
 			func() error { return g.applyHere(b) },
-			func(addr string) error { return g.applyRemote(ctx, addr, &cmd) })
+			func(ctx context.Context, addr string) error { return g.applyRemote(ctx, addr, &cmd) })
 	}
 	if err != nil {
 		g.broadcastMetrics.sent.WithLabelValues("failed").Inc()
@@ -221,17 +221,21 @@ func (g *Gateway) serveApply(c *tls.Conn) {
 }
 
 // onLeader runs local while this node leads (leads), else remote against
-// the Raft leader's peer address. While there is no leader, or the one
+// the Raft leader's peer address, within the wait and a second. While there is no leader, or the one
 // asked no longer leads (a retryable error), it tries again every 100 ms
 // for at most wait. It says where it ran: "local" or "leader".
-func (g *Gateway) onLeader(ctx context.Context, wait time.Duration, leads func() bool, local func() error, remote func(addr string) error) (string, error) {
+func (g *Gateway) onLeader(ctx context.Context, wait time.Duration, leads func() bool, local func() error, remote func(ctx context.Context, addr string) error) (string, error) {
 	deadline := time.Now().Add(wait)
 	last := error(ca.ErrNotLeader)
 	for {
 		var where string
 		var err error
 		if addr, ok := g.leaderPeerAddr(); ok {
-			where, err = "leader", remote(addr)
+			// A leader cut off by a partition does not answer at all: the
+			// call ends a moment after the wait.
+			rctx, cancel := context.WithDeadline(ctx, deadline.Add(time.Second))
+			where, err = "leader", remote(rctx, addr)
+			cancel()
 		} else if leads() {
 			where, err = "local", local()
 		} else {

@@ -136,7 +136,7 @@ func (s signer) sign(ctx context.Context, req signRequest, pub crypto.PublicKey)
 	}
 	where, err := s.g.onLeader(ctx, wait, func() bool { return !s.g.CA.Sealed() },
 		func() (err error) { chain, err = s.g.signLocal(ctx, req, pub); return err },
-		func(addr string) (err error) { chain, err = s.remote(ctx, addr, req); return err })
+		func(ctx context.Context, addr string) (err error) { chain, err = s.remote(ctx, addr, req); return err })
 	if err != nil {
 		return nil, "", err
 	}
