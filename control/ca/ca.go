@@ -106,8 +106,11 @@ func (s *signer) checked(leaf *x509.Certificate, verify func() error) error {
 
 // Authority issues and verifies Gatehouse certificates.
 type Authority struct {
-	now                        func() time.Time
-	root, users, agents, nodes *signer
+	now  func() time.Time
+	name string
+	// set is the generations trusted now, and which signs (generations.go):
+	// replaced whole when a rotation moves on, read without a lock.
+	set atomic.Pointer[genSet]
 
 	// keyMu guards the signers' keys: nil while the authority is sealed
 	// (a node that does not lead the gateway cluster holds none).
@@ -127,7 +130,7 @@ func (c Config) validate() error {
 }
 
 func newAuthority(cfg Config) *Authority {
-	a := &Authority{now: cfg.Now, revoked: map[string]time.Time{}, usersBefore: map[string]time.Time{}, agentsBefore: map[string]time.Time{}}
+	a := &Authority{now: cfg.Now, name: cfg.Name, revoked: map[string]time.Time{}, usersBefore: map[string]time.Time{}, agentsBefore: map[string]time.Time{}}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -141,21 +144,12 @@ func New(cfg Config) (*Authority, error) {
 		return nil, err
 	}
 	a := newAuthority(cfg)
-	var err error
-	// Ten years for the root and intermediates: rotation is an explicit
-	// operation, not something expiry forces at a bad moment.
-	if a.root, err = a.newSigner(nil, cfg.Name+" root", 10*365*24*time.Hour); err != nil {
+	g, err := a.newGeneration(1, nil)
+	if err != nil {
 		return nil, err
 	}
-	if a.users, err = a.newSigner(a.root, cfg.Name+" users", 10*365*24*time.Hour); err != nil {
-		return nil, err
-	}
-	if a.agents, err = a.newSigner(a.root, cfg.Name+" agents", 10*365*24*time.Hour); err != nil {
-		return nil, err
-	}
-	if a.nodes, err = a.newSigner(a.root, cfg.Name+" nodes", 10*365*24*time.Hour); err != nil {
-		return nil, err
-	}
+	g.info.Phase, g.info.Created = PhaseActive, a.now().UTC()
+	a.set.Store(newGenSet([]*generation{g}))
 	return a, nil
 }
 
@@ -192,12 +186,13 @@ func (a *Authority) newSigner(parent *signer, cn string, ttl time.Duration) (*si
 	return &signer{cert: cert, key: key, pool: pool}, nil
 }
 
-// RootPEM returns the root certificate, which clients use to verify the
-// gateway.
-func (a *Authority) RootPEM() []byte { return certPEM(a.root.cert) }
+// RootPEM returns the trust bundle: the root certificate, which clients
+// use to verify the gateway, and during a root rotation the new root
+// beside it.
+func (a *Authority) RootPEM() []byte { return a.cur().rootsPEM }
 
-// RootPool returns a pool holding the root certificate.
-func (a *Authority) RootPool() *x509.CertPool { return a.root.pool }
+// RootPool returns a pool holding the roots of RootPEM.
+func (a *Authority) RootPool() *x509.CertPool { return a.cur().roots }
 
 // IssueUser signs a client certificate for a person: CN is the user id, O
 // the groups. The chain (leaf, users intermediate) is returned in PEM.
@@ -210,7 +205,7 @@ func (a *Authority) IssueUser(_ context.Context, user string, groups []string, p
 			return nil, err
 		}
 	}
-	return a.issueClient(a.users, pkix.Name{CommonName: user, Organization: groups}, pub, ttl)
+	return a.issueClient(a.cur().active.users, pkix.Name{CommonName: user, Organization: groups}, pub, ttl)
 }
 
 // IssueAgent signs a client certificate for a cluster's agent: CN is the
@@ -219,7 +214,7 @@ func (a *Authority) IssueAgent(_ context.Context, cluster string, pub crypto.Pub
 	if err := checkName(cluster); err != nil {
 		return nil, err
 	}
-	return a.issueClient(a.agents, pkix.Name{CommonName: cluster}, pub, ttl)
+	return a.issueClient(a.cur().active.agents, pkix.Name{CommonName: cluster}, pub, ttl)
 }
 
 // key returns s's key, or ErrNotLeader while the authority is sealed.
@@ -235,7 +230,7 @@ func (a *Authority) key(s *signer) (crypto.Signer, error) {
 // Sealed reports whether the authority holds no signing key: it verifies,
 // and Issue* answer ErrNotLeader.
 func (a *Authority) Sealed() bool {
-	_, err := a.key(a.users)
+	_, err := a.key(a.cur().active.users)
 	return err != nil
 }
 
@@ -246,8 +241,10 @@ func (a *Authority) Seal() {
 	defer a.keyMu.Unlock()
 	// The references go; Go offers no reliable way to wipe key memory (the
 	// collector may have copied it), so the collector reclaims it.
-	for _, s := range a.signers() {
-		s.signer.key = nil
+	for _, g := range a.cur().gens {
+		for _, s := range g.signers() {
+			s.signer.key = nil
+		}
 	}
 }
 
@@ -300,7 +297,8 @@ func (a *Authority) IssueNode(_ context.Context, hosts []string, pub crypto.Publ
 	if len(hosts) == 0 || ttl <= 0 {
 		return nil, errors.New("ca: a node certificate needs hosts and a positive ttl")
 	}
-	nodesKey, err := a.key(a.nodes)
+	nodes := a.cur().serving.nodes
+	nodesKey, err := a.key(nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -320,11 +318,11 @@ func (a *Authority) IssueNode(_ context.Context, hosts []string, pub crypto.Publ
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.nodes.cert, pub, nodesKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, nodes.cert, pub, nodesKey)
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
-	return append(pemBlock("CERTIFICATE", der), certPEM(a.nodes.cert)...), nil
+	return append(pemBlock("CERTIFICATE", der), certPEM(nodes.cert)...), nil
 }
 
 // NodeCertificate makes a TLS certificate of a node's chain (PEM, from
@@ -363,7 +361,7 @@ type UserIdentity struct {
 // VerifyUser checks a person's certificate chain as presented in TLS:
 // signed by the users intermediate, valid now, for client auth, not revoked.
 func (a *Authority) VerifyUser(chain []*x509.Certificate) (UserIdentity, error) {
-	leaf, err := a.verify(a.users, chain)
+	leaf, err := a.verify(RoleUsers, chain)
 	if err != nil {
 		return UserIdentity{}, err
 	}
@@ -389,19 +387,19 @@ func (a *Authority) VerifyNode(chain []*x509.Certificate) (string, error) {
 	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
 		return "", ErrExpired
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: a.nodes.pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: a.cur().nodesPool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return "", fmt.Errorf("%w: %v", ErrWrongKind, err)
 	}
 	return leaf.Subject.CommonName, nil
 }
 
-// NodesPool returns a pool holding the nodes intermediate: what a node
-// trusts for its peers' certificates.
-func (a *Authority) NodesPool() *x509.CertPool { return a.nodes.pool }
+// NodesPool returns a pool holding the trusted nodes intermediates: what a
+// node trusts for its peers' certificates.
+func (a *Authority) NodesPool() *x509.CertPool { return a.cur().nodesPool }
 
 // VerifyAgent checks an agent's certificate chain and returns its cluster id.
 func (a *Authority) VerifyAgent(chain []*x509.Certificate) (cluster string, notAfter time.Time, err error) {
-	leaf, err := a.verify(a.agents, chain)
+	leaf, err := a.verify(RoleAgents, chain)
 	if err != nil {
 		return "", time.Time{}, err
 	}
@@ -414,16 +412,20 @@ func (a *Authority) VerifyAgent(chain []*x509.Certificate) (cluster string, notA
 	return leaf.Subject.CommonName, leaf.NotAfter, nil
 }
 
-func (a *Authority) verify(s *signer, chain []*x509.Certificate) (*x509.Certificate, error) {
+func (a *Authority) verify(role string, chain []*x509.Certificate) (*x509.Certificate, error) {
 	if len(chain) == 0 {
 		return nil, ErrNoCertificate
 	}
 	leaf := chain[0]
+	s := a.cur().issuer(role, leaf)
+	if s == nil {
+		return nil, fmt.Errorf("%w: not signed by a trusted %s intermediate", ErrWrongKind, role)
+	}
 	now := a.now()
 	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
 		return nil, fmt.Errorf("%w: valid %s to %s", ErrExpired, leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
-	// The intermediate is the trust anchor: a chain through the other
+	// The intermediate is the trust anchor: a chain through another
 	// intermediate, or any other CA, does not verify. (Validity was checked
 	// above, for every request; the signature once per certificate.)
 	if err := s.checked(leaf, func() error {

@@ -11,7 +11,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -54,15 +53,18 @@ type StoredKey struct {
 }
 
 // State is the CA's durable state: what every node of a gateway cluster
-// shares through the store.
+// shares through the store. Keys are those of the generations not
+// retired; Generations says what phase each is in (a generation the store
+// does not describe is active: a store from before rotation).
 type State struct {
-	Keys []StoredKey
+	Keys        []StoredKey
+	Generations []Generation
 }
 
 // StateStore keeps the CA's state. *store.Store implements it.
 type StateStore interface {
-	// LoadCA returns the newest generation of the CA's keys, or an error
-	// wrapping ErrNoState.
+	// LoadCA returns the generations of the CA's keys that are not
+	// retired, or an error wrapping ErrNoState.
 	LoadCA(ctx context.Context) (*State, error)
 	// CreateCA records a first state; it fails with an error wrapping
 	// ErrInitialized if there is one already (two concurrent inits: one
@@ -213,8 +215,9 @@ func Init(ctx context.Context, cfg Config, kek KEK, st StateStore) (*Authority, 
 	if err != nil {
 		return nil, err
 	}
-	state := &State{}
-	for _, s := range a.signers() {
+	g := a.cur().active
+	state := &State{Generations: []Generation{g.info}}
+	for _, s := range g.signers() {
 		ad := keyAD(s.role, 1)
 		sealed, err := sealKey(ctx, kek, s.signer.key, ad)
 		if err != nil {
@@ -260,44 +263,18 @@ func openPublic(ctx context.Context, cfg Config, st StateStore) (*Authority, *St
 		return nil, nil, err
 	}
 	a := newAuthority(cfg)
-	for _, k := range state.Keys {
-		block, _ := pem.Decode(k.CertPEM)
-		if block == nil {
-			return nil, nil, fmt.Errorf("ca: the %s certificate is not PEM", k.Role)
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, nil, fmt.Errorf("ca: the %s certificate: %w", k.Role, err)
-		}
-		s := &signer{cert: cert, pool: x509.NewCertPool()}
-		s.pool.AddCert(cert)
-		switch k.Role {
-		case RoleRoot:
-			a.root = s
-		case RoleUsers:
-			a.users = s
-		case RoleAgents:
-			a.agents = s
-		case RoleNodes:
-			a.nodes = s
-		default:
-			return nil, nil, fmt.Errorf("ca: unknown key role %q", k.Role)
-		}
+	set, err := a.buildSet(state, nil)
+	if err != nil {
+		return nil, nil, err
 	}
-	if a.root == nil || a.users == nil || a.agents == nil || a.nodes == nil {
-		return nil, nil, errors.New("ca: the stored state lacks a key (root, users, agents and nodes are needed)")
-	}
-	for _, s := range []*signer{a.users, a.agents, a.nodes} {
-		if err := s.cert.CheckSignatureFrom(a.root.cert); err != nil {
-			return nil, nil, fmt.Errorf("ca: intermediate %q is not signed by the root: %w", s.cert.Subject.CommonName, err)
-		}
-	}
+	a.set.Store(set)
 	return a, state, nil
 }
 
 // Unseal loads the signing keys from st, unsealed with kek: the node now
-// signs (it leads the gateway cluster). Each key must match the
-// certificate the authority was opened with.
+// signs (it leads the gateway cluster). It reloads the generations first
+// (a rotation may have moved on while it was sealed); each key must match
+// its certificate.
 func (a *Authority) Unseal(ctx context.Context, kek KEK, st StateStore) error {
 	if kek == nil {
 		return ErrNoKEK
@@ -310,31 +287,63 @@ func (a *Authority) Unseal(ctx context.Context, kek KEK, st StateStore) error {
 }
 
 func (a *Authority) unseal(ctx context.Context, kek KEK, state *State) error {
+	a.keyMu.Lock()
+	defer a.keyMu.Unlock()
+	set, err := a.buildSet(state, a.cur())
+	if err != nil {
+		return err
+	}
+	if err := unsealSet(ctx, kek, state, set); err != nil {
+		return err
+	}
+	a.set.Store(set)
+	return nil
+}
+
+// unsealSet unseals the keys of every generation of set from state, all
+// or none. The caller holds keyMu (or set is not in use yet).
+func unsealSet(ctx context.Context, kek KEK, state *State, set *genSet) error {
 	keys := map[*signer]crypto.Signer{}
-	byRole := map[string]*signer{RoleRoot: a.root, RoleUsers: a.users, RoleAgents: a.agents, RoleNodes: a.nodes}
+	for _, g := range set.gens {
+		for _, rs := range g.signers() {
+			if rs.signer.key != nil {
+				keys[rs.signer] = rs.signer.key
+			}
+		}
+	}
 	for _, k := range state.Keys {
-		s := byRole[k.Role]
+		var s *signer
+		for _, g := range set.gens {
+			if g.info.Number == k.Generation {
+				s = g.byRole(k.Role)
+			}
+		}
 		if s == nil {
-			return fmt.Errorf("ca: unknown key role %q", k.Role)
+			continue // a generation the set does not hold
+		}
+		if _, ok := keys[s]; ok {
+			continue
 		}
 		if k.KEKID != kek.ID() {
 			return fmt.Errorf("ca: the %s key was sealed with key-encryption key %s, and this node has %s", k.Role, k.KEKID, kek.ID())
 		}
 		key, err := openKey(ctx, kek, k.SealedKey, keyAD(k.Role, k.Generation))
 		if err != nil {
-			return fmt.Errorf("ca: the %s key: %w", k.Role, err)
+			return fmt.Errorf("ca: the %s key of generation %d: %w", k.Role, k.Generation, err)
 		}
 		pub, ok := key.Public().(*ecdsa.PublicKey)
 		if !ok || !pub.Equal(s.cert.PublicKey) {
-			return fmt.Errorf("ca: the %s key does not match its certificate", k.Role)
+			return fmt.Errorf("ca: the %s key of generation %d does not match its certificate", k.Role, k.Generation)
 		}
 		keys[s] = key
 	}
-	if len(keys) != 4 {
-		return errors.New("ca: the stored state lacks a key (root, users, agents and nodes are needed)")
+	for _, g := range set.gens {
+		for _, rs := range g.signers() {
+			if keys[rs.signer] == nil {
+				return fmt.Errorf("ca: generation %d lacks its %s key (root, users, agents and nodes are needed)", g.info.Number, rs.role)
+			}
+		}
 	}
-	a.keyMu.Lock()
-	defer a.keyMu.Unlock()
 	for s, key := range keys {
 		s.key = key
 	}
@@ -344,10 +353,6 @@ func (a *Authority) unseal(ctx context.Context, kek KEK, state *State) error {
 type roleSigner struct {
 	role   string
 	signer *signer
-}
-
-func (a *Authority) signers() []roleSigner {
-	return []roleSigner{{RoleRoot, a.root}, {RoleUsers, a.users}, {RoleAgents, a.agents}, {RoleNodes, a.nodes}}
 }
 
 // Files of a node's kept certificate, in its state directory.

@@ -27,6 +27,9 @@ const (
 	ChangeRevokeCluster = "revoke.cluster"
 	// ChangeRevokeToken: the API token Subject is revoked.
 	ChangeRevokeToken = "revoke.token"
+	// ChangeCA: the certificate authority's generations changed (a
+	// rotation moved on; Subject is the generation): nodes reload them.
+	ChangeCA = "ca"
 )
 
 // Change is a row of the change feed.

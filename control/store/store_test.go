@@ -895,3 +895,154 @@ func TestIssuedCertificatesAreUnique(t *testing.T) {
 		}
 	})
 }
+
+// A rotation through the store (issue 11): intermediates, then the root.
+// Each phase is seen by an unsealed authority (the leader) and a sealed
+// one (a follower) once they reload; what the old generation signed is
+// trusted until it retires; node certificates stay under the old root
+// until it retires.
+func TestCARotation(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, clk *clock) {
+		ctx := context.Background()
+		kek, err := ca.NewLocalKEK(bytes.Repeat([]byte{7}, 32))
+		must(t, err)
+		leader, err := ca.Init(ctx, ca.DefaultConfig(), kek, s)
+		must(t, err)
+		follower, err := ca.OpenPublic(ctx, ca.DefaultConfig(), s)
+		must(t, err)
+		reload := func() {
+			t.Helper()
+			must(t, leader.Reload(ctx, kek, s))
+			must(t, follower.Reload(ctx, nil, s))
+		}
+		issue := func() []*x509.Certificate {
+			t.Helper()
+			key, _, err := pki.NewKey()
+			must(t, err)
+			chain, err := leader.IssueUser(ctx, "ada", nil, key.Public(), time.Hour)
+			must(t, err)
+			return parseCerts(t, chain)
+		}
+		verifies := func(what string, chain []*x509.Certificate, want bool) {
+			t.Helper()
+			for _, a := range []*ca.Authority{leader, follower} {
+				if _, err := a.VerifyUser(chain); (err == nil) != want {
+					t.Fatalf("%s: verify: %v, want ok %v", what, err, want)
+				}
+			}
+		}
+		nodeIssuer := func() string {
+			t.Helper()
+			key, _, err := pki.NewKey()
+			must(t, err)
+			chain, err := leader.IssueNode(ctx, []string{"node-1"}, key.Public(), time.Hour)
+			must(t, err)
+			return parseCerts(t, chain)[0].Issuer.CommonName
+		}
+		first := issue()
+		root1 := leader.RootPEM()
+		changes := func() int {
+			t.Helper()
+			cs, err := s.Changes(ctx, time.Time{}, time.Time{}, "", 1000)
+			must(t, err)
+			n := 0
+			for _, c := range cs {
+				if c.Kind == store.ChangeCA {
+					n++
+				}
+			}
+			return n
+		}
+
+		// Intermediates: standby, trusted everywhere, signing nothing.
+		_, err = ca.Rotate(ctx, ca.DefaultConfig(), nil, s, false)
+		wantErr(t, err, ca.ErrNoKEK)
+		g2, err := ca.Rotate(ctx, ca.DefaultConfig(), kek, s, false)
+		must(t, err)
+		if g2.Number != 2 || g2.Phase != ca.PhaseStandby || g2.NewRoot {
+			t.Fatalf("rotation: %+v", g2)
+		}
+		_, err = ca.Rotate(ctx, ca.DefaultConfig(), kek, s, false)
+		wantErr(t, err, ca.ErrRotating)
+		reload()
+		if leader.Active() != 1 || follower.Newest() != 2 || !bytes.Equal(leader.RootPEM(), root1) {
+			t.Fatalf("standby: active %d, newest %d", leader.Active(), follower.Newest())
+		}
+		if got := issue()[0].Issuer.CommonName; got != "gatehouse users" {
+			t.Fatalf("in standby, issued by %q", got)
+		}
+		// Active: the new intermediates sign; the old stays trusted.
+		must(t, s.ActivateCAGeneration(ctx, 2, clk.Now().Add(time.Hour)))
+		wantErr(t, s.ActivateCAGeneration(ctx, 2, clk.Now().Add(time.Hour)), store.ErrConflict)
+		reload()
+		second := issue()
+		if leader.Active() != 2 || second[0].Issuer.CommonName != "gatehouse users (generation 2)" || nodeIssuer() != "gatehouse nodes (generation 2)" {
+			t.Fatalf("active: generation %d, issued by %q", leader.Active(), second[0].Issuer.CommonName)
+		}
+		verifies("first generation's, while it retires", first, true)
+		verifies("second generation's", second, true)
+		if !bytes.Equal(leader.RootPEM(), root1) || !bytes.Equal(follower.RootPEM(), root1) {
+			t.Fatal("the root changed in an intermediate rotation")
+		}
+		gens := follower.Generations()
+		if len(gens) != 2 || gens[0].Phase != ca.PhaseRetiring || gens[1].Phase != ca.PhaseActive || gens[0].RootFingerprint != gens[1].RootFingerprint {
+			t.Fatalf("generations: %+v", gens)
+		}
+		// Retired: the old generation's certificates are refused.
+		must(t, s.RetireCAGeneration(ctx, 1))
+		reload()
+		verifies("first generation's, retired", first, false)
+		verifies("second generation's", second, true)
+
+		// The root: both roots in the bundle from standby on; node
+		// certificates under the old root until it retires.
+		g3, err := ca.Rotate(ctx, ca.DefaultConfig(), kek, s, true)
+		must(t, err)
+		if !g3.NewRoot {
+			t.Fatalf("root rotation: %+v", g3)
+		}
+		reload()
+		if n := strings.Count(string(follower.RootPEM()), "BEGIN CERTIFICATE"); n != 2 {
+			t.Fatalf("%d roots in the bundle during a root rotation", n)
+		}
+		must(t, s.ActivateCAGeneration(ctx, 3, clk.Now().Add(time.Hour)))
+		reload()
+		third := issue()
+		if third[0].Issuer.CommonName != "gatehouse users (generation 3)" || nodeIssuer() != "gatehouse nodes (generation 2)" {
+			t.Fatalf("root rotation, active: issued by %q, nodes by %q", third[0].Issuer.CommonName, nodeIssuer())
+		}
+		verifies("second generation's, under the old root", second, true)
+		verifies("third generation's, under the new root", third, true)
+		must(t, s.RetireCAGeneration(ctx, 2))
+		reload()
+		if nodeIssuer() != "gatehouse nodes (generation 3)" || bytes.Equal(follower.RootPEM(), root1) || strings.Count(string(follower.RootPEM()), "BEGIN CERTIFICATE") != 1 {
+			t.Fatalf("after the old root retired: nodes by %q", nodeIssuer())
+		}
+		verifies("second generation's, old root retired", second, false)
+		verifies("third generation's", third, true)
+		// A node that opens the store now sees the same.
+		late, err := ca.Open(ctx, ca.DefaultConfig(), kek, s)
+		must(t, err)
+		if late.Active() != 3 || !bytes.Equal(late.RootPEM(), follower.RootPEM()) {
+			t.Fatalf("a late node: active %d", late.Active())
+		}
+		if n := changes(); n != 6 {
+			t.Fatalf("%d CA changes in the feed, want 6 (two rotations of three phases)", n)
+		}
+	})
+}
+
+func parseCerts(t *testing.T, chain []byte) []*x509.Certificate {
+	t.Helper()
+	var certs []*x509.Certificate
+	for rest := chain; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		must(t, err)
+		certs = append(certs, c)
+	}
+	return certs
+}
