@@ -41,6 +41,10 @@ type ClientConfig struct {
 	// Control carries out the gateway's control messages; nil answers each
 	// with an error.
 	Control ControlHandler
+	// OnTrust, if set, is told the gateway's new trust bundle (OpTrust),
+	// which the client verifies the gateway with from then on: the agent
+	// keeps it for its next start.
+	OnTrust func(bundle []byte)
 	// Proxy returns the HTTP CONNECT proxy for a URL, or nil for none. The
 	// default reads HTTPS_PROXY and NO_PROXY.
 	Proxy func(*url.URL) (*url.URL, error)
@@ -111,6 +115,8 @@ type Client struct {
 	sessions  atomic.Int64 // tunnels established so far
 	redirects atomic.Int64 // redirects followed so far
 	attempts  atomic.Int64 // connections tried so far
+	// roots verify the gateway: RootCAs, then each bundle of OpTrust.
+	roots atomic.Pointer[x509.CertPool]
 
 	mu     sync.Mutex // guards sess and remote
 	sess   *yamux.Session
@@ -145,7 +151,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, log: log, idle: make(chan struct{}, 1)}, nil
+	c := &Client{cfg: cfg, log: log, idle: make(chan struct{}, 1)}
+	c.roots.Store(cfg.RootCAs)
+	return c, nil
 }
 
 // Connected reports whether a tunnel is up now.
@@ -273,7 +281,7 @@ var ErrRedirectLoop = errors.New("tunnel: redirected twice")
 func (c *Client) handshake(ctx context.Context, raw net.Conn) (net.Conn, string, error) {
 	tc := tls.Client(raw, &tls.Config{
 		ServerName: c.cfg.ServerName,
-		RootCAs:    c.cfg.RootCAs,
+		RootCAs:    c.roots.Load(),
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{ALPN2, ALPN},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -448,6 +456,18 @@ func (c *Client) dispatch(ctx context.Context, st *yamux.Stream, ln *streamListe
 	}
 	switch t {
 	case FrameControl:
+		if ctl, err := ParseControl(payload); err == nil && ctl.Op == OpTrust {
+			defer st.Close()
+			pool, _ := TrustPool([]byte(ctl.Trust)) // checked by ParseControl
+			c.roots.Store(pool)
+			c.log.Info("tunnel: the gateway's trust bundle changed")
+			if c.cfg.OnTrust != nil {
+				c.cfg.OnTrust([]byte(ctl.Trust))
+			}
+			st.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			WriteJSON(st, FrameResult, &Result{})
+			return
+		}
 		if ctl, err := ParseControl(payload); err == nil && ctl.Op == OpMove {
 			defer st.Close()
 			var res Result

@@ -15,8 +15,10 @@ package tunnel
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -88,7 +90,14 @@ const (
 	// closed, and answers once the new one is up; the gateway then sends
 	// no new stream here and closes this tunnel when its streams are done.
 	OpMove = "move"
+	// OpTrust (version 2): the gateway's trust bundle (Trust, PEM roots)
+	// changed: a rotation of its root began or ended. The agent verifies
+	// the gateway with it from its next connection on, and keeps it.
+	OpTrust = "trust"
 )
+
+// MaxTrust bounds a trust bundle: a few roots.
+const MaxTrust = 64 << 10
 
 // Control is a gateway-to-agent instruction about one person.
 type Control struct {
@@ -98,15 +107,25 @@ type Control struct {
 	Grants    []grant.Grant `json:"grants,omitempty"`
 	// Addr is where OpMove sends the tunnel, host:port.
 	Addr string `json:"addr,omitempty"`
+	// Trust is OpTrust's bundle: PEM root certificates.
+	Trust string `json:"trust,omitempty"`
 }
 
 // Validate checks what the agent relies on.
 func (c *Control) Validate() error {
-	if c.Op == OpMove {
-		if _, _, err := net.SplitHostPort(c.Addr); err != nil || len(c.Addr) > 256 || c.User != "" || len(c.Grants) != 0 {
+	switch {
+	case c.Op == OpMove:
+		if _, _, err := net.SplitHostPort(c.Addr); err != nil || len(c.Addr) > 256 || c.User != "" || len(c.Grants) != 0 || c.Trust != "" {
 			return fmt.Errorf("%w: move names an address (host:port) and nothing else", ErrBadHeader)
 		}
 		return nil
+	case c.Op == OpTrust:
+		if _, err := TrustPool([]byte(c.Trust)); err != nil || c.User != "" || len(c.Grants) != 0 || c.Addr != "" {
+			return fmt.Errorf("%w: trust carries a bundle of root certificates and nothing else", ErrBadHeader)
+		}
+		return nil
+	case c.Trust != "":
+		return fmt.Errorf("%w: only trust carries a bundle", ErrBadHeader)
 	}
 	if c.User == "" || len(c.User) > 256 || len(c.RequestID) > 128 {
 		return fmt.Errorf("%w: user must be 1..256 bytes, request id at most 128", ErrBadHeader)
@@ -121,6 +140,36 @@ func (c *Control) Validate() error {
 		return validGrants(c.Grants)
 	}
 	return fmt.Errorf("%w: unknown control op %q", ErrBadHeader, c.Op)
+}
+
+// TrustPool parses a trust bundle: at least one PEM certificate, each a CA,
+// nothing else, at most MaxTrust bytes.
+func TrustPool(bundle []byte) (*x509.CertPool, error) {
+	if len(bundle) == 0 || len(bundle) > MaxTrust {
+		return nil, errors.New("tunnel: a trust bundle is 1 byte to 64 KiB")
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for rest := bundle; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			if len(bytes.TrimSpace(rest)) != 0 {
+				return nil, errors.New("tunnel: a trust bundle holds PEM certificates only")
+			}
+			break
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if b.Type != "CERTIFICATE" || err != nil || !cert.IsCA {
+			return nil, errors.New("tunnel: a trust bundle holds CA certificates only")
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, errors.New("tunnel: an empty trust bundle")
+	}
+	return pool, nil
 }
 
 // Renew asks the gateway for a new agent certificate for the tunnel's own

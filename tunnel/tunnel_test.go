@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -607,5 +608,39 @@ func TestRegistryPingsTunnels(t *testing.T) {
 	case <-liveDone:
 		t.Fatal("the live tunnel's Serve returned")
 	default:
+	}
+}
+
+// The gateway's trust bundle reaches the agent over the tunnel (OpTrust,
+// a root rotation): the client verifies the gateway with it from then on
+// and tells its owner; a bundle that is not CA certificates is refused
+// before it is sent.
+func TestTrustBundleOverTheTunnel(t *testing.T) {
+	g := newGateway(t)
+	cert := g.agentCert("c1", time.Hour)
+	var got atomic.Value
+	c := g.runClient(ClientConfig{GetCertificate: func() (*tls.Certificate, error) { return cert, nil }, Handler: whoami,
+		OnTrust: func(b []byte) { got.Store(string(b)) }})
+	waitFor(t, "tunnel", func() bool { return g.reg.Connected("c1") })
+	before := c.roots.Load()
+	other, err := ca.New(ca.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := string(g.auth.RootPEM()) + string(other.RootPEM())
+	if err := g.reg.Control(context.Background(), "c1", &Control{Op: OpTrust, Trust: bundle}); err != nil {
+		t.Fatalf("trust: %v", err)
+	}
+	if got.Load() != bundle || c.roots.Load() == before {
+		t.Fatal("the client did not take the bundle")
+	}
+	leaf := cert.Certificate[0]
+	for _, bad := range []string{"", "not pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf}))} {
+		if err := g.reg.Control(context.Background(), "c1", &Control{Op: OpTrust, Trust: bad}); !errors.Is(err, ErrBadHeader) {
+			t.Fatalf("bundle %.20q: %v", bad, err)
+		}
+	}
+	if err := g.reg.Control(context.Background(), "c1", &Control{Op: OpRevoke, User: "ada", Trust: bundle}); !errors.Is(err, ErrBadHeader) {
+		t.Fatalf("a bundle on another op: %v", err)
 	}
 }

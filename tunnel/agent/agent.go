@@ -111,9 +111,12 @@ type Agent struct {
 	pool *x509.CertPool
 	addr string // gateway host:port
 
-	mu      sync.Mutex // guards cert
+	mu      sync.Mutex // guards cert, cluster and trust
 	cert    *tls.Certificate
 	cluster string
+	// trust is the gateway's trust bundle as it last pushed it (a root
+	// rotation), kept in the identity Secret; nil: GatewayCA.
+	trust []byte
 
 	client atomic.Pointer[tunnel.Client] // set by Run
 }
@@ -186,6 +189,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	cc.RootCAs = a.pool
 	cc.Handler = proxy
 	cc.Control = Controller(jit, proxy)
+	cc.OnTrust = func(bundle []byte) { a.keepTrust(ctx, bundle) }
 	cc.Logger = a.log
 	cc.Hello = func() tunnel.Hello {
 		h := tunnel.Hello{AgentVersion: a.cfg.Version}
@@ -325,14 +329,50 @@ func newCSR(key crypto.Signer) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
 }
 
+// TrustKey is the identity Secret's key of the gateway's trust bundle, as
+// the gateway last pushed it over the tunnel (a rotation of its root): the
+// agent verifies the gateway with it rather than with GatewayCA.
+const TrustKey = "gateway-ca.crt"
+
+// keepTrust keeps the gateway's new trust bundle in the identity Secret
+// (the tunnel client uses it already), so that a restarted agent verifies
+// the gateway with it once the old root is retired.
+func (a *Agent) keepTrust(ctx context.Context, bundle []byte) {
+	a.mu.Lock()
+	a.trust = bytes.Clone(bundle)
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	secrets := a.cs.CoreV1().Secrets(a.cfg.Namespace)
+	sec, err := secrets.Get(ctx, a.cfg.IdentitySecret, metav1.GetOptions{})
+	if err == nil {
+		if sec.Data == nil {
+			sec.Data = map[string][]byte{}
+		}
+		sec.Data[TrustKey] = bundle
+		_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		a.log.Error("agent: the gateway's new trust bundle is not kept; it holds until the agent restarts", "err", err)
+		return
+	}
+	a.log.Info("agent: the gateway's new trust bundle kept")
+}
+
 // saveIdentity keeps the agent's key and certificate in its Secret, so a
-// restart needs neither the (spent) token nor a new registration.
+// restart needs neither the (spent) token nor a new registration; and the
+// gateway's trust bundle, if it pushed one.
 func (a *Agent) saveIdentity(ctx context.Context, certPEM, keyPEM []byte) error {
 	idSecret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: a.cfg.IdentitySecret, Namespace: a.cfg.Namespace, Labels: map[string]string{LabelManagedBy: ManagedBy}},
 		Type:       corev1.SecretTypeTLS,
 		Data:       map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM},
 	}
+	a.mu.Lock()
+	if a.trust != nil {
+		idSecret.Data[TrustKey] = a.trust
+	}
+	a.mu.Unlock()
 	secrets := a.cs.CoreV1().Secrets(a.cfg.Namespace)
 	if _, err := secrets.Create(ctx, idSecret, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
 		if _, err := secrets.Update(ctx, idSecret, metav1.UpdateOptions{}); err != nil {
@@ -349,6 +389,16 @@ func (a *Agent) loadOrRegister(ctx context.Context) error {
 	if err == nil {
 		if cert, cluster, err := parseIdentity(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey]); err == nil && a.cfg.Now().Before(cert.Leaf.NotAfter) {
 			a.setCert(cert, cluster)
+			if b := sec.Data[TrustKey]; len(b) > 0 {
+				if pool, err := tunnel.TrustPool(b); err == nil {
+					a.mu.Lock()
+					a.pool, a.trust = pool, b
+					a.mu.Unlock()
+					a.log.Info("agent: the gateway's trust bundle loaded from the identity Secret")
+				} else {
+					a.log.Warn("agent: the kept trust bundle is unusable; using the configured gateway CA", "err", err)
+				}
+			}
 			a.log.Info("agent identity loaded", "cluster", cluster, "notAfter", cert.Leaf.NotAfter)
 			return nil
 		}
