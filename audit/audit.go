@@ -66,6 +66,8 @@ type Event struct {
 	UserAgent   string        `json:"userAgent,omitempty"`
 	// Error says why the gateway refused or failed a request, if it did.
 	Error string `json:"error,omitempty"`
+	// Detail says more of a system event (a rotation's phase).
+	Detail string `json:"detail,omitempty"`
 }
 
 // Sink receives audit events. Write must not keep ev after it returns.

@@ -46,6 +46,14 @@ type Meta struct {
 	// consensus group). A fresh cluster forms only among nodes of which
 	// none has any (package consensus).
 	Consensus bool `json:"r,omitempty"`
+	// CATrust is the newest generation of the certificate authority the
+	// node trusts: the leader makes a new generation active once every
+	// node trusts it.
+	CATrust int64 `json:"c,omitempty"`
+	// CAServing is the generation whose intermediate signed the node's
+	// serving certificate: the leader retires a generation once no node
+	// serves under it.
+	CAServing int64 `json:"s,omitempty"`
 }
 
 // Member is a live node of the ring.

@@ -47,7 +47,7 @@ func commands() []command {
 	return []command{
 		{"node", "run a gateway node", runNode},
 		{"migrate", "apply the store's schema migrations", runMigrate},
-		{"ca", "create the certificate authority in the store (ca init)", runCA},
+		{"ca", "the certificate authority: create it (ca init), rotate it (ca rotate), show its generations (ca status)", runCA},
 		{"agent", "run the cluster agent (inside the cluster; configured by the bootstrap manifest)", runAgent},
 		{"dev", "run a whole Gatehouse on this machine: a local cluster behind a gateway, ready for kubectl", runDev},
 		{"login", "sign in (password, invitation or SSO through Kratos) and keep a session for the other commands", runLogin},
@@ -319,39 +319,6 @@ func openStore(ctx context.Context, cfg store.Config, migrate bool) (*store.Stor
 		return nil, errors.New("the store has no schema: run gatehouse migrate (or pass --migrate)")
 	}
 	return st, nil
-}
-
-// runCA runs `gatehouse ca init`: it creates the certificate authority in
-// the store, once.
-func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "init" {
-		fmt.Fprintln(stderr, "Usage: gatehouse ca init [flags]   (creates the certificate authority in the store, once)")
-		return errUsage
-	}
-	fs := flag.NewFlagSet("gatehouse ca init", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	stateDir := fs.String("state-dir", ".gatehouse/node", "directory of the embedded store")
-	storeCfg := storeFlags(fs, stateDir)
-	kekFile := fs.String("ca-kek-file", "", "the key-encryption key: 32 random bytes, base64 (openssl rand -base64 32); else $"+kekEnv)
-	if ok, err := parseFlags(fs, args[1:], stderr); !ok {
-		return err
-	}
-	kek, err := ca.LoadLocalKEK(*kekFile, kekEnv)
-	if err != nil {
-		return err
-	}
-	st, err := openStore(ctx, storeCfg(), false)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	a, err := ca.Init(ctx, ca.DefaultConfig(), kek, st)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "certificate authority created in the store, sealed with key-encryption key %s\n", kek.ID())
-	_, err = stdout.Write(a.RootPEM())
-	return err
 }
 
 // parseFlags parses args into fs, printing problems; it reports whether the

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -45,6 +46,28 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintln(stdout)
+	if len(st.CA) > 0 {
+		err = cf.print(stdout, st, "CA GENERATION\tPHASE\tROOT\tRETIRES AFTER\tWAITING FOR", func(w io.Writer) {
+			for _, g := range st.CA {
+				root := g.RootFingerprint
+				if len(root) > 16 {
+					root = root[:16]
+				}
+				if g.NewRoot {
+					root += " (new)"
+				}
+				retire := "-"
+				if g.RetireAfter != nil {
+					retire = g.RetireAfter.Format(time.RFC3339)
+				}
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", g.Number, g.Phase, root, retire, dash(strings.Join(g.Waiting, ",")))
+			}
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout)
+	}
 	now := time.Now()
 	return cf.print(stdout, st, "CLUSTER\tPROJECT\tOWNER\tCONNECTED\tNODE\tAGENT\tKUBERNETES\tHEARTBEAT", func(w io.Writer) {
 		for _, cl := range st.Clusters {

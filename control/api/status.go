@@ -20,6 +20,12 @@ type ClusterView interface {
 	Owner(cluster string) string
 }
 
+// CAView is an optional side interface of ClusterView: the certificate
+// authority's generations, as the answering node trusts them.
+type CAView interface {
+	CAGenerations() []apitypes.CAGeneration
+}
+
 // heartbeatFresh is how recent a tunnel's heartbeat must be for its
 // cluster to count as connected: nodes write one every 30 s.
 const heartbeatFresh = 90 * time.Second
@@ -41,6 +47,9 @@ func (a *API) status(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	out := Status{Node: a.cfg.Node, Members: []apitypes.Member{}, Clusters: []apitypes.ClusterStatus{}}
 	if a.cfg.View != nil {
 		out.Members = a.cfg.View.Members()
+	}
+	if v, ok := a.cfg.View.(CAView); ok {
+		out.CA = v.CAGenerations()
 	}
 	byName := map[string]int{}
 	for _, cl := range clusters {

@@ -184,6 +184,33 @@ type Status struct {
 	Node     string          `json:"node"`
 	Members  []Member        `json:"members"`
 	Clusters []ClusterStatus `json:"clusters"`
+	// CA is the certificate authority's generations that the answering
+	// node trusts, oldest first: more than one while a rotation is under
+	// way.
+	CA []CAGeneration `json:"ca,omitempty"`
+}
+
+// CAGeneration is one generation of the certificate authority's keys.
+type CAGeneration struct {
+	Number int64 `json:"number"`
+	// Phase is standby (trusted everywhere, signing nothing yet), active
+	// (signing), retiring (trusted until RetireAfter) or sunset (trusted
+	// while the nodes move their serving certificates off it).
+	Phase string `json:"phase"`
+	// NewRoot: the generation has a root of its own (a root rotation).
+	NewRoot bool      `json:"newRoot,omitempty"`
+	Created time.Time `json:"created"`
+	// RootFingerprint is the SHA-256 of its root certificate, hex.
+	RootFingerprint string     `json:"rootFingerprint"`
+	RetireAfter     *time.Time `json:"retireAfter,omitempty"`
+	// Overlap is how long the generation before stays trusted once this
+	// one is active.
+	Overlap string `json:"overlap,omitempty"`
+	// Waiting names the nodes a phase waits for: those that do not trust
+	// a standby generation yet (it becomes active once none is left), or
+	// those still serving under a generation at sunset (it is retired
+	// once none is left).
+	Waiting []string `json:"waiting,omitempty"`
 }
 
 // Member is a gateway node, as the answering node sees it.

@@ -23,7 +23,13 @@ const (
 	// PhaseActive: signs people's and agents' certificates. One at a time.
 	PhaseActive = "active"
 	// PhaseRetiring: signs nothing new, still trusted until RetireAfter.
+	// Through a root rotation its nodes intermediate still signs node
+	// certificates: the clients' old root verifies them.
 	PhaseRetiring = "retiring"
+	// PhaseSunset: still trusted, signs nothing, node certificates
+	// included; the nodes move their serving certificates off it, then it
+	// is retired.
+	PhaseSunset = "sunset"
 	// PhaseRetired: trusted no more.
 	PhaseRetired = "retired"
 )
@@ -42,6 +48,10 @@ type Generation struct {
 	Created time.Time
 	// RetireAfter is when a retiring generation is retired.
 	RetireAfter time.Time
+	// Overlap is how long the generation before stays trusted once this
+	// one is active: the longest life of what it signed, and for a new
+	// root the time people have to take it into their kubeconfigs.
+	Overlap time.Duration
 	// RootFingerprint is the SHA-256 of the root certificate, hex.
 	RootFingerprint string
 	// Intermediates are the SHA-256 of the users, agents and nodes
@@ -192,6 +202,19 @@ func (a *Authority) Newest() int64 {
 	return gens[len(gens)-1].info.Number
 }
 
+// NodeGeneration returns the generation whose nodes intermediate signed a
+// node certificate (leaf), or 0 if none trusted did.
+func (a *Authority) NodeGeneration(leaf *x509.Certificate) int64 {
+	set := a.cur()
+	s := set.issuer(RoleNodes, leaf)
+	for _, g := range set.gens {
+		if g.nodes == s && s != nil {
+			return g.info.Number
+		}
+	}
+	return 0
+}
+
 // ServingIntermediate returns the nodes intermediate that signs node
 // certificates now: a node whose certificate another signed renews it.
 func (a *Authority) ServingIntermediate() *x509.Certificate { return a.cur().serving.nodes.cert }
@@ -257,7 +280,7 @@ func (a *Authority) buildSet(state *State, prev *genSet) (*genSet, error) {
 	}
 	for _, info := range state.Generations {
 		if g := byNumber[info.Number]; g != nil {
-			g.info.Phase, g.info.NewRoot, g.info.Created, g.info.RetireAfter = info.Phase, info.NewRoot, info.Created, info.RetireAfter
+			g.info.Phase, g.info.NewRoot, g.info.Created, g.info.RetireAfter, g.info.Overlap = info.Phase, info.NewRoot, info.Created, info.RetireAfter, info.Overlap
 		}
 	}
 	slices.Sort(order)
@@ -278,7 +301,7 @@ func (a *Authority) buildSet(state *State, prev *genSet) (*genSet, error) {
 			continue
 		case PhaseActive:
 			actives++
-		case PhaseStandby, PhaseRetiring:
+		case PhaseStandby, PhaseRetiring, PhaseSunset:
 		default:
 			return nil, fmt.Errorf("ca: generation %d: unknown phase %q", n, g.info.Phase)
 		}
@@ -310,11 +333,15 @@ func reuse(prev *genSet, role string, cert *x509.Certificate) *signer {
 // root and intermediates under it. It needs the key-encryption key (the
 // active root's key signs the new intermediates, and the new keys are
 // sealed with it). Every node then trusts the new generation, and the
-// leader makes it active once all do (design 0006). It fails with
+// leader makes it active once all do, then retires the one before it
+// overlap later (design 0006). It fails with
 // ErrRotating while a rotation is under way.
-func Rotate(ctx context.Context, cfg Config, kek KEK, st RotationStore, newRoot bool) (Generation, error) {
+func Rotate(ctx context.Context, cfg Config, kek KEK, st RotationStore, newRoot bool, overlap time.Duration) (Generation, error) {
 	if kek == nil {
 		return Generation{}, ErrNoKEK
+	}
+	if overlap < 0 {
+		return Generation{}, errors.New("ca: the overlap must not be negative")
 	}
 	a, err := Open(ctx, cfg, kek, st)
 	if err != nil {
@@ -335,7 +362,7 @@ func Rotate(ctx context.Context, cfg Config, kek KEK, st RotationStore, newRoot 
 	if err != nil {
 		return Generation{}, err
 	}
-	g.info.Phase, g.info.Created = PhaseStandby, a.now().UTC()
+	g.info.Phase, g.info.Created, g.info.Overlap = PhaseStandby, a.now().UTC(), overlap
 	var keys []StoredKey
 	for _, s := range g.signers() {
 		sealed, err := sealKey(ctx, kek, s.signer.key, keyAD(s.role, n))

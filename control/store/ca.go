@@ -60,7 +60,7 @@ func (s *Store) LoadCA(ctx context.Context) (*ca.State, error) {
 // CAGenerations describes every generation of the CA, retired ones too,
 // oldest first (without fingerprints: the authority has those).
 func (s *Store) CAGenerations(ctx context.Context) ([]ca.Generation, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT generation, phase, new_root, created_us, retire_after_us FROM ca_generations ORDER BY generation`)
+	rows, err := s.db.QueryContext(ctx, `SELECT generation, phase, new_root, created_us, retire_after_us, overlap_us FROM ca_generations ORDER BY generation`)
 	if err != nil {
 		return nil, fmt.Errorf("store: ca: %w", err)
 	}
@@ -68,11 +68,11 @@ func (s *Store) CAGenerations(ctx context.Context) ([]ca.Generation, error) {
 	var out []ca.Generation
 	for rows.Next() {
 		var g ca.Generation
-		var created, retire int64
-		if err := rows.Scan(&g.Number, &g.Phase, &g.NewRoot, &created, &retire); err != nil {
+		var created, retire, overlap int64
+		if err := rows.Scan(&g.Number, &g.Phase, &g.NewRoot, &created, &retire, &overlap); err != nil {
 			return nil, fmt.Errorf("store: ca: %w", err)
 		}
-		g.Created = fromMicros(created)
+		g.Created, g.Overlap = fromMicros(created), time.Duration(overlap)*time.Microsecond
 		if retire != 0 {
 			g.RetireAfter = fromMicros(retire)
 		}
@@ -83,7 +83,7 @@ func (s *Store) CAGenerations(ctx context.Context) ([]ca.Generation, error) {
 
 // AddCAGeneration records a new generation in standby with its keys, and
 // tells every node through the change feed. It fails with ca.ErrRotating
-// while a generation is in standby or retiring. It implements
+// while a generation is in standby, retiring or sunset. It implements
 // ca.RotationStore.
 func (s *Store) AddCAGeneration(ctx context.Context, g ca.Generation, keys []ca.StoredKey) error {
 	if g.Phase != ca.PhaseStandby || len(keys) != 4 {
@@ -91,7 +91,7 @@ func (s *Store) AddCAGeneration(ctx context.Context, g ca.Generation, keys []ca.
 	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var busy, newest int64
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM ca_generations WHERE phase IN ($1, $2)`, ca.PhaseStandby, ca.PhaseRetiring).Scan(&busy); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM ca_generations WHERE phase IN ($1, $2, $3)`, ca.PhaseStandby, ca.PhaseRetiring, ca.PhaseSunset).Scan(&busy); err != nil {
 			return err
 		}
 		if busy > 0 {
@@ -104,8 +104,8 @@ func (s *Store) AddCAGeneration(ctx context.Context, g ca.Generation, keys []ca.
 			return fmt.Errorf("%w: generation %d follows %d", ErrConflict, g.Number, newest)
 		}
 		now := micros(s.now())
-		if _, err := tx.ExecContext(ctx, `INSERT INTO ca_generations (generation, phase, new_root, created_us, changed_us, retire_after_us) VALUES ($1, $2, $3, $4, $4, 0)`,
-			g.Number, g.Phase, g.NewRoot, now); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO ca_generations (generation, phase, new_root, created_us, changed_us, retire_after_us, overlap_us) VALUES ($1, $2, $3, $4, $4, 0, $5)`,
+			g.Number, g.Phase, g.NewRoot, now, g.Overlap.Microseconds()); err != nil {
 			return err
 		}
 		for _, k := range keys {
@@ -142,16 +142,27 @@ func (s *Store) ActivateCAGeneration(ctx context.Context, n int64, retireAfter t
 	})
 }
 
-// RetireCAGeneration retires generation n, which must be retiring, and
+// SunsetCAGeneration moves generation n, which must be retiring, to
+// sunset (the nodes move their serving certificates off it), and tells
+// every node.
+func (s *Store) SunsetCAGeneration(ctx context.Context, n int64) error {
+	return s.moveCAGeneration(ctx, n, ca.PhaseRetiring, ca.PhaseSunset)
+}
+
+// RetireCAGeneration retires generation n, which must be in sunset, and
 // tells every node.
 func (s *Store) RetireCAGeneration(ctx context.Context, n int64) error {
+	return s.moveCAGeneration(ctx, n, ca.PhaseSunset, ca.PhaseRetired)
+}
+
+func (s *Store) moveCAGeneration(ctx context.Context, n int64, from, to string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE ca_generations SET phase = $1, changed_us = $2 WHERE generation = $3 AND phase = $4`, ca.PhaseRetired, micros(s.now()), n, ca.PhaseRetiring)
+		res, err := tx.ExecContext(ctx, `UPDATE ca_generations SET phase = $1, changed_us = $2 WHERE generation = $3 AND phase = $4`, to, micros(s.now()), n, from)
 		if err != nil {
 			return err
 		}
 		if k, _ := res.RowsAffected(); k != 1 {
-			return fmt.Errorf("%w: generation %d is not retiring", ErrConflict, n)
+			return fmt.Errorf("%w: generation %d is not %s", ErrConflict, n, from)
 		}
 		return s.recordChange(ctx, tx, ChangeCA, fmt.Sprint(n), time.Time{})
 	})
@@ -170,7 +181,7 @@ func (s *Store) CreateCA(ctx context.Context, st *ca.State) error {
 			return ca.ErrInitialized
 		}
 		for _, g := range st.Generations {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO ca_generations (generation, phase, new_root, created_us, changed_us, retire_after_us) VALUES ($1, $2, $3, $4, $4, 0)`,
+			if _, err := tx.ExecContext(ctx, `INSERT INTO ca_generations (generation, phase, new_root, created_us, changed_us, retire_after_us, overlap_us) VALUES ($1, $2, $3, $4, $4, 0, 0)`,
 				g.Number, g.Phase, g.NewRoot, micros(s.now())); err != nil {
 				return err
 			}

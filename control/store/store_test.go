@@ -955,14 +955,14 @@ func TestCARotation(t *testing.T) {
 		}
 
 		// Intermediates: standby, trusted everywhere, signing nothing.
-		_, err = ca.Rotate(ctx, ca.DefaultConfig(), nil, s, false)
+		_, err = ca.Rotate(ctx, ca.DefaultConfig(), nil, s, false, time.Hour)
 		wantErr(t, err, ca.ErrNoKEK)
-		g2, err := ca.Rotate(ctx, ca.DefaultConfig(), kek, s, false)
+		g2, err := ca.Rotate(ctx, ca.DefaultConfig(), kek, s, false, time.Hour)
 		must(t, err)
-		if g2.Number != 2 || g2.Phase != ca.PhaseStandby || g2.NewRoot {
+		if g2.Number != 2 || g2.Phase != ca.PhaseStandby || g2.NewRoot || g2.Overlap != time.Hour {
 			t.Fatalf("rotation: %+v", g2)
 		}
-		_, err = ca.Rotate(ctx, ca.DefaultConfig(), kek, s, false)
+		_, err = ca.Rotate(ctx, ca.DefaultConfig(), kek, s, false, time.Hour)
 		wantErr(t, err, ca.ErrRotating)
 		reload()
 		if leader.Active() != 1 || follower.Newest() != 2 || !bytes.Equal(leader.RootPEM(), root1) {
@@ -989,6 +989,10 @@ func TestCARotation(t *testing.T) {
 			t.Fatalf("generations: %+v", gens)
 		}
 		// Retired: the old generation's certificates are refused.
+		wantErr(t, s.RetireCAGeneration(ctx, 1), store.ErrConflict)
+		must(t, s.SunsetCAGeneration(ctx, 1))
+		reload()
+		verifies("first generation's, at sunset", first, true)
 		must(t, s.RetireCAGeneration(ctx, 1))
 		reload()
 		verifies("first generation's, retired", first, false)
@@ -996,7 +1000,7 @@ func TestCARotation(t *testing.T) {
 
 		// The root: both roots in the bundle from standby on; node
 		// certificates under the old root until it retires.
-		g3, err := ca.Rotate(ctx, ca.DefaultConfig(), kek, s, true)
+		g3, err := ca.Rotate(ctx, ca.DefaultConfig(), kek, s, true, time.Hour)
 		must(t, err)
 		if !g3.NewRoot {
 			t.Fatalf("root rotation: %+v", g3)
@@ -1013,6 +1017,13 @@ func TestCARotation(t *testing.T) {
 		}
 		verifies("second generation's, under the old root", second, true)
 		verifies("third generation's, under the new root", third, true)
+		must(t, s.SunsetCAGeneration(ctx, 2))
+		reload()
+		// At sunset the new root serves, and the old one is still trusted.
+		if nodeIssuer() != "gatehouse nodes (generation 3)" || strings.Count(string(follower.RootPEM()), "BEGIN CERTIFICATE") != 2 {
+			t.Fatalf("at sunset: nodes by %q", nodeIssuer())
+		}
+		verifies("second generation's, at sunset", second, true)
 		must(t, s.RetireCAGeneration(ctx, 2))
 		reload()
 		if nodeIssuer() != "gatehouse nodes (generation 3)" || bytes.Equal(follower.RootPEM(), root1) || strings.Count(string(follower.RootPEM()), "BEGIN CERTIFICATE") != 1 {
@@ -1026,8 +1037,8 @@ func TestCARotation(t *testing.T) {
 		if late.Active() != 3 || !bytes.Equal(late.RootPEM(), follower.RootPEM()) {
 			t.Fatalf("a late node: active %d", late.Active())
 		}
-		if n := changes(); n != 6 {
-			t.Fatalf("%d CA changes in the feed, want 6 (two rotations of three phases)", n)
+		if n := changes(); n != 8 {
+			t.Fatalf("%d CA changes in the feed, want 8 (two rotations of four phases)", n)
 		}
 	})
 }

@@ -50,7 +50,8 @@ type command struct {
 	// Origin is the node that applied it first; it skips its own.
 	Origin string    `json:"origin"`
 	Stamp  time.Time `json:"stamp"`
-	// Change is one of the store's revocation changes.
+	// Change is one of the store's revocation changes, or a change of the
+	// certificate authority's generations.
 	Change store.Change `json:"change"`
 }
 
@@ -61,7 +62,7 @@ func (c *command) validate() error {
 		return fmt.Errorf("gateway: command version %d (this node reads %d)", c.V, commandVersion)
 	}
 	switch c.Change.Kind {
-	case store.ChangeRevokeSerial, store.ChangeRevokeUser, store.ChangeRevokeCluster:
+	case store.ChangeRevokeSerial, store.ChangeRevokeUser, store.ChangeRevokeCluster, store.ChangeCA:
 	default:
 		return fmt.Errorf("gateway: command kind %q", c.Change.Kind)
 	}

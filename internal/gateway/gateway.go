@@ -194,6 +194,12 @@ type Gateway struct {
 	// commands are the Raft log's commands waiting to be applied here.
 	commands         chan []byte
 	broadcastMetrics *broadcastMetrics
+
+	// Rotation of the certificate authority (rotation.go).
+	caMu           sync.Mutex    // serializes reloads
+	renewNow       chan struct{} // wakes renewLoop
+	trustQueue     chan string   // agents to send the trust bundle to; "": all
+	auditedStandby map[int64]bool
 	peers            *ring.Peers   // nil for a node alone
 	ringMetrics      *ring.Metrics // nil for a node alone
 
@@ -212,7 +218,8 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{}),
-		commands: make(chan []byte, commandQueue), broadcastMetrics: newBroadcastMetrics()}
+		commands: make(chan []byte, commandQueue), broadcastMetrics: newBroadcastMetrics(),
+		renewNow: make(chan struct{}, 1), trustQueue: make(chan string, 1024), auditedStandby: map[int64]bool{}}
 	g.book = &tunnelBook{g: g, sessions: map[string]struct{}{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -391,7 +398,7 @@ func (g *Gateway) joinRing(listen string) error {
 	}
 	cfg := ring.DefaultConfig()
 	cfg.Name, cfg.BindAddr, cfg.Key, cfg.Seeds, cfg.Logger = g.cfg.Node.Name, rc.GossipAddr, rc.Key, rc.Seeds, g.log
-	cfg.Meta = ring.Meta{PeerAddr: g.peers.Addr(), PublicAddr: public, Zone: rc.Zone, Generation: g.now().UnixMilli()}
+	cfg.Meta = ring.Meta{PeerAddr: g.peers.Addr(), PublicAddr: public, Zone: rc.Zone, Generation: g.now().UnixMilli(), CATrust: g.CA.Newest(), CAServing: g.servingGeneration()}
 	if g.ring, err = ring.New(cfg); err != nil {
 		g.peers.Close()
 		return err
@@ -596,6 +603,9 @@ func (g *Gateway) renewCert() error {
 		return fmt.Errorf("gateway: serving certificate: %w", err)
 	}
 	g.cert.Store(&c)
+	if g.ring != nil {
+		g.gossipCA(context.Background())
+	}
 	if g.cfg.CertDir != "" {
 		if err := ca.SaveNodeCertificate(context.Background(), g.cfg.KEK, g.cfg.CertDir, g.cfg.Node.Name, c); err != nil {
 			g.log.Warn("serving certificate not kept for the next start", "err", err)
@@ -648,18 +658,31 @@ func (g *Gateway) keptCert(ctx context.Context) (tls.Certificate, bool) {
 func (g *Gateway) ServingCertificate() *tls.Certificate { return g.cert.Load() }
 
 // renewLoop renews the serving certificate once two thirds of its life
-// have passed, looking every CertCheckInterval.
+// have passed, or once another intermediate signs node certificates (a
+// rotation), looking every CertCheckInterval and when woken (wakeRenew).
 func (g *Gateway) renewLoop(ctx context.Context) {
-	every(ctx, g.cfg.CertCheckInterval, func() {
-		if c := g.cert.Load(); c.Leaf.NotAfter.Sub(g.now()) > g.cfg.ServingCertTTL/3 {
-			return
+	t := time.NewTicker(g.cfg.CertCheckInterval)
+	defer t.Stop()
+	for {
+		c := g.cert.Load()
+		rotated := !servedBy(c, g.CA)
+		if rotated || c.Leaf.NotAfter.Sub(g.now()) <= g.cfg.ServingCertTTL/3 {
+			if err := g.renewCert(); err != nil {
+				g.log.Error("serving certificate not renewed; trying again", "err", err)
+			} else if !servedBy(g.cert.Load(), g.CA) {
+				// The leader has not reloaded yet: again at the next look.
+				g.log.Warn("serving certificate renewed, but not by the intermediate that serves now; trying again")
+			} else {
+				g.log.Info("serving certificate renewed", "notAfter", g.cert.Load().Leaf.NotAfter, "rotation", rotated)
+			}
 		}
-		if err := g.renewCert(); err != nil {
-			g.log.Error("serving certificate not renewed; trying again", "err", err)
+		select {
+		case <-ctx.Done():
 			return
+		case <-t.C:
+		case <-g.renewNow:
 		}
-		g.log.Info("serving certificate renewed", "notAfter", g.cert.Load().Leaf.NotAfter)
-	})
+	}
 }
 
 // Run serves until ctx ends: the node (with the API once it has its
@@ -713,6 +736,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.goRun(func() { (&control.Expirer{Store: g.cfg.Store, Interval: g.cfg.ExpiryInterval, Logger: g.log}).Run(ctx) })
 	g.goRun(func() { g.feed.Run(ctx) })
 	g.goRun(func() { g.renewLoop(ctx) })
+	g.goRun(func() { g.trustLoop(ctx) })
+	g.goRun(func() { g.rotationLoop(ctx) })
 	g.goRun(func() { g.book.heartbeats(ctx) })
 	// The record of issued serials keeps what may still be in use.
 	g.goRun(func() {
@@ -912,6 +937,8 @@ func (a applier) ApplyChange(ctx context.Context, c store.Change) error {
 		return rev.RevokeAgents(ctx, c.Subject, c.Before)
 	case store.ChangeRevokeToken:
 		return nil // tokens are checked in the store at every use
+	case store.ChangeCA:
+		return g.reloadCA(ctx)
 	}
 	g.log.Warn("change feed: unknown kind, ignored", "kind", c.Kind, "id", c.ID)
 	return nil
@@ -966,6 +993,10 @@ func (b *tunnelBook) TunnelUp(cluster, session string, hello tunnel.Hello) {
 	b.mu.Lock()
 	b.sessions[session] = struct{}{}
 	b.mu.Unlock()
+	if len(b.g.CA.Generations()) > 1 && hello.AgentVersion != "" {
+		// A rotation is under way: the agent may have missed the bundle.
+		b.g.pushTrust(cluster)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := b.g.cfg.Store.TunnelUp(ctx, &store.AgentTunnel{Cluster: cluster, Node: b.g.cfg.Node.Name, Session: session,

@@ -11,10 +11,12 @@ CREATE TABLE ca_generations (
     new_root        BOOLEAN NOT NULL,
     created_us      BIGINT NOT NULL,
     changed_us      BIGINT NOT NULL,
-    retire_after_us BIGINT NOT NULL
+    retire_after_us BIGINT NOT NULL,
+    -- how long the generation before stays trusted once this one is active
+    overlap_us      BIGINT NOT NULL
 );
-INSERT INTO ca_generations (generation, phase, new_root, created_us, changed_us, retire_after_us)
-    SELECT generation, 'active', true, MIN(created_us), MIN(created_us), 0 FROM ca_keys GROUP BY generation;
+INSERT INTO ca_generations (generation, phase, new_root, created_us, changed_us, retire_after_us, overlap_us)
+    SELECT generation, 'active', true, MIN(created_us), MIN(created_us), 0, 0 FROM ca_keys GROUP BY generation;
 
 -- +goose Down
 DROP TABLE ca_generations;
