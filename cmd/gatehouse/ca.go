@@ -111,10 +111,11 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, `
 A new root. People's kubeconfigs carry the gateway's root:
   - from now on the gateway's trust bundle holds both roots: gatehouse login
-    (or the console's kubeconfig download) writes kubeconfigs that carry both;
+    keeps it in its profile, and gatehouse kubeconfig then writes both roots;
   - the nodes keep serving under the old root until it retires, %s after
     the new generation becomes active: every kubeconfig must carry the new root
-    by then (gatehouse login again, or add it to certificate-authority-data);
+    by then (gatehouse login and gatehouse kubeconfig again, or add the new
+    root to certificate-authority-data: gatehouse status shows its fingerprint);
   - agents receive the bundle over their tunnels and keep it; an agent that is
     offline for the whole overlap must be bootstrapped again.
 `, *overlap)

@@ -112,6 +112,13 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	p.Email = who.Email
+	if who.TrustBundle != "" && p.CA != "" && p.CA != who.TrustBundle {
+		// A rotation of the gateway's root: the bundle holds the new root
+		// (and the old, during the overlap); the old alone stops working
+		// when it retires.
+		p.CA = who.TrustBundle
+		fmt.Fprintln(stderr, "the gateway's trust bundle changed (a rotation of its root): this profile now keeps it; run gatehouse kubeconfig again for each cluster")
+	}
 	dir, err := apiclient.Dir()
 	if err != nil {
 		return err

@@ -41,6 +41,9 @@ type Config struct {
 	// dial, and how they verify the gateway (PEM).
 	GatewayURL string
 	GatewayCA  []byte
+	// TrustBundle, if set, returns the gateway's trust bundle now (it
+	// changes through a root rotation); GatewayCA otherwise.
+	TrustBundle func() []byte
 	// AgentImage is the agent container image manifests run.
 	AgentImage string
 	// BootstrapTTL is how long a new cluster's token lasts.
@@ -449,3 +452,11 @@ func (a *API) auditGroups(ctx context.Context, r *http.Request, c *Caller, actio
 
 //go:embed openapi.json
 var openapiDoc []byte
+
+// trustBundle is the gateway's trust bundle now.
+func (a *API) trustBundle() []byte {
+	if a.cfg.TrustBundle != nil {
+		return a.cfg.TrustBundle()
+	}
+	return a.cfg.GatewayCA
+}

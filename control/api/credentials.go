@@ -68,7 +68,8 @@ func (a *API) login(w http.ResponseWriter, r *http.Request, c *Caller) error {
 	if groups == nil {
 		groups = []string{}
 	}
-	return writeJSON(w, http.StatusOK, LoginResult{Whoami: Whoami{ID: u.ID, Email: u.Email, Org: org.Name}, Groups: groups, Warning: warning})
+	return writeJSON(w, http.StatusOK, LoginResult{Whoami: Whoami{ID: u.ID, Email: u.Email, Org: org.Name}, Groups: groups, Warning: warning,
+		TrustBundle: string(a.trustBundle())})
 }
 
 func (a *API) logout(w http.ResponseWriter, r *http.Request, c *Caller) error {

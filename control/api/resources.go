@@ -228,7 +228,7 @@ func (a *API) bootstrap(r *http.Request, cl *store.Cluster) (Bootstrap, error) {
 	}
 	expires := time.Now().Add(a.cfg.BootstrapTTL).UTC().Truncate(time.Second)
 	m, err := bootstrap.Manifest(bootstrap.Params{
-		Cluster: cl.Name, Namespace: bootstrap.DefaultNamespace, GatewayURL: a.cfg.GatewayURL, GatewayCA: string(a.cfg.GatewayCA),
+		Cluster: cl.Name, Namespace: bootstrap.DefaultNamespace, GatewayURL: a.cfg.GatewayURL, GatewayCA: string(a.trustBundle()),
 		Token: token, Expires: expires, Image: a.cfg.AgentImage, Replicas: 1,
 	})
 	if err != nil {

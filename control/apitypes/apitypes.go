@@ -150,6 +150,10 @@ type LoginResult struct {
 	// Warning is set when the login succeeded but the person's groups at
 	// their SSO provider could not be read.
 	Warning string `json:"warning,omitempty"`
+	// TrustBundle is the gateway's trust bundle (PEM roots): during a
+	// rotation of its root, the old root and the new. Kubeconfigs should
+	// carry it.
+	TrustBundle string `json:"trustBundle,omitempty"`
 }
 
 // CredentialRequest asks for a client certificate for a key the person

@@ -873,7 +873,7 @@ func (g *Gateway) startAPI(addr net.Addr) error {
 	}
 	acfg := api.DefaultConfig()
 	acfg.Store, acfg.Policy, acfg.Audit, acfg.Node, acfg.Logger = g.cfg.Store, g.policy, g.cfg.Audit, g.cfg.Node.Name, g.log
-	acfg.GatewayURL, acfg.GatewayCA = g.url, g.CA.RootPEM()
+	acfg.GatewayURL, acfg.GatewayCA, acfg.TrustBundle = g.url, g.CA.RootPEM(), g.CA.RootPEM
 	acfg.Identity, acfg.SSO = g.cfg.Identity, g.cfg.SSO
 	acfg.Issuer, acfg.Revoker, acfg.Notify = signer{g: g}, g.revoker, g.Node
 	if g.cons != nil {

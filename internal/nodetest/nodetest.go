@@ -111,7 +111,7 @@ type Cluster struct {
 	GossipKeyFile string
 
 	rootOnce sync.Once
-	root     []byte
+	root     atomic.Pointer[[]byte]
 
 	apart      bool     // each node on its own address (StartRingApart)
 	nodeArgs   []string // every node's extra flags (StartRingArgs)
@@ -247,11 +247,26 @@ func must(t testing.TB, err error) {
 
 func (c *Cluster) run(args ...string) {
 	c.t.Helper()
+	c.Gatehouse(args...)
+}
+
+// Gatehouse runs the gatehouse command with args and returns its output;
+// a failure fails the test.
+func (c *Cluster) Gatehouse(args ...string) string {
+	c.t.Helper()
 	cmd := exec.Command(c.Bin, args...)
 	cmd.Env = append(os.Environ(), "GATEHOUSE_CA_KEK=")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	out, err := cmd.CombinedOutput()
+	if err != nil {
 		c.t.Fatalf("gatehouse %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
+	return string(out)
+}
+
+// StoreArgs are the flags that give a gatehouse command the cluster's
+// store and key-encryption key.
+func (c *Cluster) StoreArgs() []string {
+	return []string{"--store-driver", "postgres", "--store-dsn", c.DSN, "--ca-kek-file", c.KEKFile}
 }
 
 func (c *Cluster) newNode(name string) *Node {
@@ -485,12 +500,32 @@ func pool(pemBytes []byte) *x509.CertPool {
 // (read from the first node once it has written it).
 func (c *Cluster) RootPEM() []byte {
 	c.rootOnce.Do(func() {
-		var err error
-		if c.root, err = os.ReadFile(filepath.Join(c.Nodes[0].Dir, "ca.crt")); err != nil {
+		b, err := os.ReadFile(filepath.Join(c.Nodes[0].Dir, "ca.crt"))
+		if err != nil {
 			c.t.Fatal(err)
 		}
+		c.root.Store(&b)
 	})
-	return c.root
+	return *c.root.Load()
+}
+
+// SetTrust replaces the roots the test's clients verify the nodes with (a
+// root rotation's bundle).
+func (c *Cluster) SetTrust(bundle []byte) {
+	c.RootPEM()
+	c.root.Store(&bundle)
+}
+
+// ParsePEM returns the DER of each PEM block in b.
+func ParsePEM(b []byte) [][]byte {
+	var out [][]byte
+	for {
+		var block *pem.Block
+		if block, b = pem.Decode(b); block == nil {
+			return out
+		}
+		out = append(out, block.Bytes)
+	}
 }
 
 // Person creates a person with a role (at project scope when projectID is
@@ -571,9 +606,10 @@ func (c *Cluster) Credential(n *Node, token string) tls.Certificate {
 // with a bootstrap token, in front of Handler (a stand-in API server).
 type Agent struct {
 	Cluster  string
-	Cert     tls.Certificate
 	Server   *httptest.Server
+	cert     atomic.Pointer[tls.Certificate]
 	controls atomic.Int64
+	trust    atomic.Pointer[[]byte]
 	client   *tunnel.Client
 	stop     func()
 }
@@ -597,19 +633,49 @@ func (a *Agent) Attempts() int64 { return a.client.Attempts() }
 // Stop stops the agent. It is idempotent.
 func (a *Agent) Stop() { a.stop() }
 
+// Trust returns the last trust bundle the gateway sent the agent (a root
+// rotation), or nil.
+func (a *Agent) Trust() []byte {
+	if p := a.trust.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // Renew asks the gateway, over the agent's tunnel, for a certificate for a
 // new key, as the agent does before its certificate expires, and returns
 // the chain (PEM). The agent goes on with the certificate it has.
 func (a *Agent) Renew(ctx context.Context) ([]byte, error) {
-	key, _, err := pki.NewKey()
+	chain, _, err := a.renew(ctx)
+	return chain, err
+}
+
+// RenewAndUse is Renew, after which the agent connects with the new
+// certificate.
+func (a *Agent) RenewAndUse(ctx context.Context) ([]byte, error) {
+	chain, keyPEM, err := a.renew(ctx)
 	if err != nil {
 		return nil, err
+	}
+	cert, err := tls.X509KeyPair(chain, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	a.cert.Store(&cert)
+	return chain, nil
+}
+
+func (a *Agent) renew(ctx context.Context) (chain, keyPEM []byte, err error) {
+	key, keyPEM, err := pki.NewKey()
+	if err != nil {
+		return nil, nil, err
 	}
 	csr, err := pki.CSR(key)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return a.client.RenewCertificate(ctx, csr)
+	chain, err = a.client.RenewCertificate(ctx, csr)
+	return chain, keyPEM, err
 }
 
 // StartAgent registers cluster (made in the store, in Project) through
@@ -644,15 +710,17 @@ func (c *Cluster) StartAgent(cluster string, n *Node, h http.Handler) *Agent {
 	must(t, json.Unmarshal(out, &reg))
 	cert, err := tls.X509KeyPair([]byte(reg.Certificate), keyPEM)
 	must(t, err)
-	a := &Agent{Cluster: cluster, Cert: cert, Server: httptest.NewServer(h)}
+	a := &Agent{Cluster: cluster, Server: httptest.NewServer(h)}
+	a.cert.Store(&cert)
 	target, _ := url.Parse(a.Server.URL)
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	proxy.FlushInterval = -1
 	cfg := tunnel.DefaultClientConfig()
 	cfg.GatewayAddr, cfg.ServerName, cfg.RootCAs, cfg.Proxy = n.Addr, "127.0.0.1", pool(c.RootPEM()), nil
-	cfg.GetCertificate = func() (*tls.Certificate, error) { return &a.Cert, nil }
+	cfg.GetCertificate = func() (*tls.Certificate, error) { return a.cert.Load(), nil }
 	cfg.Handler = proxy
 	cfg.Hello = func() tunnel.Hello { return tunnel.Hello{AgentVersion: "nodetest", KubeVersion: "v0.0.0-fake"} }
+	cfg.OnTrust = func(b []byte) { a.trust.Store(&b) }
 	cfg.Control = tunnel.ControlFunc(func(context.Context, *tunnel.Control) error {
 		a.controls.Add(1)
 		return nil
