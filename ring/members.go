@@ -54,6 +54,9 @@ type Meta struct {
 	// serving certificate: the leader retires a generation once no node
 	// serves under it.
 	CAServing int64 `json:"s,omitempty"`
+	// Leads: the node leads the Raft group and signs. A new node, which
+	// has no certificate to ask Raft with, finds the leader so.
+	Leads bool `json:"l,omitempty"`
 }
 
 // Member is a live node of the ring.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -90,7 +91,12 @@ type PeerConfig struct {
 	// connection that negotiated one, from a verified node, is handed to
 	// its function, which owns it from then on.
 	Protocols map[string]func(*tls.Conn)
-	Logger    *slog.Logger
+	// Unauthenticated names protocols of Protocols that a caller without a
+	// node certificate may speak: a new node enrolling for its first
+	// certificate, which proves itself inside the protocol. Every other
+	// protocol demands a node certificate.
+	Unauthenticated []string
+	Logger          *slog.Logger
 }
 
 // Peers serves forwarded requests to this node's tunnels and forwards
@@ -127,13 +133,27 @@ func NewPeers(cfg PeerConfig) (*Peers, error) {
 	for alpn := range cfg.Protocols {
 		protos = append(protos, alpn)
 	}
+	for _, alpn := range cfg.Unauthenticated {
+		if cfg.Protocols[alpn] == nil {
+			return nil, fmt.Errorf("ring: unauthenticated protocol %q is not among Protocols", alpn)
+		}
+	}
 	ln, err := tls.Listen("tcp", cfg.Addr, &tls.Config{
-		MinVersion:     tls.VersionTLS13,
-		NextProtos:     protos,
-		ClientAuth:     tls.RequireAnyClientCert,
+		MinVersion: tls.VersionTLS13,
+		NextProtos: protos,
+		// A certificate is asked of every caller and demanded (a node's)
+		// unless the protocol is one of Unauthenticated.
+		ClientAuth:     tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cfg.GetCertificate(), nil },
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyNode(cfg.Verifier, raw)
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if slices.Contains(cfg.Unauthenticated, cs.NegotiatedProtocol) {
+				return nil
+			}
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("ring: a node certificate is required")
+			}
+			_, err := cfg.Verifier.VerifyNode(cs.PeerCertificates)
+			return err
 		},
 	})
 	if err != nil {
@@ -331,6 +351,20 @@ func (p *Peers) Open(ctx context.Context, addr, cluster string, h *tunnel.Header
 // node's peer address, verified as a node's.
 func (p *Peers) DialProtocol(ctx context.Context, addr, alpn string) (*tls.Conn, error) {
 	c, err := p.dialer(alpn).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w %s: %v", ErrPeer, addr, err)
+	}
+	return c.(*tls.Conn), nil
+}
+
+// DialUnauthenticated opens a connection to another node's peer port for
+// one of its Unauthenticated protocols, without a node certificate (a new
+// node enrolling); the other node's certificate is verified as a node's
+// all the same.
+func (p *Peers) DialUnauthenticated(ctx context.Context, addr, alpn string) (*tls.Conn, error) {
+	d := p.dialer(alpn)
+	d.Config.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &tls.Certificate{}, nil }
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w %s: %v", ErrPeer, addr, err)
 	}

@@ -11,7 +11,10 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 )
 
-var _ ca.RotationStore = (*Store)(nil)
+var (
+	_ ca.RotationStore = (*Store)(nil)
+	_ ca.SecretStore   = (*Store)(nil)
+)
 
 // LoadCA returns the generations of the CA's keys that are not retired,
 // with their phases. It implements ca.StateStore.
@@ -198,4 +201,33 @@ func (s *Store) CreateCA(ctx context.Context, st *ca.State) error {
 		return ca.ErrInitialized
 	}
 	return err
+}
+
+// SealedSecret returns the secret name, sealed, and the KEK that sealed it
+// (ErrNotFound and ca.ErrNoSecret if there is none). It implements
+// ca.SecretStore.
+func (s *Store) SealedSecret(ctx context.Context, name string) ([]byte, string, error) {
+	var sealed, kekID string
+	err := s.db.QueryRowContext(ctx, `SELECT sealed, kek_id FROM sealed_secrets WHERE name = $1`, name).Scan(&sealed, &kekID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", fmt.Errorf("%w: %w", ErrNotFound, ca.ErrNoSecret)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("store: sealed secret: %w", err)
+	}
+	b, err := base64.StdEncoding.DecodeString(sealed)
+	if err != nil {
+		return nil, "", fmt.Errorf("store: sealed secret %s: %w", name, err)
+	}
+	return b, kekID, nil
+}
+
+// CreateSealedSecret records the secret name, sealed, once: ErrExists if
+// another node recorded it first. It implements ca.SecretStore.
+func (s *Store) CreateSealedSecret(ctx context.Context, name string, sealed []byte, kekID string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO sealed_secrets (name, sealed, kek_id, created_us) VALUES ($1, $2, $3, $4)`,
+			name, base64.StdEncoding.EncodeToString(sealed), kekID, micros(s.now()))
+		return err
+	})
 }

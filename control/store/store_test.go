@@ -1057,3 +1057,45 @@ func parseCerts(t *testing.T, chain []byte) []*x509.Certificate {
 	}
 	return certs
 }
+
+// A shared secret is made once, sealed under the KEK: every node reads the
+// same, another KEK is refused by name, and nothing is in the clear.
+func TestSharedSecret(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, _ *clock) {
+		ctx := context.Background()
+		kek, err := ca.NewLocalKEK(bytes.Repeat([]byte{7}, 32))
+		must(t, err)
+		var wg sync.WaitGroup
+		secrets := make([][]byte, 4)
+		for i := range secrets {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				b, err := ca.SharedSecret(ctx, kek, s, "enrolment")
+				if err != nil {
+					t.Error(err)
+				}
+				secrets[i] = b
+			}()
+		}
+		wg.Wait()
+		for _, b := range secrets[1:] {
+			if len(b) != 32 || !bytes.Equal(b, secrets[0]) {
+				t.Fatal("the nodes read different secrets")
+			}
+		}
+		sealed, _, err := s.SealedSecret(ctx, "enrolment")
+		must(t, err)
+		if bytes.Contains(sealed, secrets[0]) {
+			t.Fatal("the secret is in the clear")
+		}
+		other, err := ca.NewLocalKEK(bytes.Repeat([]byte{8}, 32))
+		must(t, err)
+		if _, err := ca.SharedSecret(ctx, other, s, "enrolment"); err == nil || !strings.Contains(err.Error(), "key-encryption key") {
+			t.Fatalf("another KEK: %v", err)
+		}
+		if _, _, err := s.SealedSecret(ctx, "other"); !errors.Is(err, ca.ErrNoSecret) {
+			t.Fatalf("a missing secret: %v", err)
+		}
+	})
+}

@@ -129,6 +129,9 @@ type RingConfig struct {
 	// DrainTimeout bounds how long a graceful stop spends handing its
 	// agents over to their new owners; zero means DefaultDrainTimeout.
 	DrainTimeout time.Duration
+	// EnrolWait bounds how long a node without a certificate looks for a
+	// leader to enrol with; zero means DefaultEnrolWait.
+	EnrolWait time.Duration
 	// HandoverGrace bounds how long a tunnel whose cluster now belongs on
 	// another node keeps serving its streams (watches, exec) after the
 	// agent has moved; zero means DefaultHandoverGrace.
@@ -200,6 +203,7 @@ type Gateway struct {
 	renewNow       chan struct{} // wakes renewLoop
 	trustQueue     chan string   // agents to send the trust bundle to; "": all
 	auditedStandby map[int64]bool
+	enrol          *enrolGuard // on the leader: new nodes' enrolments
 	peers            *ring.Peers   // nil for a node alone
 	ringMetrics      *ring.Metrics // nil for a node alone
 
@@ -219,7 +223,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{}),
 		commands: make(chan []byte, commandQueue), broadcastMetrics: newBroadcastMetrics(),
-		renewNow: make(chan struct{}, 1), trustQueue: make(chan string, 1024), auditedStandby: map[int64]bool{}}
+		renewNow: make(chan struct{}, 1), trustQueue: make(chan string, 1024), auditedStandby: map[int64]bool{}, enrol: newEnrolGuard()}
 	g.book = &tunnelBook{g: g, sessions: map[string]struct{}{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -236,6 +240,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	g.cfg.Hosts = cfg.Hosts
 	var err error
+	needEnrol := false
 	caCfg := ca.DefaultConfig()
 	caCfg.Now = g.now
 	// In a gateway cluster only the elected leader unseals the keys: a node
@@ -247,9 +252,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 				g.cert.Store(&c)
 				g.log.Info("serving certificate kept from the last run", "notAfter", c.Leaf.NotAfter)
 			} else {
-				// The interim exception (design 0006): no certificate yet,
-				// and no way to ask the leader before this node has one.
-				err = g.CA.Unseal(ctx, cfg.KEK, cfg.Store)
+				// No certificate yet: the node asks the leader for one once
+				// it has joined the ring (enrolFirst).
+				needEnrol = true
 			}
 		}
 	} else {
@@ -273,7 +278,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err := LoadRevocations(ctx, cfg.Store, g.CA); err != nil {
 		return nil, err
 	}
-	if g.cert.Load() == nil {
+	if g.cert.Load() == nil && !needEnrol {
 		if err := g.renewCert(); err != nil {
 			return nil, err
 		}
@@ -287,6 +292,14 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		if err := g.joinRing(ncfg.Addr); err != nil {
 			g.Registry.Close()
 			return nil, err
+		}
+		if needEnrol {
+			if err := g.enrolFirst(ctx); err != nil {
+				g.closeRing()
+				g.Registry.Close()
+				return nil, fmt.Errorf("gateway: first serving certificate: %w", err)
+			}
+			g.gossipCA(ctx)
 		}
 		g.ringMetrics = ring.NewMetrics()
 		ncfg.Tunnels = &ring.Tunnels{Ring: g.ring, Local: g.Registry, Peers: g.peers, Metrics: g.ringMetrics}
@@ -347,6 +360,7 @@ func (g *Gateway) leadership(ctx context.Context) {
 		case lead := <-ch:
 			if !lead {
 				g.CA.Seal()
+				g.setLeads(ctx, false)
 				g.log.Info("consensus: no longer the leader; signing keys sealed")
 				continue
 			}
@@ -358,6 +372,7 @@ func (g *Gateway) leadership(ctx context.Context) {
 				}
 				continue
 			}
+			g.setLeads(ctx, true)
 			g.log.Info("consensus: elected leader; signing keys unsealed")
 		}
 	}
@@ -385,7 +400,10 @@ func (g *Gateway) joinRing(listen string) error {
 				return
 			}
 			g.cons.Handoff(c)
-		}, SignALPN: g.serveSign, ApplyALPN: g.serveApply}
+		}, SignALPN: g.serveSign, ApplyALPN: g.serveApply, EnrolALPN: g.serveEnrol}
+		// A new node has no certificate to show yet (serveEnrol checks its
+		// proof of the KEK instead).
+		pcfg.Unauthenticated = []string{EnrolALPN}
 	}
 	g.peers, err = ring.NewPeers(pcfg)
 	if err != nil {
@@ -1025,4 +1043,12 @@ func (b *tunnelBook) heartbeats(ctx context.Context) {
 			b.g.log.Warn("status: heartbeat not recorded", "err", err)
 		}
 	})
+}
+
+// setLeads gossips whether this node leads and signs: a new node, which
+// has no certificate to ask Raft with, finds the leader so.
+func (g *Gateway) setLeads(ctx context.Context, leads bool) {
+	if err := g.ring.SetMeta(ctx, func(m *ring.Meta) { m.Leads = leads }); err != nil {
+		g.log.Warn("consensus: leadership not gossiped", "err", err)
+	}
 }

@@ -481,6 +481,25 @@ func (n *Node) LogContains(s string) bool {
 	return bytes.Contains(b, []byte(s))
 }
 
+// LogSize returns the size of the node's log now: LogSince(size) is what
+// it wrote after.
+func (n *Node) LogSize() int64 {
+	fi, err := os.Stat(filepath.Join(n.Dir, "node.log"))
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// LogSince returns what the node's log holds past offset off.
+func (n *Node) LogSince(off int64) string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "node.log"))
+	if off > int64(len(b)) {
+		return ""
+	}
+	return string(b[off:])
+}
+
 // LogTail returns the end of the node's log.
 func (n *Node) LogTail() string {
 	b, _ := os.ReadFile(filepath.Join(n.Dir, "node.log"))

@@ -83,12 +83,18 @@ func TestVoterWipedAndClusterRestarted(t *testing.T) {
 		}
 	}
 	start := time.Now()
+	mark := leader.LogSize()
 	leader.Start()
 	groupLeader(t, c, c.Nodes, 3)
 	eventually(t, 30*time.Second, leader.Name+" caught up", func() bool {
 		return leader.Metric("gatehouse_raft_applied_index ") > 0 && leader.Metric("gatehouse_raft_last_contact_seconds ") >= 0
 	})
 	t.Logf("%s, wiped, was a voter again and caught up %s after its start", leader.Name, time.Since(start).Round(time.Millisecond))
+	// Its first certificate came from the new leader: it never held the
+	// signing keys.
+	if log := leader.LogSince(mark); !strings.Contains(log, "serving certificate from the leader (enrolled)") || strings.Contains(log, "signs its own serving certificate") {
+		t.Fatalf("%s did not enrol with the leader:\n%s", leader.Name, leader.Problems(20))
+	}
 	if got := leader.Metric("gatehouse_raft_voter "); got != 1 {
 		t.Fatalf("%s votes: %v", leader.Name, got)
 	}
