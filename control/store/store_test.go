@@ -659,17 +659,7 @@ func TestCAState(t *testing.T) {
 		must(t, err)
 		chain, err := first.Load().IssueUser(context.Background(), "ada", nil, key.Public(), time.Hour)
 		must(t, err)
-		var certs []*x509.Certificate
-		for rest := chain; ; {
-			var block *pem.Block
-			if block, rest = pem.Decode(rest); block == nil {
-				break
-			}
-			c, err := x509.ParseCertificate(block.Bytes)
-			must(t, err)
-			certs = append(certs, c)
-		}
-		if id, err := b.VerifyUser(certs); err != nil || id.User != "ada" {
+		if id, err := b.VerifyUser(parseCerts(t, chain)); err != nil || id.User != "ada" {
 			t.Fatalf("verify on the other node: %v", err)
 		}
 		// Another KEK is refused by name; a tampered key does not open.

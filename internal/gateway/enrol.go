@@ -46,9 +46,11 @@ const enrolSecret = "enrolment"
 const enrolSkew = 2 * time.Minute
 
 // DefaultEnrolWait bounds how long a new node looks for a leader to enrol
-// with before it signs its own certificate (the exception: a cluster's
-// first start, or one that cannot elect a leader without this node).
-const DefaultEnrolWait = time.Minute
+// with before it signs its own certificate (the exception): five times an
+// election. A cluster without a leader that long may need this very node
+// to elect one (the second node of a two-voter group starting, or a group
+// that lost its quorum), and this node cannot vote before it serves.
+const DefaultEnrolWait = 5 * time.Second
 
 // firstStartGrace is how long a new node waits to hear of other members
 // before deciding that it is the first start of a cluster: no member has

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -281,11 +280,11 @@ func askCredential(hc *http.Client, n *nodetest.Node, token string) signed {
 }
 
 func chainSerial(chain []byte) string {
-	block, _ := pem.Decode(chain)
-	if block == nil {
+	ders := nodetest.ParsePEM(chain)
+	if len(ders) == 0 {
 		return ""
 	}
-	leaf, err := x509.ParseCertificate(block.Bytes)
+	leaf, err := x509.ParseCertificate(ders[0])
 	if err != nil {
 		return ""
 	}
@@ -299,12 +298,8 @@ func verifyChain(roots *x509.CertPool, s signed) error {
 		chain = nodetest.PEMChain(*s.cert)
 	}
 	var certs []*x509.Certificate
-	for rest := chain; ; {
-		var block *pem.Block
-		if block, rest = pem.Decode(rest); block == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
+	for _, der := range nodetest.ParsePEM(chain) {
+		c, err := x509.ParseCertificate(der)
 		if err != nil {
 			return err
 		}

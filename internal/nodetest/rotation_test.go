@@ -168,16 +168,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	if res == nil {
 		t.FailNow()
 	}
-	t.Logf("load through the rotation: %s", res)
-	for _, f := range res.Samples {
-		t.Logf("failure at %s on %s: %s", f.At.Format("15:04:05.000"), f.Cluster, f.Error)
-	}
-	if res.Requests < 500 {
-		t.Fatalf("only %d requests ran", res.Requests)
-	}
-	if res.Failed != 0 {
-		t.Fatalf("%d of %d requests failed through the rotation", res.Failed, res.Requests)
-	}
+	noneFailed(t, res, 500, "the rotation")
 	if time.Since(start) > overlap {
 		t.Fatalf("the load ran past the overlap (%s): its credentials may have been refused", overlap)
 	}
