@@ -148,6 +148,8 @@ func (g *Gateway) broadcast(ctx context.Context, ch store.Change) {
 	if g.cons == nil {
 		return
 	}
+	// A caller that hangs up does not stop the revocation on its way.
+	ctx = context.WithoutCancel(ctx)
 	cmd := command{V: commandVersion, Origin: g.cfg.Node.Name, Stamp: g.now(), Change: ch}
 	b, err := json.Marshal(&cmd)
 	if err == nil {
