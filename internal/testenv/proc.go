@@ -144,12 +144,35 @@ func listenOutsideEphemeral(host string) (net.Listener, error) {
 	var err error
 	for range 100 {
 		port := 10000 + mrand.IntN(lo-10000)
+		if !handOut(port) {
+			continue
+		}
 		var l net.Listener
 		if l, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port))); err == nil {
 			return l, nil
 		}
 	}
 	return nil, fmt.Errorf("testenv: free port: %w", err)
+}
+
+// handedOut are the ports this process has handed out: a port picked for
+// a process that has not bound it yet is free to the kernel, and must not
+// be picked again (five nodes' twenty ports met twice in about one run of
+// a hundred).
+var (
+	handedOutMu sync.Mutex
+	handedOut   = map[int]bool{}
+)
+
+// handOut records port as handed out; false if it was already.
+func handOut(port int) bool {
+	handedOutMu.Lock()
+	defer handedOutMu.Unlock()
+	if handedOut[port] {
+		return false
+	}
+	handedOut[port] = true
+	return true
 }
 
 // ephemeralLow is the first port of the kernel's ephemeral range (32768
