@@ -229,7 +229,6 @@ func (g *Gateway) serveApply(c *tls.Conn) {
 // for at most wait. It says where it ran: "local" or "leader".
 func (g *Gateway) onLeader(ctx context.Context, wait time.Duration, leads func() bool, local func() error, remote func(ctx context.Context, addr string) error) (string, error) {
 	deadline := time.Now().Add(wait)
-	last := error(ca.ErrNotLeader)
 	for {
 		var where string
 		var err error
@@ -247,9 +246,8 @@ func (g *Gateway) onLeader(ctx context.Context, wait time.Duration, leads func()
 		if err == nil || !ca.Retryable(err) {
 			return where, err
 		}
-		last = err
 		if !time.Now().Before(deadline) {
-			return "", fmt.Errorf("gateway: no leader within %s: %w", wait, last)
+			return "", fmt.Errorf("gateway: no leader within %s: %w", wait, err)
 		}
 		select {
 		case <-ctx.Done():

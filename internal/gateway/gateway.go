@@ -194,6 +194,8 @@ type Gateway struct {
 	ring        *ring.Ring
 	cons        *consensus.Consensus // nil without a Raft group
 	signMetrics *signMetrics
+	peers       *ring.Peers   // nil for a node alone
+	ringMetrics *ring.Metrics // nil for a node alone
 	// commands are the Raft log's commands waiting to be applied here.
 	commands         chan []byte
 	broadcastMetrics *broadcastMetrics
@@ -204,8 +206,6 @@ type Gateway struct {
 	trustQueue     chan string   // agents to send the trust bundle to; "": all
 	auditedStandby map[int64]bool
 	enrol          *enrolGuard // on the leader: new nodes' enrolments
-	peers            *ring.Peers   // nil for a node alone
-	ringMetrics      *ring.Metrics // nil for a node alone
 
 	ready   chan struct{} // closed once the API serves
 	url     string        // set before ready closes
