@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +27,9 @@ func open(t testing.TB, dir string, segment, max int64) *Spool {
 	return s
 }
 
-func payload(i int) []byte { return []byte(fmt.Sprintf(`{"event":%d,"pad":"%s"}`, i, bytes.Repeat([]byte("x"), i%97))) }
+func payload(i int) []byte {
+	return []byte(fmt.Sprintf(`{"event":%d,"pad":"%s"}`, i, bytes.Repeat([]byte("x"), i%97)))
+}
 
 func readAll(t testing.TB, s *Spool, after uint64) []Record {
 	t.Helper()
