@@ -38,6 +38,12 @@ const (
 // Event is one audited Kubernetes API request through the gateway, or one
 // system event (Kind, Action, Object, Status and Error tell its outcome).
 type Event struct {
+	// Schema is the version of the event's shape (SchemaVersion when a
+	// spooled sink writes it).
+	Schema int `json:"schema,omitempty"`
+	// ID is the event's unique id, sortable by time (a UUIDv7). Delivery
+	// to Kafka is at least once: consumers deduplicate by it.
+	ID string `json:"id,omitempty"`
 	// Kind is KindKube when empty.
 	Kind string `json:"kind,omitempty"`
 	// Action and Object name a system event's change: "cluster.create",
@@ -76,6 +82,9 @@ type Event struct {
 type Sink interface {
 	Write(ctx context.Context, ev *Event) error
 }
+
+// SchemaVersion is the version of the events this build writes.
+const SchemaVersion = 1
 
 // ErrClosed is returned by a closed sink.
 var ErrClosed = errors.New("audit: sink closed")

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // Cluster is an in-process Kafka cluster (franz-go's kfake) that clients reach
@@ -21,6 +23,24 @@ type Cluster struct {
 
 	cluster   *kfake.Cluster
 	closeOnce sync.Once
+	down      atomic.Bool
+	downOnce  sync.Once
+}
+
+// SetDown makes the cluster refuse every request by closing the client's
+// connection (down), or serve again: Kafka unreachable, as clients see it,
+// with what it holds kept.
+func (k *Cluster) SetDown(down bool) {
+	k.downOnce.Do(func() {
+		k.cluster.Control(func(kmsg.Request) (kmsg.Response, error, bool) {
+			k.cluster.KeepControl()
+			if k.down.Load() {
+				return nil, errors.New("kafkatest: down"), true
+			}
+			return nil, nil, false
+		})
+	})
+	k.down.Store(down)
 }
 
 // Config configures Start.

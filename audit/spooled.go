@@ -1,0 +1,43 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	"github.com/gatehouse-dev/gatehouse/audit/spool"
+)
+
+// SpoolSink writes events to the node's durable spool (package spool),
+// from which a Shipper sends them to Kafka: an event is on disk before
+// Write returns, so a request is not answered before its event is safe.
+// Write fails (the gateway then refuses the request) when the spool cannot
+// take it: full because Kafka has been down too long, or a failing disk.
+type SpoolSink struct {
+	Spool *spool.Spool
+}
+
+var _ Sink = (*SpoolSink)(nil)
+
+// Write gives ev an id (a UUIDv7) if it has none and the schema version,
+// and appends it to the spool.
+func (s *SpoolSink) Write(_ context.Context, ev *Event) error {
+	if ev.ID == "" {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return fmt.Errorf("audit: event id: %w", err)
+		}
+		ev.ID = id.String()
+	}
+	ev.Schema = SchemaVersion
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	if _, err := s.Spool.Append(b); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	return nil
+}
