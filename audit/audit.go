@@ -83,6 +83,13 @@ type Sink interface {
 	Write(ctx context.Context, ev *Event) error
 }
 
+// Gate is an optional side interface of a Sink: Ready says whether it can
+// take events now. A gateway refuses requests it could not audit (fail
+// closed) unless configured otherwise.
+type Gate interface {
+	Ready() error
+}
+
 // SchemaVersion is the version of the events this build writes.
 const SchemaVersion = 1
 

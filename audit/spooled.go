@@ -19,7 +19,25 @@ type SpoolSink struct {
 	Spool *spool.Spool
 }
 
-var _ Sink = (*SpoolSink)(nil)
+var (
+	_ Sink = (*SpoolSink)(nil)
+	_ Gate = (*SpoolSink)(nil)
+)
+
+// readyHeadroom is what the spool must have left for the sink to say it
+// is ready: room for the events of the requests in flight.
+const readyHeadroom = 1 << 20
+
+// Ready implements Gate: the spool has room and its disk works.
+func (s *SpoolSink) Ready() error {
+	if err := s.Spool.Err(); err != nil {
+		return err
+	}
+	if st := s.Spool.Stats(); st.Bytes+readyHeadroom > st.MaxBytes {
+		return fmt.Errorf("audit: %w (Kafka has not taken its events for a while)", spool.ErrFull)
+	}
+	return nil
+}
 
 // Write gives ev an id (a UUIDv7) if it has none and the schema version,
 // and appends it to the spool.

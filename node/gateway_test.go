@@ -7,11 +7,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -578,3 +581,48 @@ type ownAPI struct{}
 
 func (ownAPI) ServeHTTP(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) }
 func (ownAPI) Owns(r *http.Request) bool                        { return r.URL.Path == "/api/v1/whoami" }
+
+// gatedAudit is an audit sink that may not be ready (an audit.Gate): the
+// spool full, or its disk failing.
+type gatedAudit struct {
+	audit.Memory
+	unready atomic.Pointer[error]
+}
+
+func (g *gatedAudit) Ready() error {
+	if p := g.unready.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// A request the audit log cannot record is refused with 503 and the
+// reason (fail closed, the default); a node configured to fail open serves
+// it and counts it in an alarm metric.
+func TestRequestsRefusedWhileAuditCannotRecord(t *testing.T) {
+	for _, failOpen := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fail open %v", failOpen), func(t *testing.T) {
+			sink := &gatedAudit{}
+			b := startBedWith(t, false, 0, func(c *node.Config) { c.Audit, c.AuditFailOpen = sink, failOpen })
+			b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
+			if resp := b.rawGET(t, "ada", "/k8s/dev/api/v1/namespaces", nil); resp.code != http.StatusOK {
+				t.Fatalf("ready: %d %s", resp.code, resp.body)
+			}
+			full := fmt.Errorf("audit: %w", errors.New("spool: full"))
+			sink.unready.Store(&full)
+			resp := b.rawGET(t, "ada", "/k8s/dev/api/v1/namespaces", nil)
+			switch {
+			case !failOpen && (resp.code != http.StatusServiceUnavailable || !strings.Contains(resp.body, "cannot take this request's event")):
+				t.Fatalf("fail closed: %d %s", resp.code, resp.body)
+			case failOpen && resp.code != http.StatusOK:
+				t.Fatalf("fail open: %d %s", resp.code, resp.body)
+			}
+			action := map[bool]string{false: "refused", true: "served"}[failOpen]
+			rec := httptest.NewRecorder()
+			b.node.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+			if want := `gatehouse_audit_unready_total{action="` + action + `"} 1`; !strings.Contains(rec.Body.String(), want) {
+				t.Fatalf("no %s in the metrics", want)
+			}
+		})
+	}
+}

@@ -75,6 +75,21 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kubeapi.WriteStatus(w, code, reason, msg)
 	}
 
+	// A request the audit log cannot record is refused (fail closed),
+	// unless the node is configured to serve it unaudited.
+	if gate, ok := n.cfg.Audit.(audit.Gate); ok {
+		if err := gate.Ready(); err != nil {
+			if !n.cfg.AuditFailOpen {
+				n.metrics.auditUnready.WithLabelValues("refused").Inc()
+				w.Header().Set("Retry-After", "5")
+				kubeapi.WriteStatus(w, http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable,
+					"gatehouse: the audit log cannot take this request's event ("+err.Error()+"); the gateway refuses what it cannot audit; retry")
+				return
+			}
+			n.metrics.auditUnready.WithLabelValues("served").Inc()
+		}
+	}
+
 	// Who: a person's certificate, valid, not revoked.
 	var chain = r.TLS.PeerCertificates
 	id, err := n.cfg.Verifier.VerifyUser(chain)

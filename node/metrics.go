@@ -20,6 +20,10 @@ type metrics struct {
 	requests    *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
 	auditErrors prometheus.Counter
+	// auditUnready counts requests met while the audit sink could not
+	// take events, by what the node did: refused (fail closed) or served
+	// unaudited (fail open, an alarm).
+	auditUnready *prometheus.CounterVec
 	redirects   prometheus.Counter
 }
 
@@ -40,12 +44,16 @@ func newMetrics(n *Node) *metrics {
 			Name: "gatehouse_audit_write_errors_total",
 			Help: "Audit events that could not be written.",
 		}),
+		auditUnready: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_audit_unready_total",
+			Help: "Requests met while the audit log could not take events (the spool full or its disk failing), by what the node did: refused (fail closed, the default) or served (fail open: an alarm).",
+		}, []string{"action"}),
 		redirects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gatehouse_agent_redirects_total",
 			Help: "Agents sent on to the node that should hold their tunnel.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.auditErrors, m.redirects,
+	m.reg.MustRegister(m.requests, m.latency, m.auditErrors, m.auditUnready, m.redirects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gatehouse_tunnels_open",
 			Help: "Agent tunnels held by this node.",

@@ -134,6 +134,11 @@ type Config struct {
 
 	// Audit receives one event per request (two for long-running ones).
 	Audit audit.Sink
+	// AuditFailOpen serves requests whose events the audit sink cannot
+	// take (an audit.Gate that is not ready: a full spool, a failing
+	// disk), counting them in an alarm metric; by default (fail closed)
+	// such requests are refused with 503.
+	AuditFailOpen bool
 
 	// Registrar and AgentIssuer let new agents register with a bootstrap
 	// token; either nil disables registration on this node.

@@ -529,6 +529,17 @@ func (s *Spool) dropShipped() {
 	}
 }
 
+// Err returns why the spool takes no records now (closed, or its disk
+// failing), or nil.
+func (s *Spool) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.syncErr
+}
+
 // Stats are the spool's figures for metrics.
 type Stats struct {
 	// Last is the last record's sequence number, Acked the last shipped.
