@@ -21,7 +21,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/identity"
@@ -204,6 +203,8 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	drainTimeout := fs.Duration("drain-timeout", gateway.DefaultDrainTimeout, "on SIGTERM, how long to spend handing this node's agents over to other nodes before stopping (then --shutdown-timeout for requests in flight)")
 	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "", "also route https://CLUSTER.DOMAIN/ to CLUSTER (DNS: a wildcard record for *.DOMAIN to the gateway); for clients that drop a server's path, such as kubectl proxy")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	af := auditFlags(fs, stateDir)
+	fs.BoolVar(&cfg.AuditFailOpen, "audit-fail-open", false, "serve requests whose audit events the spool cannot take (full, or a failing disk), counting them in gatehouse_audit_unready_total; default: refuse them with 503 (fail closed)")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err
 	}
@@ -270,12 +271,23 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	defer st.Close()
 	gcfg.Store = st
-	sink, err := audit.OpenFile(filepath.Join(*stateDir, "audit.jsonl"))
+	pipeline, err := af.open(cfg.Name, log)
 	if err != nil {
 		return err
 	}
-	defer sink.Close()
-	gcfg.Audit = sink
+	defer pipeline.Close()
+	gcfg.Audit = pipeline.sink
+	cfg.Collectors = append(cfg.Collectors, pipeline.collectors()...)
+	// The shipper outlives the node by a moment: what is in the spool at
+	// a graceful stop is shipped if Kafka takes it soon (else the next
+	// start ships it).
+	shipCtx, stopShipping := context.WithCancel(context.WithoutCancel(ctx))
+	shipped := pipeline.run(shipCtx)
+	defer func() {
+		pipeline.drain(5 * time.Second)
+		stopShipping()
+		<-shipped
+	}()
 	if *kratosPublic != "" {
 		icfg := identity.DefaultConfig()
 		icfg.PublicURL, icfg.AdminURL = *kratosPublic, *kratosAdmin

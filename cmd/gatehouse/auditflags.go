@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/audit/ship"
+	"github.com/gatehouse-dev/gatehouse/audit/spool"
+)
+
+// auditConfig is the node's audit pipeline as its flags say: a JSON-lines
+// file alone (no Kafka), or the durable spool shipped to Kafka.
+type auditConfig struct {
+	stateDir                       *string
+	brokers, topic, spoolDir       *string
+	spoolMax                       *int64
+	tlsOn                          *bool
+	caFile, saslMech, user, passwd *string
+	autoCreate                     *bool
+}
+
+func auditFlags(fs *flag.FlagSet, stateDir *string) *auditConfig {
+	return &auditConfig{
+		stateDir:   stateDir,
+		brokers:    fs.String("audit-kafka-brokers", "", "Kafka bootstrap brokers for the audit stream, host:port, comma-separated; empty: events go to STATE_DIR/audit.jsonl only"),
+		topic:      fs.String("audit-kafka-topic", "gatehouse.audit", "the audit topic"),
+		spoolDir:   fs.String("audit-spool-dir", "", "the durable audit spool, from which events are shipped to Kafka (default STATE_DIR/audit-spool)"),
+		spoolMax:   fs.Int64("audit-spool-max-bytes", spool.DefaultConfig().MaxBytes, "the spool's cap: past it the node refuses requests (or, with --audit-fail-open, serves them unaudited)"),
+		tlsOn:      fs.Bool("audit-kafka-tls", false, "connect to Kafka over TLS"),
+		caFile:     fs.String("audit-kafka-ca-file", "", "with --audit-kafka-tls: the CA certificates that verify the brokers (default: the system's)"),
+		saslMech:   fs.String("audit-kafka-sasl", "", "SASL mechanism: plain, scram-sha-256 or scram-sha-512 (empty: none)"),
+		user:       fs.String("audit-kafka-username", "", "SASL user name"),
+		passwd:     fs.String("audit-kafka-password-file", "", "a file holding the SASL password"),
+		autoCreate: fs.Bool("audit-kafka-create-topic", false, "let the first write create the topic (brokers that allow it)"),
+	}
+}
+
+// auditPipeline is the node's sink and, with Kafka, the spool and shipper.
+type auditPipeline struct {
+	sink    audit.Sink
+	file    *audit.FileSink
+	spool   *spool.Spool
+	shipper *ship.Shipper
+}
+
+func (c *auditConfig) open(node string, log *slog.Logger) (*auditPipeline, error) {
+	if *c.brokers == "" {
+		log.Warn("audit: no Kafka brokers (--audit-kafka-brokers): events go to a local file only")
+		f, err := audit.OpenFile(filepath.Join(*c.stateDir, "audit.jsonl"))
+		if err != nil {
+			return nil, err
+		}
+		return &auditPipeline{sink: f, file: f}, nil
+	}
+	scfg := spool.DefaultConfig()
+	scfg.Dir, scfg.MaxBytes, scfg.Logger = *c.spoolDir, *c.spoolMax, log
+	if scfg.Dir == "" {
+		scfg.Dir = filepath.Join(*c.stateDir, "audit-spool")
+	}
+	if scfg.MaxBytes < scfg.SegmentSize {
+		scfg.SegmentSize = max(4096, scfg.MaxBytes/4)
+	}
+	sp, err := spool.Open(scfg)
+	if err != nil {
+		return nil, err
+	}
+	kcfg := ship.DefaultConfig()
+	kcfg.Spool, kcfg.Topic, kcfg.Node, kcfg.Logger, kcfg.AllowAutoTopicCreation = sp, *c.topic, node, log, *c.autoCreate
+	for _, b := range strings.Split(*c.brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			kcfg.Brokers = append(kcfg.Brokers, b)
+		}
+	}
+	if kcfg.TLS, err = c.tls(); err == nil {
+		kcfg.SASL, err = c.sasl()
+	}
+	var sh *ship.Shipper
+	if err == nil {
+		sh, err = ship.New(kcfg)
+	}
+	if err != nil {
+		sp.Close()
+		return nil, err
+	}
+	return &auditPipeline{sink: &audit.SpoolSink{Spool: sp}, spool: sp, shipper: sh}, nil
+}
+
+func (c *auditConfig) tls() (*tls.Config, error) {
+	if !*c.tlsOn {
+		if *c.caFile != "" {
+			return nil, errors.New("--audit-kafka-ca-file needs --audit-kafka-tls")
+		}
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if *c.caFile != "" {
+		b, err := os.ReadFile(*c.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--audit-kafka-ca-file: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--audit-kafka-ca-file %s: no certificate", *c.caFile)
+		}
+	}
+	return cfg, nil
+}
+
+func (c *auditConfig) sasl() (sasl.Mechanism, error) {
+	if *c.saslMech == "" {
+		return nil, nil
+	}
+	if *c.user == "" || *c.passwd == "" {
+		return nil, errors.New("--audit-kafka-sasl needs --audit-kafka-username and --audit-kafka-password-file")
+	}
+	b, err := os.ReadFile(*c.passwd)
+	if err != nil {
+		return nil, fmt.Errorf("--audit-kafka-password-file: %w", err)
+	}
+	pw := strings.TrimSpace(string(b))
+	switch *c.saslMech {
+	case "plain":
+		return plain.Mechanism{Username: *c.user, Password: pw}, nil
+	case "scram-sha-256":
+		return scram.Mechanism(scram.SHA256, *c.user, pw)
+	case "scram-sha-512":
+		return scram.Mechanism(scram.SHA512, *c.user, pw)
+	}
+	return nil, fmt.Errorf("--audit-kafka-sasl %q: plain, scram-sha-256 or scram-sha-512", *c.saslMech)
+}
+
+func (p *auditPipeline) collectors() []prometheus.Collector {
+	if p.shipper == nil {
+		return nil
+	}
+	return p.shipper.Collectors()
+}
+
+// run ships until ctx ends; the channel closes when the shipper stops.
+func (p *auditPipeline) run(ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	if p.shipper == nil {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		if err := p.shipper.Run(ctx); err != nil {
+			slog.Error("audit: the shipper stopped", "err", err)
+		}
+	}()
+	return done
+}
+
+// drain waits up to d for the spool to be shipped.
+func (p *auditPipeline) drain(d time.Duration) {
+	if p.spool == nil {
+		return
+	}
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if st := p.spool.Stats(); st.Acked == st.Last {
+			return
+		}
+	}
+}
+
+// Close closes the file, or the shipper and the spool.
+func (p *auditPipeline) Close() error {
+	if p.file != nil {
+		return p.file.Close()
+	}
+	p.shipper.Close()
+	return p.spool.Close()
+}
