@@ -44,7 +44,8 @@ type Event struct {
 	// ID is the event's unique id, sortable by time (a UUIDv7). Delivery
 	// to Kafka is at least once: consumers deduplicate by it.
 	ID string `json:"id,omitempty"`
-	// Kind is KindKube when empty.
+	// Kind is KindKube or KindSystem (KindKube when empty: events written
+	// before schema version 1).
 	Kind string `json:"kind,omitempty"`
 	// Action and Object name a system event's change: "cluster.create",
 	// "cluster/prod-eu".

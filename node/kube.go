@@ -65,7 +65,7 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := k.n
 	start := n.cfg.Now()
 	ev := &audit.Event{
-		Time: start, Phase: audit.PhaseComplete, RequestID: newRequestID(), Node: n.cfg.Name,
+		Kind: audit.KindKube, Time: start, Phase: audit.PhaseComplete, RequestID: newRequestID(), Node: n.cfg.Name,
 		Path: r.URL.EscapedPath(), ClientAddr: r.RemoteAddr, UserAgent: r.UserAgent(), Verb: r.Method,
 	}
 	refuse := func(code int, reason metav1.StatusReason, msg string) {

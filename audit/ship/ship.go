@@ -184,7 +184,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 				return nil
 			}
 			s.failures.Inc()
-			s.log.Warn("audit: events not shipped to Kafka; the spool keeps them, trying again", "events", len(msgs), "retryIn", backoff, "err", err)
+			s.log.Warn("audit: events not shipped to Kafka; the spool keeps them, trying again", "events", len(msgs), "retryIn", backoff, "err", summary(err))
 			sleep(ctx, backoff)
 			backoff = min(2*backoff, s.cfg.MaxBackoff)
 			continue
@@ -213,6 +213,20 @@ func (s *Shipper) Close() error {
 		// The writer leaves a transport it was given open.
 		s.tr.CloseIdleConnections()
 	})
+	return err
+}
+
+// summary shortens kafka-go's error for a batch, which lists one error per
+// message, to the count and the first.
+func summary(err error) error {
+	var we kafka.WriteErrors
+	if errors.As(err, &we) {
+		for _, e := range we {
+			if e != nil {
+				return fmt.Errorf("%d of %d messages not written, the first: %w", we.Count(), len(we), e)
+			}
+		}
+	}
 	return err
 }
 
