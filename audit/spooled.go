@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -50,6 +51,7 @@ func (s *SpoolSink) Write(_ context.Context, ev *Event) error {
 		ev.ID = id.String()
 	}
 	ev.Schema = SchemaVersion
+	bound(ev)
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
@@ -58,4 +60,29 @@ func (s *SpoolSink) Write(_ context.Context, ev *Event) error {
 		return fmt.Errorf("audit: %w", err)
 	}
 	return nil
+}
+
+// MaxField bounds each text field of an event that the spooled sink
+// writes: a client's path or user agent can be as long as the server takes
+// headers, and an event that Kafka refuses as too large would stop the
+// shipper and fill the spool. Longer values are cut and marked.
+const MaxField = 4096
+
+const cutMark = "...(cut)"
+
+func bound(ev *Event) {
+	for _, f := range []*string{&ev.Action, &ev.Object, &ev.User, &ev.Cluster, &ev.Namespace, &ev.Verb, &ev.APIGroup, &ev.Resource,
+		&ev.Subresource, &ev.Name, &ev.Path, &ev.ClientAddr, &ev.UserAgent, &ev.Error, &ev.Detail, &ev.RequestID, &ev.Node} {
+		if len(*f) > MaxField {
+			*f = strings.ToValidUTF8((*f)[:MaxField-len(cutMark)], "") + cutMark
+		}
+	}
+	if len(ev.Groups) > 256 {
+		ev.Groups = append(ev.Groups[:255:255], cutMark)
+	}
+	for i, g := range ev.Groups {
+		if len(g) > MaxField {
+			ev.Groups[i] = strings.ToValidUTF8(g[:MaxField-len(cutMark)], "") + cutMark
+		}
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -61,5 +63,29 @@ func TestSpoolSink(t *testing.T) {
 	}
 	if !errors.Is(full, spool.ErrFull) {
 		t.Fatalf("a write to a full spool: %v", full)
+	}
+}
+
+// A client's overlong path or user agent is cut, so that no event grows
+// past what Kafka takes.
+func TestSpoolSinkBoundsFields(t *testing.T) {
+	cfg := spool.DefaultConfig()
+	cfg.Dir = t.TempDir()
+	sp, err := spool.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	long := strings.Repeat("é", 300_000)
+	ev := &audit.Event{Kind: audit.KindKube, Path: "/" + long, UserAgent: long, Groups: make([]string, 1000)}
+	if err := (&audit.SpoolSink{Spool: sp}).Write(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := sp.Read(0, 1, 1<<20)
+	if n := len(recs[0].Payload); n > 64<<10 {
+		t.Fatalf("an event of %d bytes", n)
+	}
+	if !strings.HasSuffix(ev.Path, "...(cut)") || !utf8.ValidString(ev.Path) || len(ev.Groups) != 256 {
+		t.Fatalf("path %d bytes, valid %v, %d groups", len(ev.Path), utf8.ValidString(ev.Path), len(ev.Groups))
 	}
 }

@@ -30,6 +30,11 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
 )
 
+// maxRecordBatch bounds one partition's record batch in a produce request:
+// half of Kafka's default message.max.bytes. Events are bounded far below
+// it (audit.MaxField).
+const maxRecordBatch = 512 << 10
+
 // Config configures a Shipper.
 type Config struct {
 	Spool *spool.Spool
@@ -114,7 +119,10 @@ func New(cfg Config) (*Shipper, error) {
 		Balancer:               &kafka.Hash{},
 		RequiredAcks:           kafka.RequireAll,
 		BatchSize:              cfg.BatchSize,
-		BatchBytes:             int64(cfg.BatchBytes) + 1<<16,
+		// Below Kafka's default message.max.bytes (1 MiB) for one
+		// partition's record batch: a backlog sent in full batches would
+		// otherwise be refused as too large, again and again.
+		BatchBytes:             maxRecordBatch,
 		BatchTimeout:           cfg.BatchTimeout,
 		WriteTimeout:           cfg.WriteTimeout,
 		ReadTimeout:            cfg.WriteTimeout,

@@ -1,8 +1,8 @@
 package nodetest_test
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/internal/kafkatest"
 	"github.com/gatehouse-dev/gatehouse/internal/nodetest"
 )
@@ -27,7 +27,9 @@ const auditTopic = "gatehouse.audit"
 // outage, and while it is down the node is killed (kill -9) with events
 // in its spool; Kafka comes back and the node starts again. Every request
 // that was answered has its event in Kafka; after deduplication by id the
-// cluster's events are in the order the requests were made.
+// cluster's events are in the order the requests were made. The test reads
+// the topic as a consumer that knows only the documented schema: every
+// event validates against it.
 func auditOutage(t testing.TB, outage time.Duration) {
 	k := kafkatest.StartT(t, kafkatest.Config{Brokers: 1, Partitions: 3, Topics: []string{auditTopic}})
 	c := nodetest.StartRingArgs(t, 1, "--audit-kafka-brokers", strings.Join(k.Brokers, ","), "--audit-kafka-topic", auditTopic)
@@ -89,9 +91,9 @@ func auditOutage(t testing.TB, outage time.Duration) {
 	got, dups, total := readAudit(t, k, "audited", len(want))
 	var order []int
 	for _, ev := range got {
-		if k, ok := want[ev.Name]; ok {
+		if k, ok := want[ev.name]; ok {
 			order = append(order, k)
-			delete(want, ev.Name)
+			delete(want, ev.name)
 		}
 	}
 	if len(want) != 0 {
@@ -110,15 +112,24 @@ func auditOutage(t testing.TB, outage time.Duration) {
 		len(order), total, dups)
 }
 
+// consumedEvent is what the test's consumer takes from an event: it reads
+// the topic as a consumer written against the documented schema alone
+// would, validating every event and reading fields from the JSON.
+type consumedEvent struct {
+	id, kind, cluster, name string
+}
+
 // readAudit reads the audit topic until cluster has at least want
-// distinct events, and returns them in the order their partition holds
-// them (deduplicated by id), with the count of duplicates and of all
-// events read.
-func readAudit(t testing.TB, k *kafkatest.Cluster, cluster string, want int) ([]audit.Event, int, int) {
+// distinct kube events, validating every event against the documented
+// schema, and returns the cluster's kube events in the order their
+// partition holds them (deduplicated by id), with the count of duplicates
+// and of all events read.
+func readAudit(t testing.TB, k *kafkatest.Cluster, cluster string, want int) ([]consumedEvent, int, int) {
 	t.Helper()
+	schema := nodetest.EventSchema(t)
 	var mu sync.Mutex
 	seen := map[string]bool{}
-	var out []audit.Event
+	var out []consumedEvent
 	dups, total := 0, 0
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -134,16 +145,22 @@ func readAudit(t testing.TB, k *kafkatest.Cluster, cluster string, want int) ([]
 				if err != nil {
 					return
 				}
-				var ev audit.Event
-				if err := json.Unmarshal(m.Value, &ev); err != nil {
-					t.Errorf("an event that is not JSON: %v", err)
+				doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(m.Value))
+				if err == nil {
+					err = schema.Validate(doc)
+				}
+				if err != nil {
+					t.Errorf("an event that does not match the schema: %v\n%s", err, m.Value)
 					return
 				}
+				fields := doc.(map[string]any)
+				str := func(k string) string { s, _ := fields[k].(string); return s }
+				ev := consumedEvent{id: str("id"), kind: str("kind"), cluster: str("cluster"), name: str("name")}
 				mu.Lock()
 				total++
-				if seen[ev.ID] {
+				if seen[ev.id] {
 					dups++
-				} else if seen[ev.ID] = true; ev.Cluster == cluster && ev.Kind == audit.KindKube {
+				} else if seen[ev.id] = true; ev.cluster == cluster && ev.kind == "kube" {
 					out = append(out, ev)
 				}
 				enough := len(out) >= want

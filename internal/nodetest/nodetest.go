@@ -39,6 +39,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/front"
@@ -839,4 +841,33 @@ func (c *Cluster) Partition(side ...*Node) (heal func()) {
 		t.Fatal(err)
 	}
 	return heal
+}
+
+// EventSchema compiles the documented schema of audit events
+// (docs/audit/event-v1.schema.json), as a consumer that knows nothing of
+// Gatehouse's Go types would.
+func EventSchema(t testing.TB) *jsonschema.Schema {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "docs", "audit", "event-v1.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := jsonschema.NewCompiler()
+	c.AssertFormat()
+	if err := c.AddResource("event.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Compile("event.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

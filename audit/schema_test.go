@@ -1,0 +1,101 @@
+package audit_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/audit/spool"
+)
+
+// SchemaFile is the documented schema of the events, for consumers.
+var schemaFile = filepath.Join("..", "docs", "audit", "event-v1.schema.json")
+
+func compileSchema(t *testing.T) *jsonschema.Schema {
+	t.Helper()
+	b, err := os.ReadFile(schemaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := jsonschema.NewCompiler()
+	c.AssertFormat()
+	if err := c.AddResource("event.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Compile("event.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Every kind of event the spooled sink writes validates against the
+// documented schema; an event that breaks it does not.
+func TestEventsMatchTheDocumentedSchema(t *testing.T) {
+	schema := compileSchema(t)
+	cfg := spool.DefaultConfig()
+	cfg.Dir = t.TempDir()
+	sp, err := spool.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	sink := &audit.SpoolSink{Spool: sp}
+	now := time.Now()
+	for _, ev := range []*audit.Event{
+		{Kind: audit.KindKube, Time: now, Phase: audit.PhaseComplete, RequestID: "r1", Node: "node-1", User: "u1", Groups: []string{"sre"},
+			Cluster: "prod", Namespace: "default", Verb: "list", Resource: "pods", Path: "/k8s/prod/api/v1/namespaces/default/pods",
+			Status: 200, Duration: time.Millisecond, BytesOut: 1234, ClientAddr: "10.0.0.1:5000", UserAgent: "kubectl/v1.37.2"},
+		{Kind: audit.KindKube, Time: now, Phase: audit.PhaseOpen, RequestID: "r2", Node: "node-1", User: "u1", Cluster: "prod", Verb: "create",
+			Resource: "pods", Subresource: "exec", Name: "web-0", Path: "/k8s/prod/api/v1/namespaces/default/pods/web-0/exec", ClientAddr: "10.0.0.1:5001"},
+		{Kind: audit.KindKube, Time: now, Phase: audit.PhaseClose, RequestID: "r2", Node: "node-1", User: "u1", Cluster: "prod", Verb: "create",
+			Path: "/k8s/prod/api/v1/namespaces/default/pods/web-0/exec", Status: 101, BytesIn: 10, BytesOut: 99, ClientAddr: "10.0.0.1:5001"},
+		{Kind: audit.KindSystem, Action: "ca.rotation.active", Object: "ca/generation/2", Time: now, Phase: audit.PhaseComplete, Node: "node-2",
+			Status: 200, Detail: "rotation of the intermediates"},
+		{Kind: audit.KindSystem, Action: "node.enrol", Object: "node/node-4", Time: now, Phase: audit.PhaseComplete, Node: "node-2",
+			Status: 403, Error: "bad MAC", ClientAddr: "10.0.0.4:3333"},
+	} {
+		if err := sink.Write(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := sp.Read(0, 100, 1<<20)
+	if err != nil || len(recs) != 5 {
+		t.Fatal(len(recs), err)
+	}
+	for _, r := range recs {
+		v, err := jsonschema.UnmarshalJSON(bytes.NewReader(r.Payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := schema.Validate(v); err != nil {
+			t.Fatalf("event %d does not match the schema: %v\n%s", r.Seq, err, r.Payload)
+		}
+	}
+	// The schema refuses what breaks it.
+	var ev map[string]any
+	json.Unmarshal(recs[0].Payload, &ev)
+	for field, bad := range map[string]any{"schema": 2, "id": "not-a-uuid", "phase": "halfway", "kind": "other", "status": -1} {
+		broken := map[string]any{}
+		for k, v := range ev {
+			broken[k] = v
+		}
+		broken[field] = bad
+		b, _ := json.Marshal(broken)
+		v, _ := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if schema.Validate(v) == nil {
+			t.Errorf("an event with %s %v validates", field, bad)
+		}
+	}
+}
