@@ -7,6 +7,7 @@ package audit
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -75,6 +76,41 @@ type Event struct {
 	Error string `json:"error,omitempty"`
 	// Detail says more of a system event (a rotation's phase).
 	Detail string `json:"detail,omitempty"`
+
+	// The node's hash chain (tamper evidence): Chain names the chain (a
+	// node begins one each time its audit log opens), ChainSeq is the
+	// event's place in it (from 1), and Prev is the SHA-256 (hex) of the
+	// previous event of the chain, as written; empty for the first.
+	Chain    string `json:"chain,omitempty"`
+	ChainSeq uint64 `json:"chainSeq,omitempty"`
+	Prev     string `json:"prev,omitempty"`
+	// Checkpoint, on an audit.checkpoint event, signs the chain so far.
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
+}
+
+// Checkpoint is a node's signature over its chain up to an event: the
+// event's hash, signed with the node's key, whose certificate the CA
+// issued. A verifier that trusts the CA detects an edit, a deletion or a
+// reordering before it, and a chain cut short before it.
+type Checkpoint struct {
+	// UpTo is the chain sequence number of the event signed, and Hash that
+	// event's SHA-256 (hex), as written.
+	UpTo uint64 `json:"upTo"`
+	Hash string `json:"hash"`
+	// Signature is the node key's signature (ASN.1 ECDSA, base64) over
+	// CheckpointDigest.
+	Signature string `json:"signature"`
+	// Certificate is the node's certificate chain (PEM).
+	Certificate string `json:"certificate"`
+}
+
+// ActionCheckpoint is the action of a checkpoint event.
+const ActionCheckpoint = "audit.checkpoint"
+
+// CheckpointDigest is what a checkpoint's signature covers.
+func CheckpointDigest(node, chain string, upTo uint64, hash string) []byte {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("gatehouse-audit-checkpoint/1\n%s\n%s\n%d\n%s", node, chain, upTo, hash)))
+	return sum[:]
 }
 
 // Sink receives audit events. Write must not keep ev after it returns.

@@ -3,6 +3,7 @@ package audit_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
+	"github.com/gatehouse-dev/gatehouse/control/ca"
 )
 
 // SchemaFile is the documented schema of the events, for consumers.
@@ -51,7 +53,16 @@ func TestEventsMatchTheDocumentedSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	sink := &audit.SpoolSink{Spool: sp}
+	auth, err := ca.New(ca.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := auth.IssueServer([]string{"node-1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &audit.SpoolSink{Spool: sp, Node: "node-1"}
+	sink.SetKey(func() *tls.Certificate { return &cert })
 	now := time.Now()
 	for _, ev := range []*audit.Event{
 		{Kind: audit.KindKube, Time: now, Phase: audit.PhaseComplete, RequestID: "r1", Node: "node-1", User: "u1", Groups: []string{"sre"},
@@ -70,8 +81,11 @@ func TestEventsMatchTheDocumentedSchema(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := sink.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
 	recs, err := sp.Read(0, 100, 1<<20)
-	if err != nil || len(recs) != 5 {
+	if err != nil || len(recs) != 6 {
 		t.Fatal(len(recs), err)
 	}
 	for _, r := range recs {

@@ -2,9 +2,18 @@ package audit
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -16,14 +25,45 @@ import (
 // Write returns, so a request is not answered before its event is safe.
 // Write fails (the gateway then refuses the request) when the spool cannot
 // take it: full because Kafka has been down too long, or a failing disk.
+//
+// The sink links the node's events in a hash chain (Event.Chain, ChainSeq,
+// Prev) and, once it has a key (SetKey), signs the chain in a checkpoint
+// event every CheckpointEvery events and at each Checkpoint call with
+// events since the last (the node calls it every few seconds): package
+// verify checks them.
 type SpoolSink struct {
 	Spool *spool.Spool
+	// Node names this node in its events.
+	Node string
+	// CheckpointEvery is how many events may go unsigned; zero means
+	// DefaultCheckpointEvery.
+	CheckpointEvery int
+
+	mu      sync.Mutex // guards the chain, and orders appends with it
+	key     func() *tls.Certificate
+	chain   string
+	seq     uint64
+	prev    string
+	unsaved int // events since the last checkpoint
 }
+
+// DefaultCheckpointEvery is how many events a chain runs between
+// checkpoints at most.
+const DefaultCheckpointEvery = 1000
 
 var (
 	_ Sink = (*SpoolSink)(nil)
 	_ Gate = (*SpoolSink)(nil)
 )
+
+// SetKey gives the sink the node's certificate and key to sign checkpoints
+// with (the serving certificate, which the CA issued; fn returns the
+// current one).
+func (s *SpoolSink) SetKey(fn func() *tls.Certificate) {
+	s.mu.Lock()
+	s.key = fn
+	s.mu.Unlock()
+}
 
 // readyHeadroom is what the spool must have left for the sink to say it
 // is ready: room for the events of the requests in flight.
@@ -40,9 +80,47 @@ func (s *SpoolSink) Ready() error {
 	return nil
 }
 
-// Write gives ev an id (a UUIDv7) if it has none and the schema version,
-// and appends it to the spool.
+// Write gives ev an id (a UUIDv7) if it has none, the schema version and
+// its place in the chain, and appends it to the spool; a checkpoint
+// follows every CheckpointEvery events.
 func (s *SpoolSink) Write(_ context.Context, ev *Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.append(ev); err != nil {
+		return err
+	}
+	every := s.CheckpointEvery
+	if every <= 0 {
+		every = DefaultCheckpointEvery
+	}
+	if s.unsaved >= every {
+		if err := s.checkpoint(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Checkpoint signs the chain if events were written since the last
+// checkpoint (and the sink has a key).
+func (s *SpoolSink) Checkpoint() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unsaved == 0 {
+		return nil
+	}
+	return s.checkpoint()
+}
+
+// append writes ev as the chain's next event. The caller holds mu.
+func (s *SpoolSink) append(ev *Event) error {
+	if s.chain == "" {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return fmt.Errorf("audit: chain id: %w", err)
+		}
+		s.chain = id.String()
+	}
 	if ev.ID == "" {
 		id, err := uuid.NewV7()
 		if err != nil {
@@ -51,6 +129,7 @@ func (s *SpoolSink) Write(_ context.Context, ev *Event) error {
 		ev.ID = id.String()
 	}
 	ev.Schema = SchemaVersion
+	ev.Chain, ev.ChainSeq, ev.Prev = s.chain, s.seq+1, s.prev
 	bound(ev)
 	b, err := json.Marshal(ev)
 	if err != nil {
@@ -59,6 +138,43 @@ func (s *SpoolSink) Write(_ context.Context, ev *Event) error {
 	if _, err := s.Spool.Append(b); err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
+	sum := sha256.Sum256(b)
+	s.seq, s.prev = s.seq+1, hex.EncodeToString(sum[:])
+	s.unsaved++
+	return nil
+}
+
+// checkpoint writes a checkpoint event signing the chain up to its last
+// event. Without a key it writes none. The caller holds mu.
+func (s *SpoolSink) checkpoint() error {
+	if s.key == nil {
+		return nil
+	}
+	cert := s.key()
+	if cert == nil {
+		return nil
+	}
+	signer, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil
+	}
+	cp := &Checkpoint{UpTo: s.seq, Hash: s.prev}
+	sig, err := signer.Sign(rand.Reader, CheckpointDigest(s.Node, s.chain, cp.UpTo, cp.Hash), crypto.SHA256)
+	if err != nil {
+		return fmt.Errorf("audit: sign a checkpoint: %w", err)
+	}
+	cp.Signature = base64.StdEncoding.EncodeToString(sig)
+	var chain strings.Builder
+	for _, der := range cert.Certificate {
+		pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: der})
+	}
+	cp.Certificate = chain.String()
+	ev := &Event{Kind: KindSystem, Action: ActionCheckpoint, Object: "chain/" + s.chain, Time: time.Now(), Phase: PhaseComplete,
+		Node: s.Node, Status: 200, Checkpoint: cp}
+	if err := s.append(ev); err != nil {
+		return err
+	}
+	s.unsaved = 0
 	return nil
 }
 
