@@ -114,11 +114,11 @@ func New(cfg Config) (*Shipper, error) {
 	}
 	tr := &kafka.Transport{TLS: cfg.TLS, SASL: cfg.SASL, DialTimeout: 5 * time.Second}
 	w := &kafka.Writer{
-		Addr:                   kafka.TCP(cfg.Brokers...),
-		Topic:                  cfg.Topic,
-		Balancer:               &kafka.Hash{},
-		RequiredAcks:           kafka.RequireAll,
-		BatchSize:              cfg.BatchSize,
+		Addr:         kafka.TCP(cfg.Brokers...),
+		Topic:        cfg.Topic,
+		Balancer:     &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll,
+		BatchSize:    cfg.BatchSize,
 		// Below Kafka's default message.max.bytes (1 MiB) for one
 		// partition's record batch: a backlog sent in full batches would
 		// otherwise be refused as too large, again and again.

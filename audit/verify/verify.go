@@ -23,15 +23,15 @@ import (
 
 // Kinds of problem.
 const (
-	Missing    = "missing"    // events of a chain are absent: deleted
-	Altered    = "altered"    // an event is not what the next one's hash names: edited
-	Reordered  = "reordered"  // an event came after a later one of its chain
-	BadSig     = "bad-signature"
+	Missing   = "missing"   // events of a chain are absent: deleted
+	Altered   = "altered"   // an event is not what the next one's hash names: edited
+	Reordered = "reordered" // an event came after a later one of its chain
+	BadSig    = "bad-signature"
 	// Unsigned (a warning): the chain's last events come after its last
 	// checkpoint. A node that crashed leaves such a tail; so does a
 	// deletion of a chain's last events with their checkpoint. It is at
 	// most a checkpoint interval long.
-	Unsigned = "unsigned-tail"
+	Unsigned   = "unsigned-tail"
 	Unreadable = "unreadable" // not an event
 	Conflict   = "conflict"   // two different events under one place in a chain
 )
