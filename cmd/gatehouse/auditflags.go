@@ -55,8 +55,14 @@ type auditPipeline struct {
 	sink    audit.Sink
 	file    *audit.FileSink
 	spool   *spool.Spool
+	spooled *audit.SpoolSink
 	shipper *ship.Shipper
 }
+
+// checkpointInterval is how often a node signs its audit chain when it has
+// written events since the last checkpoint: the longest tail of events a
+// deletion could take unseen.
+const checkpointInterval = 10 * time.Second
 
 func (c *auditConfig) open(node string, log *slog.Logger) (*auditPipeline, error) {
 	if *c.brokers == "" {
@@ -97,7 +103,8 @@ func (c *auditConfig) open(node string, log *slog.Logger) (*auditPipeline, error
 		sp.Close()
 		return nil, err
 	}
-	return &auditPipeline{sink: &audit.SpoolSink{Spool: sp}, spool: sp, shipper: sh}, nil
+	spooled := &audit.SpoolSink{Spool: sp, Node: node}
+	return &auditPipeline{sink: spooled, spool: sp, spooled: spooled, shipper: sh}, nil
 }
 
 func (c *auditConfig) tls() (*tls.Config, error) {
@@ -160,11 +167,45 @@ func (p *auditPipeline) run(ctx context.Context) <-chan struct{} {
 	}
 	go func() {
 		defer close(done)
+		stop := make(chan struct{})
+		signed := make(chan struct{})
+		go func() {
+			defer close(signed)
+			t := time.NewTicker(checkpointInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					p.checkpoint()
+				}
+			}
+		}()
 		if err := p.shipper.Run(ctx); err != nil {
 			slog.Error("audit: the shipper stopped", "err", err)
 		}
+		close(stop)
+		<-signed
 	}()
 	return done
+}
+
+// setKey gives the chain the node's certificate to sign checkpoints with.
+func (p *auditPipeline) setKey(fn func() *tls.Certificate) {
+	if p.spooled != nil {
+		p.spooled.SetKey(fn)
+	}
+}
+
+// checkpoint signs the chain if events came since the last checkpoint.
+func (p *auditPipeline) checkpoint() {
+	if p.spooled == nil {
+		return
+	}
+	if err := p.spooled.Checkpoint(); err != nil {
+		slog.Error("audit: checkpoint not written", "err", err)
+	}
 }
 
 // drain waits up to d for the spool to be shipped.

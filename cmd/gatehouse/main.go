@@ -47,6 +47,7 @@ func commands() []command {
 		{"node", "run a gateway node", runNode},
 		{"migrate", "apply the store's schema migrations", runMigrate},
 		{"ca", "the certificate authority: create it (ca init), rotate it (ca rotate), show its generations (ca status)", runCA},
+		{"audit", "the audit stream: check its hash chains and signed checkpoints (audit verify)", runAudit},
 		{"agent", "run the cluster agent (inside the cluster; configured by the bootstrap manifest)", runAgent},
 		{"dev", "run a whole Gatehouse on this machine: a local cluster behind a gateway, ready for kubectl", runDev},
 		{"login", "sign in (password, invitation or SSO through Kratos) and keep a session for the other commands", runLogin},
@@ -284,6 +285,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	shipCtx, stopShipping := context.WithCancel(context.WithoutCancel(ctx))
 	shipped := pipeline.run(shipCtx)
 	defer func() {
+		pipeline.checkpoint() // the chain's end, signed
 		pipeline.drain(5 * time.Second)
 		stopShipping()
 		<-shipped
@@ -300,6 +302,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer g.Close()
+	pipeline.setKey(g.ServingCertificate)
 	caPath := filepath.Join(*stateDir, "ca.crt")
 	if err := os.WriteFile(caPath, g.CA.RootPEM(), 0o644); err != nil {
 		return err
