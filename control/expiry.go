@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 )
 
@@ -34,7 +35,11 @@ type Expirer struct {
 	// of expiry (bindings are read with their expiry); the check is what
 	// ends their open streams and removes the bindings from the clusters.
 	Interval time.Duration
-	Logger   *slog.Logger
+	// Audit, if set, is told of each binding removed (once, by the node
+	// that removed it), as Node.
+	Audit  audit.Sink
+	Node   string
+	Logger *slog.Logger
 }
 
 // Run checks expiry every Interval until ctx ends.
@@ -74,6 +79,17 @@ func (x *Expirer) Once(ctx context.Context) (int, error) {
 	users := map[string]bool{}
 	var errs []error
 	for _, b := range expired {
+		if x.Audit != nil {
+			ev := &audit.Event{Kind: audit.KindSystem, Action: "rolebinding.expired", Object: "rolebinding/" + b.ID, Time: time.Now(),
+				Phase: audit.PhaseComplete, Node: x.Node, Status: 200,
+				Detail: fmt.Sprintf("%s %s lost role %s (project %q, namespace %q) at %s", b.SubjectKind, b.SubjectID, b.Role, b.ProjectID, b.Namespace, b.Expires.UTC().Format(time.RFC3339))}
+			if b.SubjectKind == store.SubjectUser {
+				ev.User = b.SubjectID
+			}
+			if err := x.Audit.Write(context.WithoutCancel(ctx), ev); err != nil {
+				errs = append(errs, fmt.Errorf("control: audit the expiry of %s: %w", b.ID, err))
+			}
+		}
 		if b.SubjectKind == store.SubjectUser {
 			users[b.SubjectID] = true
 			continue

@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
@@ -133,10 +134,14 @@ func TestPolicyThroughGateway(t *testing.T) {
 		// From the moment of expiry the gateway refuses...
 		b.refused(kc, "no access", "get", "--raw", "/api/v1/namespaces/tb-team/configmaps")
 		// ...and the expirer takes the binding out of the cluster.
-		x := &control.Expirer{Store: b.store, Notify: b.node}
+		expiries := &audit.Memory{}
+		x := &control.Expirer{Store: b.store, Notify: b.node, Audit: expiries, Node: "node-1"}
 		n, err := x.Once(ctx)
 		if err != nil || n != 1 {
 			t.Fatalf("expirer: %d %v", n, err)
+		}
+		if evs := expiries.Events(); len(evs) != 1 || evs[0].Action != "rolebinding.expired" || evs[0].User != tim || evs[0].Node != "node-1" {
+			t.Fatalf("the expiry's audit events: %+v", evs)
 		}
 		if got := b.bindingNames(t, tim); len(got) != 0 {
 			t.Fatalf("bindings after expiry: %v", got)

@@ -145,6 +145,12 @@ func (n *Node) renewAgent(ctx context.Context, cluster string, csrPEM []byte) ([
 		return nil, time.Time{}, err
 	}
 	chain, err := n.cfg.AgentIssuer.IssueAgent(ctx, cluster, csr.PublicKey, n.cfg.AgentCertTTL)
+	ev := &audit.Event{Kind: audit.KindSystem, Action: "agent.renew", Object: "cluster/" + cluster, Cluster: cluster, Time: n.cfg.Now(),
+		Phase: audit.PhaseComplete, Node: n.cfg.Name, Status: http.StatusOK}
+	if err != nil {
+		ev.Status, ev.Error = http.StatusInternalServerError, err.Error()
+	}
+	n.writeAudit(ctx, ev)
 	if err != nil {
 		n.log.Error("agent certificate renewal", "cluster", cluster, "err", err)
 		return nil, time.Time{}, errors.New("cannot issue certificate")

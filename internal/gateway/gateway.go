@@ -224,7 +224,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	g := &Gateway{cfg: cfg, log: cfg.Logger, now: cfg.Now, ready: make(chan struct{}),
 		commands: make(chan []byte, commandQueue), broadcastMetrics: newBroadcastMetrics(),
 		renewNow: make(chan struct{}, 1), trustQueue: make(chan string, 1024), auditedStandby: map[int64]bool{}, enrol: newEnrolGuard()}
-	g.book = &tunnelBook{g: g, sessions: map[string]struct{}{}}
+	g.book = &tunnelBook{g: g, sessions: map[string]string{}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -362,6 +362,7 @@ func (g *Gateway) leadership(ctx context.Context) {
 				g.CA.Seal()
 				g.setLeads(ctx, false)
 				g.log.Info("consensus: no longer the leader; signing keys sealed")
+				g.auditSystem("ca.leader.lost", "node/"+g.cfg.Node.Name, "", "this node no longer leads the Raft group; the signing keys are sealed")
 				continue
 			}
 			if err := g.CA.Unseal(ctx, g.cfg.KEK, g.cfg.Store); err != nil {
@@ -374,6 +375,7 @@ func (g *Gateway) leadership(ctx context.Context) {
 			}
 			g.setLeads(ctx, true)
 			g.log.Info("consensus: elected leader; signing keys unsealed")
+			g.auditSystem("ca.leader.elected", "node/"+g.cfg.Node.Name, "", "this node leads the Raft group and holds the signing keys")
 		}
 	}
 }
@@ -749,9 +751,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return err
 	}
 	close(g.ready)
+	if g.ring != nil {
+		g.auditSystem("node.join", "node/"+g.cfg.Node.Name, "", fmt.Sprintf("joined the gateway cluster: %d members seen", len(g.ring.Members())))
+	}
 	// Every node looks for expired grants; the change feed tells them all
 	// (this one included) whose access changed.
-	g.goRun(func() { (&control.Expirer{Store: g.cfg.Store, Interval: g.cfg.ExpiryInterval, Logger: g.log}).Run(ctx) })
+	g.goRun(func() {
+		(&control.Expirer{Store: g.cfg.Store, Interval: g.cfg.ExpiryInterval, Audit: g.cfg.Audit, Node: g.cfg.Node.Name, Logger: g.log}).Run(ctx)
+	})
 	g.goRun(func() { g.feed.Run(ctx) })
 	g.goRun(func() { g.renewLoop(ctx) })
 	g.goRun(func() { g.trustLoop(ctx) })
@@ -803,6 +810,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}
 	}
 	if g.ring != nil {
+		g.auditSystem("node.leave", "node/"+g.cfg.Node.Name, "", "leaving the gateway cluster (a graceful stop)")
 		// Only now: until the node has stopped, the others may still
 		// forward to it requests for tunnels it was handing over, and its
 		// own requests in flight go through the peer pool.
@@ -999,8 +1007,8 @@ func (g *Gateway) Owner(cluster string) string {
 type tunnelBook struct {
 	g *Gateway
 
-	mu       sync.Mutex          // guards sessions
-	sessions map[string]struct{} // of the tunnels up here
+	mu       sync.Mutex        // guards sessions
+	sessions map[string]string // of the tunnels up here: session -> cluster
 }
 
 // HeartbeatInterval is how often a node stamps its tunnels alive in the
@@ -1009,8 +1017,9 @@ const HeartbeatInterval = 30 * time.Second
 
 func (b *tunnelBook) TunnelUp(cluster, session string, hello tunnel.Hello) {
 	b.mu.Lock()
-	b.sessions[session] = struct{}{}
+	b.sessions[session] = cluster
 	b.mu.Unlock()
+	b.g.auditSystem("tunnel.connect", "tunnel/"+session, cluster, "agent "+hello.AgentVersion+", Kubernetes "+hello.KubeVersion)
 	if len(b.g.CA.Generations()) > 1 && hello.AgentVersion != "" {
 		// A rotation is under way: the agent may have missed the bundle.
 		b.g.pushTrust(cluster)
@@ -1025,8 +1034,10 @@ func (b *tunnelBook) TunnelUp(cluster, session string, hello tunnel.Hello) {
 
 func (b *tunnelBook) TunnelDown(session string) {
 	b.mu.Lock()
+	cluster := b.sessions[session]
 	delete(b.sessions, session)
 	b.mu.Unlock()
+	b.g.auditSystem("tunnel.disconnect", "tunnel/"+session, cluster, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := b.g.cfg.Store.TunnelDown(ctx, session); err != nil {
@@ -1050,5 +1061,15 @@ func (b *tunnelBook) heartbeats(ctx context.Context) {
 func (g *Gateway) setLeads(ctx context.Context, leads bool) {
 	if err := g.ring.SetMeta(ctx, func(m *ring.Meta) { m.Leads = leads }); err != nil {
 		g.log.Warn("consensus: leadership not gossiped", "err", err)
+	}
+}
+
+// auditSystem writes a system event of this node (a tunnel, a change of
+// leader, the node joining or leaving).
+func (g *Gateway) auditSystem(action, object, cluster, detail string) {
+	ev := &audit.Event{Kind: audit.KindSystem, Action: action, Object: object, Cluster: cluster, Time: g.now(), Phase: audit.PhaseComplete,
+		Node: g.cfg.Node.Name, Status: 200, Detail: detail}
+	if err := g.cfg.Audit.Write(context.Background(), ev); err != nil {
+		g.log.Error("audit: system event not written", "action", action, "err", err)
 	}
 }

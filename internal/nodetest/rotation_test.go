@@ -188,7 +188,10 @@ func TestRotationUnderLoad(t *testing.T) {
 		}
 	}
 	actions := auditActions(t, c)
-	for _, a := range []string{"ca.rotation.standby", "ca.rotation.active", "ca.rotation.sunset", "ca.rotation.retired"} {
+	// The rotation's phases, and the other system events this test
+	// caused (issue 12).
+	for _, a := range []string{"ca.rotation.standby", "ca.rotation.active", "ca.rotation.sunset", "ca.rotation.retired",
+		"node.join", "ca.leader.elected", "tunnel.connect", "agent.register", "agent.renew"} {
 		if !strings.Contains(actions, `"action":"`+a+`"`) {
 			t.Errorf("no %s event in the audit logs", a)
 		}
