@@ -24,7 +24,7 @@ type metrics struct {
 	// take events, by what the node did: refused (fail closed) or served
 	// unaudited (fail open, an alarm).
 	auditUnready *prometheus.CounterVec
-	redirects   prometheus.Counter
+	redirects    prometheus.Counter
 }
 
 func newMetrics(n *Node) *metrics {
