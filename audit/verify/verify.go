@@ -85,7 +85,6 @@ type entry struct {
 type chainState struct {
 	node, id string
 	bySeq    map[uint64]*entry
-	lastPos  uint64 // the highest sequence number met so far, in stream order
 	cps      []*entry
 }
 
