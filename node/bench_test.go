@@ -192,7 +192,9 @@ func BenchmarkAuditCost(b *testing.B) {
 		cfg := &tls.Config{RootCAs: bd.auth.RootPool(), ServerName: "127.0.0.1", Certificates: []tls.Certificate{cert}}
 		for _, conc := range []int{1, 32} {
 			name := fmt.Sprintf("%s/c%d", sk.name, conc)
-			b.Run(name, func(b *testing.B) { results[name] = measureGet(b, "https://"+bd.addr+"/k8s/"+clusterID+path, cfg, conc) })
+			b.Run(name, func(b *testing.B) {
+				results[name] = measureGet(b, "https://"+bd.addr+"/k8s/"+clusterID+path, cfg, conc)
+			})
 		}
 		bd.stopNode()
 	}
