@@ -112,9 +112,11 @@ func auditOutage(t testing.TB, outage time.Duration) {
 	}
 	t.Logf("%d requests answered, each with its event in Kafka, in order; %d events in the topic, %d delivered twice (deduplicated by id)",
 		len(order), total, dups)
-	// The node's hash chains, as gatehouse audit verify reads the topic:
-	// whole and in order, the checkpoints verified; the chain the kill
-	// cut has an unsigned tail, which is a warning.
+	// The node's hash chains, as gatehouse audit verify reads the topic,
+	// once the node has stopped gracefully (it signs its chain's end and
+	// ships it): whole and in order, the checkpoints verified; the chain
+	// the kill cut has an unsigned tail, which is a warning.
+	n.Stop()
 	out := c.Gatehouse("audit", "verify", "--ca-file", filepath.Join(n.Dir, "ca.crt"), "--kafka-brokers", strings.Join(k.Brokers, ","), "--topic", auditTopic)
 	t.Logf("gatehouse audit verify:\n%s", out)
 	if !strings.Contains(out, "every chain is whole and in order") || !regexp.MustCompile(`[1-9][0-9]* checkpoints verified`).MatchString(out) {
