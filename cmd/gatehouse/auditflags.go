@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -19,6 +18,7 @@ import (
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/audit/pipeline"
 	"github.com/gatehouse-dev/gatehouse/audit/ship"
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
 )
@@ -50,19 +50,13 @@ func auditFlags(fs *flag.FlagSet, stateDir *string) *auditConfig {
 	}
 }
 
-// auditPipeline is the node's sink and, with Kafka, the spool and shipper.
+// auditPipeline is the node's sink: a local file, or the pipeline to
+// Kafka.
 type auditPipeline struct {
-	sink    audit.Sink
-	file    *audit.FileSink
-	spool   *spool.Spool
-	spooled *audit.SpoolSink
-	shipper *ship.Shipper
+	sink  audit.Sink
+	file  *audit.FileSink
+	kafka *pipeline.Pipeline
 }
-
-// checkpointInterval is how often a node signs its audit chain when it has
-// written events since the last checkpoint: the longest tail of events a
-// deletion could take unseen.
-const checkpointInterval = 10 * time.Second
 
 func (c *auditConfig) open(node string, log *slog.Logger) (*auditPipeline, error) {
 	if *c.brokers == "" {
@@ -81,30 +75,25 @@ func (c *auditConfig) open(node string, log *slog.Logger) (*auditPipeline, error
 	if scfg.MaxBytes < scfg.SegmentSize {
 		scfg.SegmentSize = max(4096, scfg.MaxBytes/4)
 	}
-	sp, err := spool.Open(scfg)
-	if err != nil {
-		return nil, err
-	}
 	kcfg := ship.DefaultConfig()
-	kcfg.Spool, kcfg.Topic, kcfg.Node, kcfg.Logger, kcfg.AllowAutoTopicCreation = sp, *c.topic, node, log, *c.autoCreate
+	kcfg.Topic, kcfg.Node, kcfg.AllowAutoTopicCreation = *c.topic, node, *c.autoCreate
 	for _, b := range strings.Split(*c.brokers, ",") {
 		if b = strings.TrimSpace(b); b != "" {
 			kcfg.Brokers = append(kcfg.Brokers, b)
 		}
 	}
-	if kcfg.TLS, err = c.tls(); err == nil {
-		kcfg.SASL, err = c.sasl()
-	}
-	var sh *ship.Shipper
-	if err == nil {
-		sh, err = ship.New(kcfg)
-	}
-	if err != nil {
-		sp.Close()
+	var err error
+	if kcfg.TLS, err = c.tls(); err != nil {
 		return nil, err
 	}
-	spooled := &audit.SpoolSink{Spool: sp, Node: node}
-	return &auditPipeline{sink: spooled, spool: sp, spooled: spooled, shipper: sh}, nil
+	if kcfg.SASL, err = c.sasl(); err != nil {
+		return nil, err
+	}
+	p, err := pipeline.Open(node, scfg, kcfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return &auditPipeline{sink: p.Sink, kafka: p}, nil
 }
 
 func (c *auditConfig) tls() (*tls.Config, error) {
@@ -152,79 +141,32 @@ func (c *auditConfig) sasl() (sasl.Mechanism, error) {
 }
 
 func (p *auditPipeline) collectors() []prometheus.Collector {
-	if p.shipper == nil {
+	if p.kafka == nil {
 		return nil
 	}
-	return p.shipper.Collectors()
+	return p.kafka.Collectors()
 }
 
-// run ships until ctx ends; the channel closes when the shipper stops.
-func (p *auditPipeline) run(ctx context.Context) <-chan struct{} {
-	done := make(chan struct{})
-	if p.shipper == nil {
-		close(done)
-		return done
+// start ships until Close.
+func (p *auditPipeline) start() {
+	if p.kafka != nil {
+		p.kafka.Start()
 	}
-	go func() {
-		defer close(done)
-		stop := make(chan struct{})
-		signed := make(chan struct{})
-		go func() {
-			defer close(signed)
-			t := time.NewTicker(checkpointInterval)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-					p.checkpoint()
-				}
-			}
-		}()
-		if err := p.shipper.Run(ctx); err != nil {
-			slog.Error("audit: the shipper stopped", "err", err)
-		}
-		close(stop)
-		<-signed
-	}()
-	return done
 }
 
 // setKey gives the chain the node's certificate to sign checkpoints with.
 func (p *auditPipeline) setKey(fn func() *tls.Certificate) {
-	if p.spooled != nil {
-		p.spooled.SetKey(fn)
+	if p.kafka != nil {
+		p.kafka.SetKey(fn)
 	}
 }
 
-// checkpoint signs the chain if events came since the last checkpoint.
-func (p *auditPipeline) checkpoint() {
-	if p.spooled == nil {
-		return
-	}
-	if err := p.spooled.Checkpoint(); err != nil {
-		slog.Error("audit: checkpoint not written", "err", err)
-	}
-}
-
-// drain waits up to d for the spool to be shipped.
-func (p *auditPipeline) drain(d time.Duration) {
-	if p.spool == nil {
-		return
-	}
-	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		if st := p.spool.Stats(); st.Acked == st.Last {
-			return
-		}
-	}
-}
-
-// Close closes the file, or the shipper and the spool.
+// Close closes the file, or signs the chain's end, ships what the spool
+// holds if Kafka takes it within a few seconds (else the next start ships
+// it), and closes the spool.
 func (p *auditPipeline) Close() error {
 	if p.file != nil {
 		return p.file.Close()
 	}
-	p.shipper.Close()
-	return p.spool.Close()
+	return p.kafka.Close(5 * time.Second)
 }

@@ -279,17 +279,10 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer pipeline.Close()
 	gcfg.Audit = pipeline.sink
 	cfg.Collectors = append(cfg.Collectors, pipeline.collectors()...)
-	// The shipper outlives the node by a moment: what is in the spool at
-	// a graceful stop is shipped if Kafka takes it soon (else the next
-	// start ships it).
-	shipCtx, stopShipping := context.WithCancel(context.WithoutCancel(ctx))
-	shipped := pipeline.run(shipCtx)
-	defer func() {
-		pipeline.checkpoint() // the chain's end, signed
-		pipeline.drain(5 * time.Second)
-		stopShipping()
-		<-shipped
-	}()
+	// The shipper outlives the node by a moment (Close): what is in the
+	// spool at a graceful stop is shipped if Kafka takes it soon (else the
+	// next start ships it).
+	pipeline.start()
 	if *kratosPublic != "" {
 		icfg := identity.DefaultConfig()
 		icfg.PublicURL, icfg.AdminURL = *kratosPublic, *kratosAdmin
