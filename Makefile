@@ -17,8 +17,11 @@ all: build
 build:
 	$(GO) build -o $(BIN)/gatehouse ./cmd/gatehouse
 
-run: build tools
-	$(BIN)/gatehouse dev --state-dir $(DIR) --addr $(RUN_ADDR)
+# make run's binary has an embedded Kafka broker for the audit pipeline
+# (the devkafka build tag); the release binary (make build) links none.
+run: tools
+	$(GO) build -tags devkafka -o $(BIN)/gatehouse-dev ./cmd/gatehouse
+	$(BIN)/gatehouse-dev dev --state-dir $(DIR) --addr $(RUN_ADDR)
 
 # tools/build.sh rebuilds a tool set only when its pin (tools/SET/go.mod,
 # go.sum) changes; with everything up to date it returns in a second.

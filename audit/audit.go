@@ -127,6 +127,39 @@ type Gate interface {
 	Ready() error
 }
 
+// Tee writes each event to every sink in turn and returns the first
+// error, once all have been tried. It is ready when every sink that is a
+// Gate is.
+type Tee []Sink
+
+var (
+	_ Sink = Tee(nil)
+	_ Gate = Tee(nil)
+)
+
+// Write implements Sink.
+func (t Tee) Write(ctx context.Context, ev *Event) error {
+	var first error
+	for _, s := range t {
+		if err := s.Write(ctx, ev); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Ready implements Gate.
+func (t Tee) Ready() error {
+	for _, s := range t {
+		if g, ok := s.(Gate); ok {
+			if err := g.Ready(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // SchemaVersion is the version of the events this build writes.
 const SchemaVersion = 1
 

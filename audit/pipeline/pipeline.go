@@ -46,7 +46,7 @@ func Open(node string, scfg spool.Config, kcfg ship.Config, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	kcfg.Spool = sp
+	kcfg.Spool, kcfg.Node = sp, node
 	if kcfg.Logger == nil {
 		kcfg.Logger = log
 	}

@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +34,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/audit/pipeline"
+	"github.com/gatehouse-dev/gatehouse/audit/ship"
+	"github.com/gatehouse-dev/gatehouse/audit/spool"
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/identity"
@@ -148,8 +152,11 @@ type Env struct {
 
 	gateways []*Gateway // --gateways N > 1
 	closers  []func()   // run in reverse by Close
-	wg       sync.WaitGroup
-	errc     chan error // first failure of a background component
+	// KafkaBrokers are the embedded broker's addresses (EmbeddedKafka),
+	// or nil.
+	KafkaBrokers []string
+	wg           sync.WaitGroup
+	errc         chan error // first failure of a background component
 
 	closeOnce sync.Once
 }
@@ -204,11 +211,23 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	// 2. The gateway node. The store, the CA (sealed with a key kept in the
 	// state directory) and Kratos persist across restarts, so the previous
 	// run's kubeconfigs and sessions keep working.
-	sink, err := audit.OpenFile(filepath.Join(cfg.StateDir, "audit.jsonl"))
+	fileSink, err := audit.OpenFile(filepath.Join(cfg.StateDir, "audit.jsonl"))
 	if err != nil {
 		return nil, err
 	}
-	e.closers = append(e.closers, func() { sink.Close() })
+	e.closers = append(e.closers, func() { fileSink.Close() })
+	var sink audit.Sink = fileSink
+	var pipe *pipeline.Pipeline
+	if EmbeddedKafka != nil {
+		if pipe, err = e.startKafka(cfg, say); err != nil {
+			return nil, err
+		}
+		if pipe != nil {
+			// Kafka first: the file's copy then has the event's id and
+			// place in the chain.
+			sink = audit.Tee{pipe.Sink, fileSink}
+		}
+	}
 	dbPath := filepath.Join(cfg.StateDir, "gatehouse.db")
 	scfg := store.DefaultConfig()
 	scfg.DSN = dbPath
@@ -283,6 +302,9 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		if err != nil {
 			return nil, err
 		}
+		if pipe != nil {
+			pipe.SetKey(g.ServingCertificate)
+		}
 		auth, connected = g.CA, func() bool { return g.Registry.Connected(cfg.Cluster) }
 	} else {
 		if auth, err = ca.Init(ctx, ca.DefaultConfig(), kek, st); err != nil {
@@ -306,7 +328,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		}
 		say("starting %d gateway nodes...", cfg.Gateways)
 		if err := e.startGateways(ctx, cfg.Gateways, front, gatewaysConfig{bin: bin, dsn: scfg.DSN, kekFile: filepath.Join(cfg.StateDir, "ca.kek"),
-			publicURL: e.GatewayURL, kratosPublic: kr.PublicURL, kratosAdmin: kr.AdminURL, logLevel: level}); err != nil {
+			publicURL: e.GatewayURL, kratosPublic: kr.PublicURL, kratosAdmin: kr.AdminURL, logLevel: level, auditBrokers: e.KafkaBrokers}); err != nil {
 			front.Close()
 			return nil, err
 		}
@@ -394,6 +416,47 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 		e.AdminKubeconfig, e.GatewayURL, e.AdminTokenFile, caFile,
 		e.GatewayURL, e.IdentityURL, caFile, cfg.Admin, e.AdminPasswordFile, cfg.Cluster, filepath.Join(cfg.StateDir, "audit.jsonl"))
 	return e, nil
+}
+
+// EmbeddedKafka, when set, starts a Kafka broker in this process for the
+// audit pipeline, and returns its addresses: a build with the devkafka tag
+// (make run) sets it. The release binary leaves it nil and does not link
+// the broker (internal/archtest); gatehouse dev then writes the audit log
+// to a file alone.
+var EmbeddedKafka func(topic string) (brokers []string, stop func(), err error)
+
+// AuditTopic is the dev setup's audit topic.
+const AuditTopic = "gatehouse.audit"
+
+// startKafka starts the embedded broker and writes DIR/kafka.json, where a
+// consumer finds it; with one gateway it returns the pipeline that ships
+// the gateway's events there (gateway processes run their own).
+func (e *Env) startKafka(cfg Config, say func(string, ...any)) (*pipeline.Pipeline, error) {
+	brokers, stop, err := EmbeddedKafka(AuditTopic)
+	if err != nil {
+		return nil, fmt.Errorf("dev: Kafka: %w", err)
+	}
+	e.closers = append(e.closers, stop)
+	e.KafkaBrokers = brokers
+	b, _ := json.MarshalIndent(map[string]any{"brokers": brokers, "topic": AuditTopic}, "", "  ")
+	if err := os.WriteFile(filepath.Join(cfg.StateDir, "kafka.json"), append(b, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	say("audit events go to Kafka (embedded): brokers %s, topic %s; %s says so for consumers", strings.Join(brokers, ","), AuditTopic, filepath.Join(cfg.StateDir, "kafka.json"))
+	if cfg.Gateways > 1 {
+		return nil, nil
+	}
+	scfg := spool.DefaultConfig()
+	scfg.Dir, scfg.Logger = filepath.Join(cfg.StateDir, "audit-spool"), cfg.Logger
+	kcfg := ship.DefaultConfig()
+	kcfg.Brokers, kcfg.Topic = brokers, AuditTopic
+	pipe, err := pipeline.Open("dev-node", scfg, kcfg, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	pipe.Start()
+	e.closers = append(e.closers, func() { pipe.Close(2 * time.Second) })
+	return pipe, nil
 }
 
 // seed creates what a first contact needs: an organization, a project, the

@@ -16,14 +16,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
 	"github.com/gatehouse-dev/gatehouse/control/apiclient"
 	"github.com/gatehouse-dev/gatehouse/internal/devsetup"
+	"github.com/gatehouse-dev/gatehouse/internal/kafkatest"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
+	// As make run's build: an embedded broker for the audit pipeline.
+	devsetup.EmbeddedKafka = func(topic string) ([]string, func(), error) {
+		k, err := kafkatest.Start(kafkatest.Config{Brokers: 1, Partitions: 3, Topics: []string{topic}})
+		if err != nil {
+			return nil, nil, err
+		}
+		return k.Brokers, func() { k.Close() }, nil
+	}
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
@@ -115,6 +125,37 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	audit, err := os.ReadFile(cfg.StateDir + "/audit.jsonl")
 	if err != nil || env.AdminID == "" || !bytes.Contains(audit, []byte(`"user":"`+env.AdminID+`"`)) {
 		t.Fatalf("audit log: %v %q", err, audit)
+	}
+	// The pipeline: the admin's requests reach the Kafka topic that
+	// kafka.json names.
+	var kj struct {
+		Brokers []string `json:"brokers"`
+		Topic   string   `json:"topic"`
+	}
+	if err := json.Unmarshal(mustReadFile(t, filepath.Join(cfg.StateDir, "kafka.json")), &kj); err != nil || len(kj.Brokers) == 0 || kj.Topic == "" {
+		t.Fatalf("kafka.json: %+v %v", kj, err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	found := false
+	for p := 0; p < 3 && !found; p++ {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: kj.Brokers, Topic: kj.Topic, Partition: p, MaxWait: 100 * time.Millisecond})
+		pctx, pcancel := context.WithTimeout(rctx, 3*time.Second)
+		for {
+			m, err := r.ReadMessage(pctx)
+			if err != nil {
+				break
+			}
+			if bytes.Contains(m.Value, []byte(`"user":"`+env.AdminID+`"`)) && bytes.Contains(m.Value, []byte(`"kind":"kube"`)) {
+				found = true
+				break
+			}
+		}
+		pcancel()
+		r.Close()
+	}
+	if !found {
+		t.Fatal("no event of the admin's requests in the Kafka topic")
 	}
 }
 

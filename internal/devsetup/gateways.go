@@ -38,6 +38,7 @@ type Gateway struct {
 // gatewaysConfig is what every node process of the dev cluster shares.
 type gatewaysConfig struct {
 	bin, dsn, kekFile, gossipKeyFile, publicURL, kratosPublic, kratosAdmin, logLevel string
+	auditBrokers                                                                     []string // the embedded Kafka, if any
 }
 
 // startGateways runs n gateway node processes on 127.0.0.2, 127.0.0.3, ...
@@ -109,6 +110,9 @@ func (e *Env) startGateway(g *Gateway, gc gatewaysConfig) error {
 		"--peer-addr", g.PeerAddr, "--public-url", gc.publicURL, "--shutdown-timeout", "5s", "--log-level", gc.logLevel,
 		"--kratos-public-url", gc.kratosPublic, "--kratos-admin-url", gc.kratosAdmin,
 		"--voters", strconv.Itoa(min(len(e.gateways), 3)))
+	if len(gc.auditBrokers) > 0 {
+		g.cmd.Args = append(g.cmd.Args, "--audit-kafka-brokers", strings.Join(gc.auditBrokers, ","), "--audit-kafka-topic", AuditTopic)
+	}
 	g.cmd.Env = append(os.Environ(), "GATEHOUSE_CA_KEK=")
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
 	// Its own process group, killed with this process (as the test bed's).
