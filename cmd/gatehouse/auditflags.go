@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -18,9 +19,11 @@ import (
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/audit/index"
 	"github.com/gatehouse-dev/gatehouse/audit/pipeline"
 	"github.com/gatehouse-dev/gatehouse/audit/ship"
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
+	"github.com/gatehouse-dev/gatehouse/control/store"
 )
 
 // auditConfig is the node's audit pipeline as its flags say: a JSON-lines
@@ -32,6 +35,8 @@ type auditConfig struct {
 	tlsOn                          *bool
 	caFile, saslMech, user, passwd *string
 	autoCreate                     *bool
+	index                          *bool
+	retention                      *time.Duration
 }
 
 func auditFlags(fs *flag.FlagSet, stateDir *string) *auditConfig {
@@ -47,6 +52,8 @@ func auditFlags(fs *flag.FlagSet, stateDir *string) *auditConfig {
 		user:       fs.String("audit-kafka-username", "", "SASL user name"),
 		passwd:     fs.String("audit-kafka-password-file", "", "a file holding the SASL password"),
 		autoCreate: fs.Bool("audit-kafka-create-topic", false, "let the first write create the topic (brokers that allow it)"),
+		index:      fs.Bool("audit-index", true, "with --audit-kafka-brokers: index the topic into the store for search (every node joins one consumer group)"),
+		retention:  fs.Duration("audit-retention", 90*24*time.Hour, "how long the store keeps indexed audit events (the topic's own retention is Kafka's)"),
 	}
 }
 
@@ -56,9 +63,16 @@ type auditPipeline struct {
 	sink  audit.Sink
 	file  *audit.FileSink
 	kafka *pipeline.Pipeline
+	// The indexer and the retention of what it indexed; stop ends them.
+	indexer   *index.Indexer
+	st        *store.Store
+	retention time.Duration
+	log       *slog.Logger
+	stop      context.CancelFunc
+	done      chan struct{}
 }
 
-func (c *auditConfig) open(node string, log *slog.Logger) (*auditPipeline, error) {
+func (c *auditConfig) open(node string, st *store.Store, log *slog.Logger) (*auditPipeline, error) {
 	if *c.brokers == "" {
 		log.Warn("audit: no Kafka brokers (--audit-kafka-brokers): events go to a local file only")
 		f, err := audit.OpenFile(filepath.Join(*c.stateDir, "audit.jsonl"))
@@ -93,7 +107,16 @@ func (c *auditConfig) open(node string, log *slog.Logger) (*auditPipeline, error
 	if err != nil {
 		return nil, err
 	}
-	return &auditPipeline{sink: p.Sink, kafka: p}, nil
+	ap := &auditPipeline{sink: p.Sink, kafka: p, st: st, retention: *c.retention, log: log}
+	if *c.index {
+		icfg := index.DefaultConfig()
+		icfg.Store, icfg.Brokers, icfg.Topic, icfg.TLS, icfg.SASL, icfg.Logger = st, kcfg.Brokers, kcfg.Topic, kcfg.TLS, kcfg.SASL, log
+		if ap.indexer, err = index.New(icfg); err != nil {
+			p.Close(0)
+			return nil, err
+		}
+	}
+	return ap, nil
 }
 
 func (c *auditConfig) tls() (*tls.Config, error) {
@@ -144,14 +167,51 @@ func (p *auditPipeline) collectors() []prometheus.Collector {
 	if p.kafka == nil {
 		return nil
 	}
-	return p.kafka.Collectors()
+	cs := p.kafka.Collectors()
+	if p.indexer != nil {
+		cs = append(cs, p.indexer.Collectors()...)
+	}
+	return cs
 }
 
-// start ships until Close.
+// start ships, and indexes, until Close.
 func (p *auditPipeline) start() {
-	if p.kafka != nil {
-		p.kafka.Start()
+	if p.kafka == nil {
+		return
 	}
+	p.kafka.Start()
+	if p.indexer == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop, p.done = cancel, make(chan struct{})
+	go func() {
+		defer close(p.done)
+		retained := make(chan struct{})
+		go func() {
+			defer close(retained)
+			// Retention: every node deletes what is older than it (the
+			// deletes are idempotent).
+			t := time.NewTicker(time.Hour)
+			defer t.Stop()
+			for {
+				if n, err := p.st.DeleteAuditBefore(ctx, time.Now().Add(-p.retention), 1000); err != nil && ctx.Err() == nil {
+					p.log.Warn("audit: retention of indexed events", "err", err)
+				} else if n > 0 {
+					p.log.Info("audit: indexed events past retention deleted", "count", n)
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+		if err := p.indexer.Run(ctx); err != nil {
+			p.log.Error("audit: the indexer stopped", "err", err)
+		}
+		<-retained
+	}()
 }
 
 // setKey gives the chain the node's certificate to sign checkpoints with.
@@ -167,6 +227,11 @@ func (p *auditPipeline) setKey(fn func() *tls.Certificate) {
 func (p *auditPipeline) Close() error {
 	if p.file != nil {
 		return p.file.Close()
+	}
+	if p.stop != nil {
+		p.stop()
+		<-p.done
+		p.indexer.Close()
 	}
 	return p.kafka.Close(5 * time.Second)
 }

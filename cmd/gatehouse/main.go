@@ -272,7 +272,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	defer st.Close()
 	gcfg.Store = st
-	pipeline, err := af.open(cfg.Name, log)
+	pipeline, err := af.open(cfg.Name, st, log)
 	if err != nil {
 		return err
 	}

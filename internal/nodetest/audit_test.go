@@ -17,6 +17,7 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/kafkatest"
 	"github.com/gatehouse-dev/gatehouse/internal/nodetest"
 )
@@ -116,6 +117,31 @@ func auditOutage(t testing.TB, outage time.Duration) {
 	// once the node has stopped gracefully (it signs its chain's end and
 	// ships it): whole and in order, the checkpoints verified; the chain
 	// the kill cut has an unsigned tail, which is a warning.
+	// The node's indexer writes the topic into the store for search: every
+	// answered request is found there, under the cluster's organization.
+	waitFor(t, 30*time.Second, "the events indexed", func() bool {
+		found := map[string]bool{}
+		q := store.AuditQuery{OrgID: c.Org.ID, Cluster: "audited", Kind: "kube", Limit: store.MaxAuditPage}
+		for {
+			page, next, err := c.Store.QueryAudit(context.Background(), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range page {
+				found[e.Name] = true
+			}
+			if next == nil {
+				break
+			}
+			q.After = next
+		}
+		for _, k := range order {
+			if !found["req-"+strconv.Itoa(k)] {
+				return false
+			}
+		}
+		return true
+	})
 	n.Stop()
 	out := c.Gatehouse("audit", "verify", "--ca-file", filepath.Join(n.Dir, "ca.crt"), "--kafka-brokers", strings.Join(k.Brokers, ","), "--topic", auditTopic)
 	t.Logf("gatehouse audit verify:\n%s", out)
