@@ -103,7 +103,9 @@ func New(cfg Config) (*Indexer, error) {
 }
 
 // Collectors returns the indexer's metrics.
-func (x *Indexer) Collectors() []prometheus.Collector { return []prometheus.Collector{x.indexed, x.skipped} }
+func (x *Indexer) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{x.indexed, x.skipped}
+}
 
 // Run indexes until ctx ends: it fetches up to Batch messages (or what
 // came within MaxWait), writes them to the store, then commits their
