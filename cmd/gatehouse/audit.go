@@ -4,27 +4,36 @@ import (
 	"bufio"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/audit/verify"
 )
 
 const auditUsage = `Usage:
+  gatehouse audit search [--since 24h | --from T --to T] [--user ID] [--cluster NAME] [--verb V] ... [-o table|json]
+      the organization's audit events, newest first (what your roles let you see)
   gatehouse audit verify --ca-file CA (--file EXPORT.jsonl | --kafka-brokers HOST:PORT --topic TOPIC)
       checks each node's hash chain and signed checkpoints: missing, altered and
       reordered events, forged checkpoints; exits 1 if it finds any`
 
 // runAudit runs `gatehouse audit verify`.
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "search" {
+		return runAuditSearch(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "verify" {
 		fmt.Fprintln(stderr, auditUsage)
 		return errUsage
@@ -142,4 +151,77 @@ func verifyTopic(ctx context.Context, brokers []string, topic string, check *ver
 		fmt.Fprintf(stderr, "%s: %d events\n", name, last-first)
 	}
 	return nil
+}
+
+// runAuditSearch runs `gatehouse audit search`: it pages through the
+// search until --limit events.
+func runAuditSearch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	fs := flag.NewFlagSet("gatehouse audit search", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cf.register(fs, "table")
+	since := fs.Duration("since", 0, "events of the last DURATION (e.g. 24h); else --from and --to")
+	from := fs.String("from", "", "events at or after this time (RFC 3339)")
+	to := fs.String("to", "", "events before this time (RFC 3339)")
+	limit := fs.Int("limit", 100, "the most events to show")
+	filters := map[string]*string{}
+	for _, f := range []string{"user", "group", "cluster", "namespace", "verb", "resource", "name", "status", "node", "kind"} {
+		filters[f] = fs.String(f, "", "only events whose "+f+" is this")
+	}
+	if ok, err := parseFlags(fs, args, stderr); !ok {
+		return err
+	}
+	if *limit < 1 {
+		return fmt.Errorf("--limit %d: at least 1", *limit)
+	}
+	q := url.Values{}
+	if *since > 0 {
+		q.Set("from", time.Now().Add(-*since).UTC().Format(time.RFC3339))
+	}
+	if *from != "" {
+		q.Set("from", *from)
+	}
+	if *to != "" {
+		q.Set("to", *to)
+	}
+	for f, v := range filters {
+		if *v != "" {
+			q.Set(f, *v)
+		}
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var events []json.RawMessage
+	for len(events) < *limit {
+		q.Set("limit", strconv.Itoa(min(*limit-len(events), 1000)))
+		page, err := c.SearchAudit(ctx, q)
+		if err != nil {
+			return err
+		}
+		events = append(events, page.Items...)
+		if page.Continue == "" {
+			break
+		}
+		q.Set("continue", page.Continue)
+	}
+	if cf.output == "json" {
+		for _, e := range events {
+			fmt.Fprintf(stdout, "%s\n", e)
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tUSER\tCLUSTER\tNAMESPACE\tVERB\tRESOURCE\tNAME\tSTATUS\tACTION")
+	for _, raw := range events {
+		var e audit.Event
+		if json.Unmarshal(raw, &e) != nil {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Time.UTC().Format(time.RFC3339), dash(e.User), dash(e.Cluster), dash(e.Namespace),
+			dash(e.Verb), dash(e.Resource), dash(e.Name), e.Status, dash(e.Action))
+	}
+	return tw.Flush()
 }

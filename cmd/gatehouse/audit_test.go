@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/control/store"
 )
 
 // gatehouse audit verify passes an untouched export and fails an edited
@@ -67,5 +69,39 @@ func TestAuditVerifyExport(t *testing.T) {
 	}
 	if err := runAudit(context.Background(), []string{"verify", "--file", bad}, &out, &errOut); err != errUsage {
 		t.Fatalf("without --ca-file: %v", err)
+	}
+}
+
+// gatehouse audit search pages through the API's search, newest first, up
+// to --limit, with filters, as a table or JSON lines.
+func TestAuditSearchCommand(t *testing.T) {
+	st, conn, _, _ := apiServer(t)
+	ctx := context.Background()
+	orgs, _, err := st.ListOrgs(ctx, store.Page{})
+	if err != nil || len(orgs) == 0 {
+		t.Fatal(orgs, err)
+	}
+	base := time.Now().Add(-time.Hour)
+	var evs []*store.AuditEvent
+	for i := range 25 {
+		evs = append(evs, &store.AuditEvent{ID: fmt.Sprintf("e%02d", i), At: base.Add(time.Duration(i) * time.Second), OrgID: orgs[0].ID,
+			Kind: "kube", User: "john", Cluster: []string{"staging", "prod"}[i%2], Namespace: "default", Verb: "list", Resource: "pods", Status: 200,
+			Body: []byte(fmt.Sprintf(`{"id":"e%02d","time":%q,"user":"john","cluster":%q,"verb":"list","resource":"pods","status":200}`,
+				i, base.Add(time.Duration(i)*time.Second).Format(time.RFC3339Nano), []string{"staging", "prod"}[i%2]))})
+	}
+	if err := st.InsertAuditEvents(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err := runCLI(ctx, append([]string{"audit", "search", "--cluster", "staging", "--since", "2h", "--limit", "5"}, conn...)...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 6 || !strings.HasPrefix(lines[0], "TIME") || !strings.Contains(lines[1], "staging") || strings.Contains(out, "prod") {
+		t.Fatalf("table:\n%s", out)
+	}
+	out, _, err = runCLI(ctx, append([]string{"audit", "search", "-o", "json", "--limit", "100"}, conn...)...)
+	if err != nil || strings.Count(out, "\n") != 25 || !strings.HasPrefix(out, `{"id":"e24"`) {
+		t.Fatalf("json (%v):\n%s", err, out)
 	}
 }

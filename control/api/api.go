@@ -201,6 +201,7 @@ func (a *API) routes() []route {
 		{"POST /api/v1/credentials", a.credentials},
 		{"POST /api/v1/revocations", a.revoke},
 		{"GET /api/v1/status", a.status},
+		{"GET /api/v1/audit", a.searchAudit},
 	}
 }
 

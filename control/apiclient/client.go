@@ -183,6 +183,20 @@ func (c *Client) Whoami(ctx context.Context) (*apitypes.Whoami, error) {
 	return &out, c.call(ctx, http.MethodGet, "/api/v1/whoami", nil, &out)
 }
 
+// AuditPage is a page of an audit search: the events as written, and
+// where the next page starts ("" on the last).
+type AuditPage struct {
+	Items    []json.RawMessage `json:"items"`
+	Continue string            `json:"continue,omitempty"`
+}
+
+// SearchAudit asks for one page of the organization's audit events that
+// the query's parameters select (GET /api/v1/audit).
+func (c *Client) SearchAudit(ctx context.Context, query url.Values) (*AuditPage, error) {
+	var out AuditPage
+	return &out, c.call(ctx, http.MethodGet, "/api/v1/audit?"+query.Encode(), nil, &out)
+}
+
 // Status returns the gateway cluster's members and the health of the
 // organization's clusters.
 func (c *Client) Status(ctx context.Context) (*apitypes.Status, error) {

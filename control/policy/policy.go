@@ -74,6 +74,8 @@ const (
 	BindingDelete Action = "binding.delete"
 	// Revoke ends a person's sessions and certificates.
 	Revoke Action = "revoke"
+	// AuditRead: search the audit events of the clusters in scope.
+	AuditRead Action = "audit.read"
 )
 
 // Actions lists every API action, for tests and documentation.
@@ -85,7 +87,7 @@ var Actions = []Action{
 	GroupCreate, GroupRead, GroupUpdate, GroupDelete,
 	RoleCreate, RoleRead, RoleUpdate, RoleDelete,
 	BindingCreate, BindingRead, BindingDelete,
-	Revoke,
+	Revoke, AuditRead,
 }
 
 // Kubernetes access levels, as the agent binds them: ClusterRoles, strongest
@@ -140,10 +142,10 @@ var Roles = []Role{
 	{Name: "ADMIN_READ_ONLY", Scope: store.ScopeOrg, Actions: readActions(), Kube: KubeView},
 	{Name: "PROJECT_ADMIN", Scope: store.ScopeProject, Kube: KubeClusterAdmin, Actions: []Action{
 		ProjectRead, ProjectUpdate, ClusterCreate, ClusterRead, ClusterUpdate, ClusterDelete,
-		UserRead, GroupRead, RoleRead, BindingCreate, BindingRead, BindingDelete, Revoke,
+		UserRead, GroupRead, RoleRead, BindingCreate, BindingRead, BindingDelete, Revoke, AuditRead,
 	}},
 	{Name: "PROJECT_READ_ONLY", Scope: store.ScopeProject, Kube: KubeView, Actions: []Action{
-		ProjectRead, ClusterRead, UserRead, GroupRead, RoleRead, BindingRead,
+		ProjectRead, ClusterRead, UserRead, GroupRead, RoleRead, BindingRead, AuditRead,
 	}},
 	{Name: "CLUSTER_ADMIN", Scope: store.ScopeProject, Kube: KubeClusterAdmin, Actions: []Action{
 		ProjectRead, ClusterCreate, ClusterRead, ClusterUpdate, ClusterDelete,
