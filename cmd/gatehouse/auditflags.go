@@ -19,10 +19,10 @@ import (
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
-	"github.com/gatehouse-dev/gatehouse/audit/index"
 	"github.com/gatehouse-dev/gatehouse/audit/pipeline"
 	"github.com/gatehouse-dev/gatehouse/audit/ship"
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
+	"github.com/gatehouse-dev/gatehouse/control/auditindex"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 )
 
@@ -64,7 +64,7 @@ type auditPipeline struct {
 	file  *audit.FileSink
 	kafka *pipeline.Pipeline
 	// The indexer and the retention of what it indexed; stop ends them.
-	indexer   *index.Indexer
+	indexer   *auditindex.Indexer
 	st        *store.Store
 	retention time.Duration
 	log       *slog.Logger
@@ -109,9 +109,9 @@ func (c *auditConfig) open(node string, st *store.Store, log *slog.Logger) (*aud
 	}
 	ap := &auditPipeline{sink: p.Sink, kafka: p, st: st, retention: *c.retention, log: log}
 	if *c.index {
-		icfg := index.DefaultConfig()
+		icfg := auditindex.DefaultConfig()
 		icfg.Store, icfg.Brokers, icfg.Topic, icfg.TLS, icfg.SASL, icfg.Logger = st, kcfg.Brokers, kcfg.Topic, kcfg.TLS, kcfg.SASL, log
-		if ap.indexer, err = index.New(icfg); err != nil {
+		if ap.indexer, err = auditindex.New(icfg); err != nil {
 			p.Close(0)
 			return nil, err
 		}

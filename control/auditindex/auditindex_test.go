@@ -1,4 +1,4 @@
-package index_test
+package auditindex_test
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
-	"github.com/gatehouse-dev/gatehouse/audit/index"
+	"github.com/gatehouse-dev/gatehouse/control/auditindex"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 	"github.com/gatehouse-dev/gatehouse/internal/kafkatest"
 )
@@ -59,9 +59,9 @@ func TestIndexesTheTopic(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	var done []chan error
 	for range 2 {
-		cfg := index.DefaultConfig()
+		cfg := auditindex.DefaultConfig()
 		cfg.Store, cfg.Brokers, cfg.Topic, cfg.MaxWait = st, k.Brokers, "gatehouse.audit", 50*time.Millisecond
-		x, err := index.New(cfg)
+		x, err := auditindex.New(cfg)
 		must(t, err)
 		d := make(chan error, 1)
 		go func() { d <- x.Run(runCtx); x.Close() }()

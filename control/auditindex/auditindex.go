@@ -1,11 +1,11 @@
-// Package index writes the audit topic into the store for search (issue
+// Package auditindex writes the audit topic into the store for search (issue
 // 12): every gateway node runs an Indexer, a member of one Kafka consumer
 // group, so that each partition is indexed by one node at a time. An
 // event's organization and project come from its cluster, looked up in the
 // store (cached briefly). Offsets are committed only after the events are
 // in the store; indexing is idempotent (the event's id is the key), so a
 // batch read twice after a crash does no harm.
-package index
+package auditindex
 
 import (
 	"context"
@@ -51,11 +51,11 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	switch {
 	case c.Store == nil:
-		return errors.New("index: Store is required")
+		return errors.New("auditindex: Store is required")
 	case len(c.Brokers) == 0 || c.Topic == "" || c.Group == "":
-		return errors.New("index: Brokers, Topic and Group are required")
+		return errors.New("auditindex: Brokers, Topic and Group are required")
 	case c.Batch < 1 || c.MaxWait <= 0:
-		return errors.New("index: Batch and MaxWait must be positive")
+		return errors.New("auditindex: Batch and MaxWait must be positive")
 	}
 	return nil
 }
@@ -211,7 +211,7 @@ func (x *Indexer) Close() error {
 	var err error
 	x.closeOnce.Do(func() {
 		if err = x.r.Close(); err != nil {
-			err = fmt.Errorf("index: %w", err)
+			err = fmt.Errorf("auditindex: %w", err)
 		}
 	})
 	return err
