@@ -71,10 +71,11 @@ const readyHeadroom = 1 << 20
 
 // Ready implements Gate: the spool has room and its disk works.
 func (s *SpoolSink) Ready() error {
-	if err := s.Spool.Err(); err != nil {
+	room, err := s.Spool.Room()
+	if err != nil {
 		return err
 	}
-	if st := s.Spool.Stats(); st.Bytes+readyHeadroom > st.MaxBytes {
+	if room < readyHeadroom {
 		return fmt.Errorf("audit: %w (Kafka has not taken its events for a while)", spool.ErrFull)
 	}
 	return nil

@@ -24,6 +24,7 @@ package spool
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -171,7 +172,7 @@ func Open(cfg Config) (*Spool, error) {
 		}
 		s.segs = append(s.segs, segment{first: first, last: first - 1})
 	}
-	slices.SortFunc(s.segs, func(a, b segment) int { return cmpUint(a.first, b.first) })
+	slices.SortFunc(s.segs, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
 	// Every segment but the last was complete when the next began; the
 	// last is scanned for its end, and a torn record cut off.
 	for i := range s.segs {
@@ -228,16 +229,6 @@ func Open(cfg Config) (*Spool, error) {
 	return s, nil
 }
 
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // scanSegment reads the records of a segment file and returns how many are
 // whole and where the last one ends.
 func scanSegment(path string) (uint64, int64, error) {
@@ -250,48 +241,38 @@ func scanSegment(path string) (uint64, int64, error) {
 	var end int64
 	r := bufio.NewReaderSize(f, 1<<16)
 	for {
-		size, err := readRecord(r, nil)
+		payload, err := readRecord(r)
 		if err != nil {
 			return n, end, nil // io.EOF, a torn or corrupt record: the end
 		}
 		n++
-		end += int64(headerSize + size)
+		end += int64(headerSize + len(payload))
 	}
 }
 
-// readRecord reads one record from r into buf (grown as needed) and
-// returns the payload's length; the payload is buf[:n] when buf is given
-// large enough, else read and dropped. A record cut short is
-// io.ErrUnexpectedEOF; one whose marker, length or CRC is wrong is
-// errCorrupt.
-func readRecord(r *bufio.Reader, dst *[]byte) (int, error) {
+// readRecord reads one record from r and returns its payload. At the end
+// it is io.EOF; a record cut short is io.ErrUnexpectedEOF; one whose
+// marker, length or CRC is wrong is errCorrupt.
+func readRecord(r *bufio.Reader) ([]byte, error) {
 	var h [headerSize]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		if errors.Is(err, io.EOF) {
-			return 0, io.EOF
+			return nil, io.EOF
 		}
-		return 0, io.ErrUnexpectedEOF
+		return nil, io.ErrUnexpectedEOF
 	}
 	size := binary.BigEndian.Uint32(h[1:5])
 	if h[0] != marker || size > MaxRecord {
-		return 0, errCorrupt
+		return nil, errCorrupt
 	}
-	var buf []byte
-	if dst != nil {
-		if cap(*dst) < int(size) {
-			*dst = make([]byte, size)
-		}
-		buf = (*dst)[:size]
-	} else {
-		buf = make([]byte, size)
-	}
+	buf := make([]byte, size)
 	if _, err := io.ReadFull(r, buf); err != nil {
-		return 0, io.ErrUnexpectedEOF
+		return nil, io.ErrUnexpectedEOF
 	}
 	if crc32.Checksum(buf, castagnoli) != binary.BigEndian.Uint32(h[5:9]) {
-		return 0, errCorrupt
+		return nil, errCorrupt
 	}
-	return int(size), nil
+	return buf, nil
 }
 
 var errCorrupt = errors.New("spool: a corrupt record")
@@ -472,8 +453,7 @@ func (s *Spool) readSegment(sg segment, off int64, seq, after uint64, max, maxBy
 	var out []Record
 	total := 0
 	for seq <= sg.last && len(out) < max && (total < maxBytes || len(out) == 0) {
-		var buf []byte
-		n, err := readRecord(r, &buf)
+		payload, err := readRecord(r)
 		if err != nil {
 			lost := sg.last - seq + 1
 			s.mu.Lock()
@@ -483,10 +463,10 @@ func (s *Spool) readSegment(sg segment, off int64, seq, after uint64, max, maxBy
 			return out, sg.size, sg.last + 1, nil
 		}
 		if seq > after {
-			out = append(out, Record{Seq: seq, Payload: buf[:n]})
-			total += n
+			out = append(out, Record{Seq: seq, Payload: payload})
+			total += len(payload)
 		}
-		off += int64(headerSize + n)
+		off += int64(headerSize + len(payload))
 		seq++
 	}
 	return out, off, seq, nil
@@ -529,15 +509,16 @@ func (s *Spool) dropShipped() {
 	}
 }
 
-// Err returns why the spool takes no records now (closed, or its disk
-// failing), or nil.
-func (s *Spool) Err() error {
+// Room returns how many bytes the spool may still take, or why it takes
+// no records now (closed, or its disk failing): one look, under one lock,
+// on the path of every request.
+func (s *Spool) Room() (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return ErrClosed
+		return 0, ErrClosed
 	}
-	return s.syncErr
+	return s.cfg.MaxBytes - s.bytes, s.syncErr
 }
 
 // Stats are the spool's figures for metrics.

@@ -151,6 +151,7 @@ func (s *Stream) Add(stream string, raw []byte) {
 // Report checks the chains and returns what was found.
 func (s *Stream) Report() Report {
 	r := s.r
+	r.Problems = slices.Clone(s.r.Problems) // Report may be asked again
 	keys := make([]string, 0, len(s.chains))
 	for k := range s.chains {
 		keys = append(keys, k)

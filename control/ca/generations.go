@@ -229,6 +229,12 @@ func (a *Authority) Reload(ctx context.Context, kek KEK, st StateStore) error {
 	if err != nil {
 		return err
 	}
+	return a.load(ctx, kek, state, false)
+}
+
+// load replaces the generation set with state's, unsealing its keys if
+// unseal, or if the authority holds keys now (it signs).
+func (a *Authority) load(ctx context.Context, kek KEK, state *State, unseal bool) error {
 	a.keyMu.Lock()
 	defer a.keyMu.Unlock()
 	prev := a.cur()
@@ -236,7 +242,7 @@ func (a *Authority) Reload(ctx context.Context, kek KEK, st StateStore) error {
 	if err != nil {
 		return err
 	}
-	if prev.active.users.key != nil { // unsealed: this node signs
+	if unseal || (prev != nil && prev.active.users.key != nil) {
 		if kek == nil {
 			return ErrNoKEK
 		}

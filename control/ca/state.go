@@ -287,17 +287,7 @@ func (a *Authority) Unseal(ctx context.Context, kek KEK, st StateStore) error {
 }
 
 func (a *Authority) unseal(ctx context.Context, kek KEK, state *State) error {
-	a.keyMu.Lock()
-	defer a.keyMu.Unlock()
-	set, err := a.buildSet(state, a.cur())
-	if err != nil {
-		return err
-	}
-	if err := unsealSet(ctx, kek, state, set); err != nil {
-		return err
-	}
-	a.set.Store(set)
-	return nil
+	return a.load(ctx, kek, state, true)
 }
 
 // unsealSet unseals the keys of every generation of set from state, all

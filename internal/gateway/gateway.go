@@ -7,6 +7,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -1020,8 +1021,9 @@ func (b *tunnelBook) TunnelUp(cluster, session string, hello tunnel.Hello) {
 	b.sessions[session] = cluster
 	b.mu.Unlock()
 	b.g.auditSystem("tunnel.connect", "tunnel/"+session, cluster, "agent "+hello.AgentVersion+", Kubernetes "+hello.KubeVersion)
-	if len(b.g.CA.Generations()) > 1 && hello.AgentVersion != "" {
-		// A rotation is under way: the agent may have missed the bundle.
+	if bytes.Count(b.g.CA.RootPEM(), []byte("BEGIN CERTIFICATE")) > 1 && hello.AgentVersion != "" {
+		// A root rotation is under way: the agent may have missed the
+		// bundle.
 		b.g.pushTrust(cluster)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

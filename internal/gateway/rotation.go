@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/store"
@@ -150,7 +149,7 @@ func (g *Gateway) advanceRotation(ctx context.Context) error {
 		case ca.PhaseStandby:
 			if !g.auditedStandby[gen.Number] {
 				g.auditedStandby[gen.Number] = true
-				g.auditCA(ctx, "ca.rotation.standby", gen, "")
+				g.auditCA("ca.rotation.standby", gen, "")
 			}
 			if missing := g.notTrusting(gen.Number); len(missing) > 0 {
 				continue
@@ -160,7 +159,7 @@ func (g *Gateway) advanceRotation(ctx context.Context) error {
 				return err
 			}
 			g.log.Info("certificate authority: generation active", "generation", gen.Number, "newRoot", gen.NewRoot, "previousRetiresAfter", retire)
-			g.auditCA(ctx, "ca.rotation.active", gen, "the generation before retires after "+retire.UTC().Format(time.RFC3339))
+			g.auditCA("ca.rotation.active", gen, "the generation before retires after "+retire.UTC().Format(time.RFC3339))
 			if err := g.caChanged(ctx, gen.Number); err != nil {
 				return err
 			}
@@ -172,7 +171,7 @@ func (g *Gateway) advanceRotation(ctx context.Context) error {
 				return err
 			}
 			g.log.Info("certificate authority: generation at sunset; the nodes move their serving certificates off it", "generation", gen.Number)
-			g.auditCA(ctx, "ca.rotation.sunset", gen, "")
+			g.auditCA("ca.rotation.sunset", gen, "")
 			if err := g.caChanged(ctx, gen.Number); err != nil {
 				return err
 			}
@@ -184,7 +183,7 @@ func (g *Gateway) advanceRotation(ctx context.Context) error {
 				return err
 			}
 			g.log.Info("certificate authority: generation retired", "generation", gen.Number)
-			g.auditCA(ctx, "ca.rotation.retired", gen, "")
+			g.auditCA("ca.rotation.retired", gen, "")
 			if err := g.caChanged(ctx, gen.Number); err != nil {
 				return err
 			}
@@ -241,20 +240,16 @@ func (g *Gateway) caChanged(ctx context.Context, n int64) error {
 }
 
 // auditCA writes a rotation's phase to the audit stream.
-func (g *Gateway) auditCA(ctx context.Context, action string, gen ca.Generation, detail string) {
+func (g *Gateway) auditCA(action string, gen ca.Generation, detail string) {
 	kind := "intermediates"
 	if gen.NewRoot {
 		kind = "root"
 	}
-	ev := &audit.Event{Kind: audit.KindSystem, Action: action, Object: fmt.Sprintf("ca/generation/%d", gen.Number),
-		Time: g.now(), Phase: audit.PhaseComplete, Node: g.cfg.Node.Name, Status: 200,
-		Detail: "rotation of the " + kind + "; root sha256 " + gen.RootFingerprint}
+	d := "rotation of the " + kind + "; root sha256 " + gen.RootFingerprint
 	if detail != "" {
-		ev.Detail += "; " + detail
+		d += "; " + detail
 	}
-	if err := g.cfg.Audit.Write(ctx, ev); err != nil {
-		g.log.Error("audit: certificate authority rotation not written", "action", action, "err", err)
-	}
+	g.auditSystem(action, fmt.Sprintf("ca/generation/%d", gen.Number), "", d)
 }
 
 // CAGenerations implements api.CAView: the generations this node trusts.

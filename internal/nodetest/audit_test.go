@@ -38,7 +38,7 @@ func auditOutage(t testing.TB, outage time.Duration) {
 	c := nodetest.StartRingArgs(t, 1, "--audit-kafka-brokers", strings.Join(k.Brokers, ","), "--audit-kafka-topic", auditTopic)
 	n := c.Nodes[0]
 	agent := c.StartAgent("audited", n, fakeAPI())
-	waitFor(t, 10*time.Second, "the agent's tunnel", func() bool { return agent.Remote() != "" })
+	eventually(t, 10*time.Second, "the agent's tunnel", func() bool { return agent.Remote() != "" })
 	_, token := c.Person("audited@acme.test", "PROJECT_READ_ONLY", c.Project.ID, "")
 	cert := c.Credential(n, token)
 
@@ -83,7 +83,7 @@ func auditOutage(t testing.TB, outage time.Duration) {
 	time.Sleep(time.Second)
 	stop()
 	<-done
-	waitFor(t, 30*time.Second, "the spool shipped", func() bool { return n.Metric("gatehouse_audit_spool_lag_events") == 0 })
+	eventually(t, 30*time.Second, "the spool shipped", func() bool { return n.Metric("gatehouse_audit_spool_lag_events") == 0 })
 
 	mu.Lock()
 	want := map[string]int{}
@@ -119,7 +119,7 @@ func auditOutage(t testing.TB, outage time.Duration) {
 	// the kill cut has an unsigned tail, which is a warning.
 	// The node's indexer writes the topic into the store for search: every
 	// answered request is found there, under the cluster's organization.
-	waitFor(t, 30*time.Second, "the events indexed", func() bool {
+	eventually(t, 30*time.Second, "the events indexed", func() bool {
 		found := map[string]bool{}
 		q := store.AuditQuery{OrgID: c.Org.ID, Cluster: "audited", Kind: "kube", Limit: store.MaxAuditPage}
 		for {

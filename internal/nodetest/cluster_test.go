@@ -73,7 +73,7 @@ func get(t testing.TB, c *nodetest.Cluster, n *nodetest.Node, cert tls.Certifica
 	return resp.StatusCode
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	testenv.Eventually(t, timeout, testenv.Cond(what, cond))
 }

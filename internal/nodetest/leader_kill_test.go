@@ -53,7 +53,7 @@ func leaderKills(tb testing.TB, kills int) leaderKillResult {
 		agents = append(agents, a)
 	}
 	for _, a := range agents {
-		waitFor(tb, 10*time.Second, a.Cluster+"'s tunnel", func() bool { return a.Remote() != "" })
+		eventually(tb, 10*time.Second, a.Cluster+"'s tunnel", func() bool { return a.Remote() != "" })
 	}
 	byName := map[string]*nodetest.Node{}
 	for _, n := range c.Nodes {
@@ -123,7 +123,7 @@ func leaderKills(tb testing.TB, kills int) leaderKillResult {
 		// A whole group first: a leader, two voters, two non-voters, as
 		// every live node sees it.
 		var leader string
-		waitFor(tb, 60*time.Second, "the group whole again", func() bool {
+		eventually(tb, 60*time.Second, "the group whole again", func() bool {
 			leader = ""
 			for _, n := range c.Nodes {
 				roles := raftRoles(tb, c, n)
@@ -171,7 +171,7 @@ func leaderKills(tb testing.TB, kills int) leaderKillResult {
 			elected <- -1
 		}()
 		var first signed
-		waitFor(tb, 30*time.Second, "a certificate signed after the kill", func() bool {
+		eventually(tb, 30*time.Second, "a certificate signed after the kill", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			for _, s := range log {
@@ -188,7 +188,7 @@ func leaderKills(tb testing.TB, kills int) leaderKillResult {
 			e.Round(time.Millisecond), first.end.Sub(killed).Round(time.Millisecond), map[string]string{"user": "a person's", "agent": "an agent's"}[first.kind])
 		// The first person's credential signed after the kill, to be used
 		// through every node at the end.
-		waitFor(tb, 30*time.Second, "a credential signed after the kill", func() bool {
+		eventually(tb, 30*time.Second, "a credential signed after the kill", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			for _, s := range log {
@@ -314,17 +314,6 @@ func verifyChain(roots *x509.CertPool, s signed) error {
 	}
 	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	return err
-}
-
-func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s: not after %s", what, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // The leader is killed twice while people and agents ask for

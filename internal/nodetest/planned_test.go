@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,6 +38,31 @@ func startLoad(t *testing.T, c *nodetest.Cluster, agents, clients int) *loadtest
 	return run
 }
 
+// drive runs the load of run's clients until the returned stop, which
+// returns its result (nil if it failed); the test's cleanup stops it too.
+func drive(t *testing.T, run *loadtest.Run) (stop func() *loadtest.Result) {
+	ctx, cancel := context.WithCancel(context.Background())
+	resc := make(chan *loadtest.Result, 1)
+	go func() {
+		res, err := run.Drive(ctx, 0)
+		if err != nil {
+			t.Error(err)
+		}
+		resc <- res
+	}()
+	var once sync.Once
+	var res *loadtest.Result
+	stop = func() *loadtest.Result {
+		once.Do(func() {
+			cancel()
+			res = <-resc
+		})
+		return res
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
 // settled waits until every agent's tunnel is on the node rendezvous
 // hashing picks among the running nodes.
 func settled(t *testing.T, c *nodetest.Cluster, run *loadtest.Run, running []*nodetest.Node) {
@@ -67,16 +93,7 @@ func TestPlannedChangesUnderLoad(t *testing.T) {
 	run := startLoad(t, c, 60, 8)
 	settled(t, c, run, c.Nodes)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	resc := make(chan *loadtest.Result, 1)
-	go func() {
-		res, err := run.Drive(ctx, 0)
-		if err != nil {
-			t.Error(err)
-		}
-		resc <- res
-	}()
+	stop := drive(t, run)
 	step := func(what string, fn func()) {
 		start := time.Now()
 		fn()
@@ -98,8 +115,7 @@ func TestPlannedChangesUnderLoad(t *testing.T) {
 		step(n.Name+" back and holding its share", func() { settled(t, c, run, running) })
 	}
 	time.Sleep(time.Second) // load after the last change
-	cancel()
-	res := <-resc
+	res := stop()
 	if res == nil {
 		t.FailNow()
 	}

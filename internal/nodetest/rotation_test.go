@@ -15,7 +15,6 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 	"github.com/gatehouse-dev/gatehouse/internal/nodetest"
-	"github.com/gatehouse-dev/gatehouse/loadtest"
 )
 
 // caPhases returns the CA generations node n trusts, by number, with their
@@ -113,16 +112,7 @@ func TestRotationUnderLoad(t *testing.T) {
 		}
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	resc := make(chan *loadtest.Result, 1)
-	go func() {
-		res, err := run.Drive(ctx, 0)
-		if err != nil {
-			t.Error(err)
-		}
-		resc <- res
-	}()
+	stop := drive(t, run)
 	time.Sleep(time.Second) // load before the rotation
 
 	// The overlap is short so that the test sees the retirement; the load
@@ -148,7 +138,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	if got := issuerOf(t, nodetest.PEMChain(after)); got != "gatehouse users (generation 2)" {
 		t.Fatalf("a credential after the rotation is signed by %q", got)
 	}
-	chain, err := agent.Renew(ctx)
+	chain, err := agent.Renew(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,8 +153,7 @@ func TestRotationUnderLoad(t *testing.T) {
 		}
 	}
 	time.Sleep(time.Second) // load after the rotation
-	cancel()
-	res := <-resc
+	res := stop()
 	if res == nil {
 		t.FailNow()
 	}
