@@ -34,7 +34,14 @@ const (
 	// KindSystem is a change to Gatehouse itself (through its API), a
 	// login, a credential issued or a revocation.
 	KindSystem = "system"
+	// KindSession carries a piece of a recorded exec or attach session
+	// (Event.Chunk); its Action is ActionSessionData.
+	KindSession = "session"
 )
+
+// ActionSessionData is the action of a KindSession event.
+const ActionSessionData = "session.data"
+
 
 // Event is one audited Kubernetes API request through the gateway, or one
 // system event (Kind, Action, Object, Status and Error tell its outcome).
@@ -86,6 +93,21 @@ type Event struct {
 	Prev     string `json:"prev,omitempty"`
 	// Checkpoint, on an audit.checkpoint event, signs the chain so far.
 	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
+
+	// Recording, on the events of a recorded exec or attach session, is
+	// the id of its recording; the recording itself travels in events of
+	// kind KindSession, each with a Chunk of it.
+	Recording string `json:"recording,omitempty"`
+	Chunk     *Chunk `json:"chunk,omitempty"`
+}
+
+// Chunk is a piece of a session's recording (package record): Data is
+// lines of asciicast v2, and the chunks of a recording, joined in Seq
+// order (from 0), are the whole recording. The last has Final set.
+type Chunk struct {
+	Seq   int    `json:"seq"`
+	Data  string `json:"data"`
+	Final bool   `json:"final,omitempty"`
 }
 
 // Checkpoint is a node's signature over its chain up to an event: the
