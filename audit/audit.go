@@ -42,7 +42,6 @@ const (
 // ActionSessionData is the action of a KindSession event.
 const ActionSessionData = "session.data"
 
-
 // Event is one audited Kubernetes API request through the gateway, or one
 // system event (Kind, Action, Object, Status and Error tell its outcome).
 type Event struct {
