@@ -122,3 +122,19 @@ func (a *Access) grants(ctx context.Context, user, cluster string) ([]grant.Gran
 	}
 	return d.ClusterAccess(c.OrgID, c.ProjectID, c.SharedWith), nil
 }
+
+// RecordRoles returns the roles whose holders' exec and attach sessions on
+// cluster are recorded (the cluster's setting; none for a cluster the
+// store does not know). It implements node.RecordingPolicy; it is read at
+// each session, not cached: sessions are few, and a policy made stricter
+// counts at once.
+func (a *Access) RecordRoles(ctx context.Context, cluster string) ([]string, error) {
+	c, err := a.Store.GetCluster(ctx, cluster)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	return c.RecordRoles, nil
+}

@@ -16,10 +16,12 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/google/uuid"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/audit/record"
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/internal/kubeapi"
 	"github.com/gatehouse-dev/gatehouse/tunnel"
@@ -170,6 +172,30 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	hdr := &tunnel.Header{RequestID: ev.RequestID, User: id.User, Groups: id.Groups, Grants: grants, Deadline: id.NotAfter}
+	target := &streamTarget{cluster: cluster, rest: rest, hdr: hdr}
+	if ri.Resource == "pods" && (ri.Subresource == "exec" || ri.Subresource == "attach") && n.cfg.Recording != nil {
+		roles, err := n.cfg.Recording.RecordRoles(r.Context(), cluster)
+		if err != nil {
+			// Whether the session must be recorded is unknown: it is not
+			// opened unrecorded.
+			refuse(http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable, "gatehouse: cannot read the cluster's session recording policy right now; retry")
+			return
+		}
+		held := make([]string, len(grants))
+		for i, g := range grants {
+			held[i] = g.Role
+		}
+		if record.Applies(roles, held) {
+			if target.rec, err = n.newRecorder(r, ev); err != nil {
+				refuse(http.StatusInternalServerError, metav1.StatusReasonInternalError, "gatehouse: cannot record the session: "+err.Error())
+				return
+			}
+			ev.Recording = target.rec.ID()
+			// A compressed WebSocket could not be read: the recorder
+			// asks for none.
+			r.Header.Del("Sec-Websocket-Extensions")
+		}
+	}
 	if ev.Phase == audit.PhaseOpen {
 		n.writeAudit(r.Context(), ev)
 	}
@@ -178,7 +204,7 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{ReadCloser: r.Body, n: &bodyIn}
 	}
-	ctx := context.WithValue(r.Context(), targetKey{}, &streamTarget{cluster: cluster, rest: rest, hdr: hdr})
+	ctx := context.WithValue(r.Context(), targetKey{}, target)
 	// The person's access ends with their certificate: long streams too.
 	ctx, cancel := context.WithDeadline(ctx, id.NotAfter)
 	defer cancel()
@@ -188,6 +214,9 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// panicking with http.ErrAbortHandler, and the event must be written
 	// all the same (the panic then goes on to the server).
 	defer func() {
+		if target.rec != nil {
+			target.rec.Close() // its last chunk before the close event
+		}
 		ev.Time = n.cfg.Now()
 		if ev.Phase == audit.PhaseOpen {
 			ev.Phase = audit.PhaseClose
@@ -208,6 +237,40 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type streamTarget struct {
 	cluster, rest string
 	hdr           *tunnel.Header
+	rec           *record.Recorder // when the session is recorded
+}
+
+// newRecorder starts the recording of an exec or attach session whose
+// event is ev: its chunks go to the audit log as events of their own.
+func (n *Node) newRecorder(r *http.Request, ev *audit.Event) (*record.Recorder, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, err
+	}
+	q := r.URL.Query()
+	command := q["command"]
+	tty := q.Get("tty") == "true" || q.Get("tty") == "1"
+	title := fmt.Sprintf("%s on %s: %s %s/%s", ev.User, ev.Cluster, ev.Subresource, ev.Namespace, ev.Name)
+	if c := q.Get("container"); c != "" {
+		title += " -c " + c
+	}
+	if len(command) > 0 {
+		title += " -- " + strings.Join(command, " ")
+	}
+	// The chunks' events describe the session as its open event does;
+	// they are made from a copy, as ev changes while the session runs.
+	tmpl := audit.Event{Kind: audit.KindSession, Action: audit.ActionSessionData, Phase: audit.PhaseComplete, RequestID: ev.RequestID,
+		Node: ev.Node, User: ev.User, Groups: ev.Groups, Cluster: ev.Cluster, Namespace: ev.Namespace, Verb: ev.Verb,
+		Resource: ev.Resource, Subresource: ev.Subresource, Name: ev.Name, Path: ev.Path, ClientAddr: ev.ClientAddr,
+		UserAgent: ev.UserAgent, Recording: id.String(), Status: http.StatusOK}
+	ctx := context.WithoutCancel(r.Context())
+	return record.New(record.Config{ID: id.String(), Title: title, Command: command, TTY: tty, MaxBytes: n.cfg.RecordMaxBytes,
+		Now: n.cfg.Now, Emit: func(c audit.Chunk) {
+			e := tmpl
+			e.Time, e.Chunk = n.cfg.Now(), &c
+			n.metrics.recordedBytes.Add(float64(len(c.Data)))
+			n.writeAudit(ctx, &e)
+		}})
 }
 
 func targetOf(ctx context.Context) *streamTarget {
@@ -241,7 +304,17 @@ func (n *Node) newKubeProxy() *httputil.ReverseProxy {
 			pr.Out.URL.Path, _ = url.PathUnescape(t.rest)
 			kubeapi.StripClientCredentials(pr.Out.Header)
 		},
-		Transport:     n.tunnelTransport(),
+		Transport: n.tunnelTransport(),
+		// A recorded session's upgraded connection is tapped by its
+		// recorder (package record), which reads both directions.
+		ModifyResponse: func(res *http.Response) error {
+			if t := targetOf(res.Request.Context()); t != nil && t.rec != nil && res.StatusCode == http.StatusSwitchingProtocols {
+				if conn, ok := res.Body.(io.ReadWriteCloser); ok {
+					res.Body = t.rec.Tap(res.Header, conn)
+				}
+			}
+			return nil
+		},
 		FlushInterval: -1,
 		BufferPool:    kubeapi.CopyBuffers,
 		ErrorLog:      slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),

@@ -25,6 +25,8 @@ type metrics struct {
 	// unaudited (fail open, an alarm).
 	auditUnready *prometheus.CounterVec
 	redirects    prometheus.Counter
+	// recordedBytes counts the bytes of session recordings written.
+	recordedBytes prometheus.Counter
 }
 
 func newMetrics(n *Node) *metrics {
@@ -52,8 +54,12 @@ func newMetrics(n *Node) *metrics {
 			Name: "gatehouse_agent_redirects_total",
 			Help: "Agents sent on to the node that should hold their tunnel.",
 		}),
+		recordedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_session_recording_bytes_total",
+			Help: "Bytes of exec and attach session recordings (asciicast v2) written to the audit log.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.auditErrors, m.auditUnready, m.redirects,
+	m.reg.MustRegister(m.requests, m.latency, m.auditErrors, m.auditUnready, m.redirects, m.recordedBytes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gatehouse_tunnels_open",
 			Help: "Agent tunnels held by this node.",

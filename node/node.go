@@ -54,6 +54,15 @@ type Grants interface {
 	Grants(ctx context.Context, user string, groups []string, cluster string) ([]grant.Grant, error)
 }
 
+// RecordingPolicy says whose exec and attach sessions are recorded on a
+// cluster: the roles (grant roles: "cluster-admin", "admin", "edit",
+// "view" or a custom role's name) whose holders are recorded, "*" for
+// everyone; none records no one. *control.Access implements it from the
+// cluster's settings.
+type RecordingPolicy interface {
+	RecordRoles(ctx context.Context, cluster string) ([]string, error)
+}
+
 // Tunnels opens streams to clusters' agents. *tunnel.Registry implements it
 // for the tunnels this node holds; the ring will implement it for a cluster
 // of nodes, forwarding to the node that holds the tunnel.
@@ -140,6 +149,13 @@ type Config struct {
 	// such requests are refused with 503.
 	AuditFailOpen bool
 
+	// Recording says on which clusters, and for which roles, exec and
+	// attach sessions are recorded (package record); nil records none.
+	Recording RecordingPolicy
+	// RecordMaxBytes bounds one session's recording; zero means
+	// record.DefaultMaxBytes.
+	RecordMaxBytes int64
+
 	// Registrar and AgentIssuer let new agents register with a bootstrap
 	// token; either nil disables registration on this node.
 	Registrar   Registrar
@@ -220,6 +236,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Name == "":
 		return errors.New("node: Name is required")
+	case c.RecordMaxBytes < 0:
+		return errors.New("node: RecordMaxBytes must not be negative")
 	case c.ShutdownTimeout <= 0:
 		return errors.New("node: ShutdownTimeout must be positive")
 	case len(c.Certificate.Certificate) == 0 && c.GetCertificate == nil:

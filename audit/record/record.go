@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -75,6 +76,22 @@ func (c Config) Validate() error {
 		return errors.New("record: sizes and intervals must not be negative")
 	}
 	return nil
+}
+
+// Everyone, in a recording policy's roles, records every session.
+const Everyone = "*"
+
+// Applies says whether a policy that records the holders of the roles
+// policy names records a person who holds held (the roles of all their
+// grants on the cluster, whatever the namespace of the session): when the
+// policy names Everyone or any role held.
+func Applies(policy, held []string) bool {
+	for _, r := range policy {
+		if r == Everyone || slices.Contains(held, r) {
+			return true
+		}
+	}
+	return false
 }
 
 // Header is the first line of an asciicast v2 recording. Gatehouse adds

@@ -205,6 +205,7 @@ func runNode(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "", "also route https://CLUSTER.DOMAIN/ to CLUSTER (DNS: a wildcard record for *.DOMAIN to the gateway); for clients that drop a server's path, such as kubectl proxy")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	af := auditFlags(fs, stateDir)
+	fs.Int64Var(&cfg.RecordMaxBytes, "record-max-bytes", 64<<20, "the most bytes of one exec or attach session's recording (asciicast v2); past it the recording is cut, marked, and the session goes on")
 	fs.BoolVar(&cfg.AuditFailOpen, "audit-fail-open", false, "serve requests whose audit events the spool cannot take (full, or a failing disk), counting them in gatehouse_audit_unready_total; default: refuse them with 503 (fail closed)")
 	if ok, err := parseFlags(fs, args, stderr); !ok {
 		return err

@@ -176,6 +176,7 @@ func (a *API) routes() []route {
 		{"GET /api/v1/clusters", a.listClusters},
 		{"POST /api/v1/clusters", a.createCluster},
 		{"GET /api/v1/clusters/{name}", a.getCluster},
+		{"PUT /api/v1/clusters/{name}", a.updateCluster},
 		{"DELETE /api/v1/clusters/{name}", a.deleteCluster},
 		{"POST /api/v1/clusters/{name}/bootstrap", a.bootstrapCluster},
 		{"POST /api/v1/clusters/{name}/rehome", a.rehomeCluster},
@@ -202,6 +203,7 @@ func (a *API) routes() []route {
 		{"POST /api/v1/revocations", a.revoke},
 		{"GET /api/v1/status", a.status},
 		{"GET /api/v1/audit", a.searchAudit},
+		{"GET /api/v1/audit/recordings/{id}", a.getRecording},
 	}
 }
 
@@ -441,11 +443,14 @@ func (a *API) auditChange(ctx context.Context, r *http.Request, c *Caller, actio
 // auditGroups is auditChange with the groups the caller is in after the
 // change (a login's: what the IdP's groups gave them).
 func (a *API) auditGroups(ctx context.Context, r *http.Request, c *Caller, action, object string, status int, errMsg string, groups []string) {
-	ev := &audit.Event{
-		Kind: audit.KindSystem, Action: action, Object: object,
-		Time: time.Now(), Phase: audit.PhaseComplete, Node: a.cfg.Node, User: c.User.ID, Groups: groups, Verb: r.Method,
-		Path: r.URL.Path, Status: status, Error: errMsg, ClientAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
-	}
+	a.auditEvent(ctx, r, c, &audit.Event{Action: action, Object: object, Status: status, Error: errMsg, Groups: groups})
+}
+
+// auditEvent writes ev, a system event of the caller's request, filling
+// in what the request says.
+func (a *API) auditEvent(ctx context.Context, r *http.Request, c *Caller, ev *audit.Event) {
+	ev.Kind, ev.Time, ev.Phase, ev.Node, ev.User, ev.Verb = audit.KindSystem, time.Now(), audit.PhaseComplete, a.cfg.Node, c.User.ID, r.Method
+	ev.Path, ev.ClientAddr, ev.UserAgent = r.URL.Path, r.RemoteAddr, r.UserAgent()
 	if err := a.cfg.Audit.Write(context.WithoutCancel(ctx), ev); err != nil {
 		a.log.Error("api: audit write failed", "err", err)
 	}

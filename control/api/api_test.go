@@ -24,6 +24,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/control"
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
@@ -32,6 +33,8 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// Recordings are asciicast v2: text, one JSON document a line.
+	openapi3filter.RegisterBodyDecoder("application/x-asciicast", openapi3filter.PlainBodyDecoder)
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"))
 }
 
@@ -806,5 +809,85 @@ func TestAuditSearchByRole(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(string(r.body)), "\n")
 	if r.code != 200 || !strings.HasPrefix(r.ct, "text/csv") || len(lines) != 4 || !strings.HasPrefix(lines[0], "time,id,kind") {
 		t.Fatalf("csv: %d %s\n%s", r.code, r.ct, r.body)
+	}
+}
+
+func TestClusterRecordingPolicyAndRecordings(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	// The policy: set at creation, changed by an update, refused when bad.
+	r := e.post("/api/v1/clusters", e.admin, map[string]any{"name": "web-1", "project": "web", "sessionRecording": []string{"cluster-admin"}})
+	if r.code != http.StatusCreated {
+		t.Fatalf("create: %d %s", r.code, r.body)
+	}
+	if r := e.post("/api/v1/clusters", e.admin, map[string]any{"name": "web-2", "project": "web", "sessionRecording": []string{"Not A Role"}}); r.code != 400 || r.problem(t)["field"] != "sessionRecording" {
+		t.Fatalf("a bad policy: %d %s", r.code, r.body)
+	}
+	var cl api.Cluster
+	must(t, json.Unmarshal(e.do("GET", "/api/v1/clusters/web-1", e.admin, "", nil).body, &cl))
+	if len(cl.SessionRecording) != 1 || cl.SessionRecording[0] != "cluster-admin" {
+		t.Fatalf("cluster %+v", cl)
+	}
+	put := func(token string, c api.Cluster) response {
+		b, _ := json.Marshal(map[string]any{"name": c.Name, "project": c.Project, "sessionRecording": c.SessionRecording, "version": c.Version})
+		return e.do("PUT", "/api/v1/clusters/web-1", token, "application/json", b)
+	}
+	cl.SessionRecording = []string{"*"}
+	if r := put(e.viewer, cl); r.code != http.StatusForbidden {
+		t.Fatalf("a read-only member changed the policy: %d", r.code)
+	}
+	if r := put(e.admin, cl); r.code != 200 {
+		t.Fatalf("update: %d %s", r.code, r.body)
+	}
+	if r := put(e.admin, cl); r.code != http.StatusConflict {
+		t.Fatalf("an update with a stale version: %d", r.code)
+	}
+	stored, err := e.store.GetCluster(ctx, "web-1")
+	must(t, err)
+	if len(stored.RecordRoles) != 1 || stored.RecordRoles[0] != "*" {
+		t.Fatalf("stored %v", stored.RecordRoles)
+	}
+	access := &control.Access{Store: e.store}
+	if roles, err := access.RecordRoles(ctx, "web-1"); err != nil || len(roles) != 1 || roles[0] != "*" {
+		t.Fatalf("the node's view: %v %v", roles, err)
+	}
+
+	// Recordings: read whole, in order, by who may search the cluster's
+	// events; a namespace role and another organization get 404.
+	cast := "{\"version\":2,\"width\":80,\"height\":24}\n[0.1,\"o\",\"hi\"]\n"
+	chunks := []*store.RecordingChunk{
+		{OrgID: e.org.ID, ProjectID: e.project.ID, Recording: "rec-1", Seq: 1, Cluster: "web-1", Data: cast[20:], Final: true, At: time.Now()},
+		{OrgID: e.org.ID, ProjectID: e.project.ID, Recording: "rec-1", Seq: 0, Cluster: "web-1", Data: cast[:20], At: time.Now()},
+	}
+	must(t, e.store.InsertRecordingChunks(ctx, chunks))
+	must(t, e.store.InsertRecordingChunks(ctx, chunks)) // read twice from the topic: no harm
+	must(t, e.store.InsertRecordingChunks(ctx, []*store.RecordingChunk{{OrgID: e.org.ID, ProjectID: e.project.ID, Recording: "rec-2", Seq: 0, Cluster: "web-1", Data: cast[:20]}}))
+	for _, who := range []struct{ name, token string }{{"ADMIN", e.admin}, {"PROJECT_READ_ONLY", e.viewer}} {
+		r := e.do("GET", "/api/v1/audit/recordings/rec-1", who.token, "", nil)
+		if r.code != 200 || string(r.body) != cast || r.ct != "application/x-asciicast" {
+			t.Fatalf("%s: %d %s %q", who.name, r.code, r.ct, r.body)
+		}
+	}
+	ns := e.person("ns@acme.test", "NAMESPACE_READ_ONLY", e.project.ID)
+	if r := e.do("GET", "/api/v1/audit/recordings/rec-1", ns, "", nil); r.code != 404 {
+		t.Fatalf("a namespace role read a recording: %d", r.code)
+	}
+	if r := e.do("GET", "/api/v1/audit/recordings/nope", e.admin, "", nil); r.code != 404 {
+		t.Fatalf("an unknown recording: %d", r.code)
+	}
+	rec, err := e.store.GetRecording(ctx, e.org.ID, "rec-2")
+	must(t, err)
+	if rec.Complete || rec.Data != cast[:20] {
+		t.Fatalf("a recording still running: %+v", rec)
+	}
+	if _, err := e.store.GetRecording(ctx, "other-org", "rec-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("another organization's recording: %v", err)
+	}
+	// Retention takes recordings too.
+	if _, err := e.store.DeleteAuditBefore(ctx, time.Now().Add(time.Hour), 100); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.GetRecording(ctx, e.org.ID, "rec-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a recording outlived retention: %v", err)
 	}
 }

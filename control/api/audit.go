@@ -5,11 +5,13 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
 )
@@ -111,6 +113,32 @@ func (a *API) searchAudit(w http.ResponseWriter, r *http.Request, c *Caller) err
 		out.Items = append(out.Items, json.RawMessage(e.Body))
 	}
 	return writeJSON(w, http.StatusOK, out)
+}
+
+// getRecording serves GET /api/v1/audit/recordings/{id}: a recorded exec
+// or attach session, as asciicast v2 (application/x-asciicast). Who may
+// read it is who may search its cluster's events; anyone else is answered
+// 404, as if it did not exist. X-Recording-Complete says whether the whole
+// recording is there (false while the session runs, or until the indexer
+// has read all of it).
+func (a *API) getRecording(w http.ResponseWriter, r *http.Request, c *Caller) error {
+	id := r.PathValue("id")
+	if len(id) > 64 {
+		return badField("id", "not a recording id")
+	}
+	rec, err := a.cfg.Store.GetRecording(r.Context(), c.User.OrgID, id)
+	if err != nil {
+		return err
+	}
+	if !c.decider.Allowed(c.scope(""), policy.AuditRead) && (rec.ProjectID == "" || !c.decider.Allowed(c.scope(rec.ProjectID), policy.AuditRead)) {
+		return store.ErrNotFound
+	}
+	a.auditEvent(r.Context(), r, c, &audit.Event{Action: "audit.recording.read", Object: "recording/" + id, Status: http.StatusOK, Cluster: rec.Cluster})
+	w.Header().Set("Content-Type", "application/x-asciicast")
+	w.Header().Set("X-Recording-Complete", strconv.FormatBool(rec.Complete))
+	w.Header().Set("Content-Disposition", `attachment; filename="`+id+`.cast"`)
+	_, err = io.WriteString(w, rec.Data)
+	return err
 }
 
 // AuditPage is a page of GET /api/v1/audit: the events as written (see

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/apitypes"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
@@ -124,7 +126,7 @@ type Bootstrap = apitypes.Bootstrap
 type ClusterCreated = apitypes.ClusterCreated
 
 func clusterOut(c *store.Cluster, project string) Cluster {
-	return Cluster{Name: c.Name, Project: project, Description: c.Description, Registered: c.Fingerprint != "", Version: c.Version, Created: c.Created}
+	return Cluster{Name: c.Name, Project: project, Description: c.Description, SessionRecording: c.RecordRoles, Registered: c.Fingerprint != "", Version: c.Version, Created: c.Created}
 }
 
 // cluster reads a cluster the caller may see (404 otherwise) and its
@@ -208,7 +210,10 @@ func (a *API) createCluster(w http.ResponseWriter, r *http.Request, c *Caller) e
 		a.auditChange(r.Context(), r, c, string(policy.ClusterCreate), object, http.StatusForbidden, "forbidden")
 		return forbidden(policy.ClusterCreate)
 	}
-	cl := &store.Cluster{Name: in.Name, ProjectID: p.ID, Description: in.Description}
+	if err := validRecording(in.SessionRecording); err != nil {
+		return err
+	}
+	cl := &store.Cluster{Name: in.Name, ProjectID: p.ID, Description: in.Description, RecordRoles: in.SessionRecording}
 	if err := a.cfg.Store.CreateCluster(r.Context(), cl); err != nil {
 		return err
 	}
@@ -218,6 +223,59 @@ func (a *API) createCluster(w http.ResponseWriter, r *http.Request, c *Caller) e
 	}
 	a.auditChange(r.Context(), r, c, string(policy.ClusterCreate), object, http.StatusCreated, "")
 	return writeJSON(w, http.StatusCreated, ClusterCreated{Cluster: clusterOut(cl, p.Name), Bootstrap: boot})
+}
+
+// validRecording checks a cluster's session recording policy.
+func validRecording(roles []string) error {
+	if len(roles) > store.MaxRecordRoles {
+		return badField("sessionRecording", "at most %d roles", store.MaxRecordRoles)
+	}
+	for _, r := range roles {
+		if r != "*" && validName("sessionRecording", r) != nil {
+			return badField("sessionRecording", "%q is neither * nor a role name", r)
+		}
+	}
+	return nil
+}
+
+// updateCluster changes a cluster's description and session recording
+// policy (optimistic concurrency: the version read must be sent).
+func (a *API) updateCluster(w http.ResponseWriter, r *http.Request, c *Caller) error {
+	var in Cluster
+	if err := decode(w, r, &in); err != nil {
+		return err
+	}
+	cl, p, err := a.cluster(r, c, r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	switch {
+	case in.Name != cl.Name:
+		return badField("name", "the name cannot change")
+	case in.Project != p.Name:
+		return badField("project", "the project cannot change")
+	case in.Version == 0:
+		return badField("version", "send the version you read")
+	}
+	if err := validRecording(in.SessionRecording); err != nil {
+		return err
+	}
+	object := "cluster/" + cl.Name
+	if !c.decider.Allowed(c.scope(cl.ProjectID), policy.ClusterUpdate) {
+		a.auditChange(r.Context(), r, c, string(policy.ClusterUpdate), object, http.StatusForbidden, "forbidden")
+		return forbidden(policy.ClusterUpdate)
+	}
+	before := strings.Join(cl.RecordRoles, ",")
+	cl.Description, cl.RecordRoles, cl.Version = in.Description, in.SessionRecording, in.Version
+	if err := a.cfg.Store.UpdateCluster(r.Context(), cl); err != nil {
+		return err
+	}
+	detail := ""
+	if after := strings.Join(cl.RecordRoles, ","); after != before {
+		detail = fmt.Sprintf("session recording: [%s] -> [%s]", before, after)
+	}
+	a.auditEvent(r.Context(), r, c, &audit.Event{Action: string(policy.ClusterUpdate), Object: object, Status: http.StatusOK, Detail: detail})
+	return writeJSON(w, http.StatusOK, clusterOut(cl, p.Name))
 }
 
 // bootstrap issues a token for the cluster and renders its manifest.

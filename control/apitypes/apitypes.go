@@ -30,6 +30,11 @@ type Cluster struct {
 	Name        string `json:"name"`
 	Project     string `json:"project"`
 	Description string `json:"description,omitempty"`
+	// SessionRecording names the roles whose holders' exec and attach
+	// sessions on the cluster are recorded: "*" for everyone, built-in
+	// roles ("cluster-admin", "admin", "edit", "view") or custom roles'
+	// names. Empty records no one.
+	SessionRecording []string `json:"sessionRecording,omitempty"`
 	// Registered says whether an agent has registered (its fingerprint is
 	// known).
 	Registered bool      `json:"registered"`

@@ -114,6 +114,7 @@ func (x *Indexer) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		var msgs []kafka.Message
 		var evs []*store.AuditEvent
+		var chunks []*store.RecordingChunk
 		deadline := time.Now().Add(x.cfg.MaxWait)
 		for len(msgs) < x.cfg.Batch {
 			wait := time.Until(deadline)
@@ -135,8 +136,11 @@ func (x *Indexer) Run(ctx context.Context) error {
 				break
 			}
 			msgs = append(msgs, m)
-			if e := x.event(ctx, m.Value); e != nil {
+			switch e, c := x.event(ctx, m.Value); {
+			case e != nil:
 				evs = append(evs, e)
+			case c != nil:
+				chunks = append(chunks, c)
 			}
 		}
 		if len(msgs) == 0 {
@@ -144,6 +148,9 @@ func (x *Indexer) Run(ctx context.Context) error {
 		}
 		for {
 			err := x.cfg.Store.InsertAuditEvents(ctx, evs)
+			if err == nil {
+				err = x.cfg.Store.InsertRecordingChunks(ctx, chunks)
+			}
 			if err == nil {
 				break
 			}
@@ -162,12 +169,23 @@ func (x *Indexer) Run(ctx context.Context) error {
 	return nil
 }
 
-// event maps a message to the store's row, or nil if it is not an event.
-func (x *Indexer) event(ctx context.Context, raw []byte) *store.AuditEvent {
+// event maps a message to the store's row: an event, or a chunk of a
+// session's recording (kept apart: searches do not wade through
+// recordings); neither if it is not an event.
+func (x *Indexer) event(ctx context.Context, raw []byte) (*store.AuditEvent, *store.RecordingChunk) {
 	var ev audit.Event
 	if err := json.Unmarshal(raw, &ev); err != nil || ev.ID == "" {
 		x.skipped.Inc()
-		return nil
+		return nil, nil
+	}
+	if ev.Kind == audit.KindSession {
+		if ev.Chunk == nil || ev.Recording == "" || ev.Chunk.Seq < 0 {
+			x.skipped.Inc()
+			return nil, nil
+		}
+		c := &store.RecordingChunk{Recording: ev.Recording, Seq: ev.Chunk.Seq, At: ev.Time, Cluster: ev.Cluster, Final: ev.Chunk.Final, Data: ev.Chunk.Data}
+		c.OrgID, c.ProjectID = x.cluster(ctx, ev.Cluster)
+		return nil, c
 	}
 	kind := ev.Kind
 	if kind == "" {
@@ -178,7 +196,7 @@ func (x *Indexer) event(ctx context.Context, raw []byte) *store.AuditEvent {
 	if ev.Cluster != "" {
 		e.OrgID, e.ProjectID = x.cluster(ctx, ev.Cluster)
 	}
-	return e
+	return e, nil
 }
 
 // cluster returns a cluster's organization and project ("" for a cluster

@@ -170,8 +170,9 @@ func escapeLike(s string) string {
 	return strings.NewReplacer("\\", "\\\\", "%", "\\%", "_", "\\_").Replace(s)
 }
 
-// DeleteAuditBefore deletes indexed events older than t, at most batch a
-// transaction, and returns how many went: the retention policy.
+// DeleteAuditBefore deletes indexed events and recordings' chunks older
+// than t, at most batch a transaction, and returns how many went: the
+// retention policy.
 func (s *Store) DeleteAuditBefore(ctx context.Context, t time.Time, batch int) (int64, error) {
 	if batch <= 0 {
 		return 0, errors.New("store: a positive batch")
@@ -184,7 +185,16 @@ func (s *Store) DeleteAuditBefore(ctx context.Context, t time.Time, batch int) (
 			if err != nil {
 				return err
 			}
-			n, err = res.RowsAffected()
+			if n, err = res.RowsAffected(); err != nil {
+				return err
+			}
+			res, err = tx.ExecContext(ctx, `DELETE FROM audit_recordings WHERE (org_id, recording_id, seq) IN
+				(SELECT org_id, recording_id, seq FROM audit_recordings WHERE at_us < $1 LIMIT $2)`, micros(t), batch)
+			if err != nil {
+				return err
+			}
+			m, err := res.RowsAffected()
+			n = max(n, m)
 			return err
 		})
 		if err != nil {
@@ -195,4 +205,86 @@ func (s *Store) DeleteAuditBefore(ctx context.Context, t time.Time, batch int) (
 			return total, nil
 		}
 	}
+}
+
+// RecordingChunk is a piece of a session's recording as the store keeps
+// it (see audit.Chunk).
+type RecordingChunk struct {
+	OrgID, ProjectID string
+	Recording        string
+	Seq              int
+	At               time.Time
+	Cluster          string
+	Final            bool
+	Data             string
+}
+
+// Recording is a session's recording: its chunks joined in order.
+type Recording struct {
+	ID, ProjectID, Cluster string
+	// Start is when its first chunk was written.
+	Start time.Time
+	Data  string
+	// Complete says whether every chunk, the final one included, is here:
+	// false while the session runs, or until the indexer has read it all.
+	Complete bool
+}
+
+// InsertRecordingChunks keeps chunks of recordings; a chunk kept before
+// is left as it is.
+func (s *Store) InsertRecordingChunks(ctx context.Context, cs []*RecordingChunk) error {
+	if len(cs) == 0 {
+		return nil
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, c := range cs {
+			if c.Recording == "" || c.Seq < 0 {
+				return fmt.Errorf("%w: a recording chunk without an id or with a negative seq", ErrInvalid)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO audit_recordings (org_id, recording_id, seq, at_us, project_id, cluster, final, data)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (org_id, recording_id, seq) DO NOTHING`,
+				c.OrgID, c.Recording, c.Seq, micros(c.At), c.ProjectID, c.Cluster, c.Final, c.Data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// GetRecording returns an organization's recording by id.
+func (s *Store) GetRecording(ctx context.Context, orgID, id string) (*Recording, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, at_us, project_id, cluster, final, data FROM audit_recordings
+		WHERE org_id = $1 AND recording_id = $2 ORDER BY seq`, orgID, id)
+	if err != nil {
+		return nil, fmt.Errorf("store: recording: %w", err)
+	}
+	defer rows.Close()
+	rec := &Recording{ID: id}
+	var data strings.Builder
+	n, final := 0, false
+	for rows.Next() {
+		var seq int
+		var at int64
+		var c RecordingChunk
+		if err := rows.Scan(&seq, &at, &c.ProjectID, &c.Cluster, &c.Final, &c.Data); err != nil {
+			return nil, fmt.Errorf("store: recording: %w", err)
+		}
+		if n == 0 {
+			rec.ProjectID, rec.Cluster, rec.Start = c.ProjectID, c.Cluster, fromMicros(at)
+		}
+		if seq != n {
+			break // a gap: what follows is not yet here
+		}
+		data.WriteString(c.Data)
+		final = c.Final
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: recording: %w", err)
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%w: recording %s", ErrNotFound, id)
+	}
+	rec.Data, rec.Complete = data.String(), final
+	return rec, nil
 }

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"regexp"
+	"strings"
 	"time"
 )
 
@@ -183,8 +185,30 @@ type Cluster struct {
 	Fingerprint string
 	// SharedWith lists other projects whose grants reach this cluster.
 	SharedWith []string
-	Version    int64
-	Created    time.Time
+	// RecordRoles names the roles whose holders' exec and attach sessions
+	// are recorded ("*": everyone's; empty: no one's).
+	RecordRoles []string
+	Version     int64
+	Created     time.Time
+}
+
+// MaxRecordRoles bounds a cluster's recording policy.
+const MaxRecordRoles = 32
+
+var recordRole = regexp.MustCompile(`^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$`)
+
+// validRecordRoles checks a recording policy: "*" or role names (DNS
+// labels), at most MaxRecordRoles.
+func validRecordRoles(roles []string) error {
+	if len(roles) > MaxRecordRoles {
+		return fmt.Errorf("%w: at most %d recorded roles", ErrInvalid, MaxRecordRoles)
+	}
+	for _, r := range roles {
+		if !recordRole.MatchString(r) {
+			return fmt.Errorf("%w: recorded role %q is neither * nor a role name", ErrInvalid, r)
+		}
+	}
+	return nil
 }
 
 // CreateCluster creates a cluster in c.ProjectID.
@@ -192,13 +216,16 @@ func (s *Store) CreateCluster(ctx context.Context, c *Cluster) error {
 	if c.Name == "" {
 		return fmt.Errorf("%w: cluster name is empty", ErrInvalid)
 	}
+	if err := validRecordRoles(c.RecordRoles); err != nil {
+		return err
+	}
 	c.ID, c.Version, c.Created = newID(), 1, s.now().UTC()
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if err := tx.QueryRowContext(ctx, `SELECT org_id FROM projects WHERE id = $1`, c.ProjectID).Scan(&c.OrgID); err != nil {
 			return fmt.Errorf("%w: project %s does not exist", ErrInvalid, c.ProjectID)
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO clusters (id, name, project_id, description, created_us) VALUES ($1, $2, $3, $4, $5)`,
-			c.ID, c.Name, c.ProjectID, c.Description, micros(c.Created))
+		_, err := tx.ExecContext(ctx, `INSERT INTO clusters (id, name, project_id, description, record_roles, created_us) VALUES ($1, $2, $3, $4, $5, $6)`,
+			c.ID, c.Name, c.ProjectID, c.Description, strings.Join(c.RecordRoles, ","), micros(c.Created))
 		if err != nil {
 			return err
 		}
@@ -221,15 +248,19 @@ func setShares(ctx context.Context, tx *sql.Tx, c *Cluster) error {
 	return nil
 }
 
-const clusterCols = `id, name, project_id, (SELECT org_id FROM projects WHERE projects.id = clusters.project_id), description, fingerprint, version, created_us`
+const clusterCols = `id, name, project_id, (SELECT org_id FROM projects WHERE projects.id = clusters.project_id), description, fingerprint, record_roles, version, created_us`
 
 func scanCluster(r interface{ Scan(...any) error }) (*Cluster, error) {
 	var c Cluster
 	var created int64
-	if err := r.Scan(&c.ID, &c.Name, &c.ProjectID, &c.OrgID, &c.Description, &c.Fingerprint, &c.Version, &created); err != nil {
+	var roles string
+	if err := r.Scan(&c.ID, &c.Name, &c.ProjectID, &c.OrgID, &c.Description, &c.Fingerprint, &roles, &c.Version, &created); err != nil {
 		return nil, err
 	}
 	c.Created = fromMicros(created)
+	if roles != "" {
+		c.RecordRoles = strings.Split(roles, ",")
+	}
 	return &c, nil
 }
 
@@ -287,11 +318,15 @@ func (s *Store) ListClusters(ctx context.Context, projectID string, p Page) ([]*
 	return out, next, s.loadShares(ctx, out...)
 }
 
-// UpdateCluster changes a cluster's description and shares if its version
-// is still c.Version.
+// UpdateCluster changes a cluster's description, shares and recording
+// policy if its version is still c.Version.
 func (s *Store) UpdateCluster(ctx context.Context, c *Cluster) error {
+	if err := validRecordRoles(c.RecordRoles); err != nil {
+		return err
+	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE clusters SET description = $1, version = version + 1 WHERE id = $2 AND version = $3`, c.Description, c.ID, c.Version)
+		res, err := tx.ExecContext(ctx, `UPDATE clusters SET description = $1, record_roles = $2, version = version + 1 WHERE id = $3 AND version = $4`,
+			c.Description, strings.Join(c.RecordRoles, ","), c.ID, c.Version)
 		if err != nil {
 			return err
 		}

@@ -1183,3 +1183,58 @@ func TestAuditSearch(t *testing.T) {
 		}
 	})
 }
+
+func TestRecordingsAndClusterPolicy(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *store.Store, _ *clock) {
+		ctx := context.Background()
+		org := &store.Org{Name: "rec-org"}
+		must(t, s.CreateOrg(ctx, org))
+		p := &store.Project{OrgID: org.ID, Name: "web"}
+		must(t, s.CreateProject(ctx, p))
+		c := &store.Cluster{Name: "rec-1", ProjectID: p.ID, RecordRoles: []string{"cluster-admin", "edit"}}
+		must(t, s.CreateCluster(ctx, c))
+		got, err := s.GetCluster(ctx, "rec-1")
+		must(t, err)
+		if strings.Join(got.RecordRoles, ",") != "cluster-admin,edit" {
+			t.Fatalf("record roles %v", got.RecordRoles)
+		}
+		got.RecordRoles = []string{"*"}
+		must(t, s.UpdateCluster(ctx, got))
+		if got, _ = s.GetCluster(ctx, "rec-1"); strings.Join(got.RecordRoles, ",") != "*" {
+			t.Fatalf("record roles after the update %v", got.RecordRoles)
+		}
+		got.RecordRoles = []string{"a,b"}
+		if err := s.UpdateCluster(ctx, got); !errors.Is(err, store.ErrInvalid) {
+			t.Fatalf("a role with a comma: %v", err)
+		}
+
+		old, now := time.Now().Add(-48*time.Hour), time.Now()
+		var chunks []*store.RecordingChunk
+		for i := range 5 {
+			chunks = append(chunks, &store.RecordingChunk{OrgID: org.ID, ProjectID: p.ID, Recording: "r-old", Seq: i, At: old, Cluster: "rec-1", Data: fmt.Sprint(i), Final: i == 4})
+		}
+		chunks = append(chunks, &store.RecordingChunk{OrgID: org.ID, ProjectID: p.ID, Recording: "r-new", Seq: 0, At: now, Cluster: "rec-1", Data: "a"},
+			&store.RecordingChunk{OrgID: org.ID, ProjectID: p.ID, Recording: "r-new", Seq: 2, At: now, Cluster: "rec-1", Data: "c", Final: true})
+		must(t, s.InsertRecordingChunks(ctx, chunks))
+		must(t, s.InsertRecordingChunks(ctx, chunks)) // again: no harm
+		rec, err := s.GetRecording(ctx, org.ID, "r-old")
+		must(t, err)
+		if rec.Data != "01234" || !rec.Complete || rec.Cluster != "rec-1" || rec.ProjectID != p.ID {
+			t.Fatalf("recording %+v", rec)
+		}
+		// A gap: what is after it is not returned, and it is not complete.
+		if rec, err = s.GetRecording(ctx, org.ID, "r-new"); err != nil || rec.Data != "a" || rec.Complete {
+			t.Fatalf("a recording with a gap: %+v %v", rec, err)
+		}
+		// Retention, in small batches.
+		if _, err := s.DeleteAuditBefore(ctx, now.Add(-time.Hour), 2); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.GetRecording(ctx, org.ID, "r-old"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("an old recording outlived retention: %v", err)
+		}
+		if _, err := s.GetRecording(ctx, org.ID, "r-new"); err != nil {
+			t.Fatalf("a new recording went: %v", err)
+		}
+	})
+}

@@ -325,7 +325,8 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	ncfg.Collectors = append(ncfg.Collectors, g.broadcastMetrics.collectors()...)
 	ncfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return g.cert.Load(), nil }
 	ncfg.Verifier, ncfg.Registry, ncfg.Audit = g.CA, g.Registry, cfg.Audit
-	ncfg.Grants = &control.Access{Store: cfg.Store, Policy: g.policy, CacheTTL: cfg.AccessCacheTTL, Now: cfg.Now}
+	access := &control.Access{Store: cfg.Store, Policy: g.policy, CacheTTL: cfg.AccessCacheTTL, Now: cfg.Now}
+	ncfg.Grants, ncfg.Recording = access, access
 	ncfg.Registrar, ncfg.AgentIssuer = cfg.Store, signer{g: g}
 	ncfg.TunnelRecorder = g.book
 	if ncfg.Logger == nil {

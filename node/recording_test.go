@@ -1,0 +1,248 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+
+	"github.com/gatehouse-dev/gatehouse/audit"
+	"github.com/gatehouse-dev/gatehouse/audit/record"
+	"github.com/gatehouse-dev/gatehouse/grant"
+	"github.com/gatehouse-dev/gatehouse/node"
+)
+
+// recordingPolicy is a fixed recording policy: roles by cluster.
+type recordingPolicy struct {
+	mu    sync.Mutex
+	roles map[string][]string
+	err   error
+}
+
+func (p *recordingPolicy) RecordRoles(_ context.Context, cluster string) ([]string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.roles[cluster], p.err
+}
+
+func (p *recordingPolicy) set(roles []string, err error) {
+	p.mu.Lock()
+	p.roles, p.err = map[string][]string{clusterID: roles}, err
+	p.mu.Unlock()
+}
+
+// recordingOf waits for the recording the close event of a session
+// names, and returns it whole, checking its chunks' order.
+func recordingOf(t *testing.T, b *bed, requestID string) (string, string) {
+	t.Helper()
+	var id string
+	var chunks []*audit.Chunk
+	waitFor(t, 30*time.Second, func() bool {
+		id, chunks = "", nil
+		for _, ev := range b.audit.Events() {
+			if ev.RequestID == requestID && ev.Phase == audit.PhaseClose {
+				id = ev.Recording
+			}
+		}
+		if id == "" {
+			return false
+		}
+		for _, ev := range b.audit.Events() {
+			if ev.Kind == audit.KindSession && ev.Recording == id {
+				if ev.Cluster != clusterID || ev.RequestID != requestID || ev.Chunk == nil {
+					t.Fatalf("chunk event %+v", ev)
+				}
+				chunks = append(chunks, ev.Chunk)
+			}
+		}
+		return len(chunks) > 0 && chunks[len(chunks)-1].Final
+	})
+	var all strings.Builder
+	for i, c := range chunks {
+		if c.Seq != i {
+			t.Fatalf("chunk %d has seq %d", i, c.Seq)
+		}
+		all.WriteString(c.Data)
+	}
+	return id, all.String()
+}
+
+// sessionRequest returns the request id of the last exec or attach
+// session's open event.
+func sessionRequest(t *testing.T, b *bed) (requestID, recording string) {
+	t.Helper()
+	for _, ev := range b.audit.Events() {
+		if (ev.Subresource == "exec" || ev.Subresource == "attach") && ev.Phase == audit.PhaseOpen {
+			requestID, recording = ev.RequestID, ev.Recording
+		}
+	}
+	if requestID == "" {
+		t.Fatal("no session in the audit log")
+	}
+	return requestID, recording
+}
+
+func TestExecSessionRecordedAndReplayed(t *testing.T) {
+	policy := &recordingPolicy{}
+	policy.set([]string{record.Everyone}, nil)
+	b := startBedWith(t, false, 0, func(c *node.Config) { c.Recording = policy })
+	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
+	kc := b.kubeconfig("ada", time.Hour)
+	pod := runningPod(t, b, "recorded")
+	ctx := context.Background()
+
+	for _, spdy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("exec -it, spdy=%v", spdy), func(t *testing.T) {
+			// Output that a recorder could cut wrongly: multi-byte
+			// characters, escape sequences, a long line.
+			script := `printf 'héllo wörld € \033[1mbold\033[0m\n'; read line; echo "got:$line"; head -c 70000 /dev/zero | tr '\0' 'x'; echo; read line`
+			cmd, err := b.kube.Kubectl(ctx, kc, "-n", "recorded", "exec", "-it", pod, "--", "sh", "-c", script)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if spdy {
+				cmd.Env = append(cmd.Env, "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false")
+			}
+			f, err := pty.StartWithSize(cmd, &pty.Winsize{Cols: 132, Rows: 43})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var out syncBuffer
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				io.Copy(&out, f)
+			}()
+			waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "bold") })
+			f.Write([]byte("pïng\r"))
+			waitFor(t, 60*time.Second, func() bool { return strings.Count(out.String(), "x") >= 70000 })
+			f.Write([]byte("bye\r"))
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("exec: %v\n%s", err, out.String())
+			}
+			<-done
+			seen := out.String()
+
+			requestID, id := sessionRequest(t, b)
+			if id == "" {
+				t.Fatal("the open event names no recording")
+			}
+			closeID, cast := recordingOf(t, b, requestID)
+			if closeID != id {
+				t.Fatalf("open event names recording %s, close event %s", id, closeID)
+			}
+			hdr, evs, err := record.Parse(strings.NewReader(cast))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !hdr.TTY || hdr.Width != 132 || hdr.Height != 43 || !strings.Contains(hdr.Title, "ada on dev: exec recorded/"+pod) {
+				t.Fatalf("header %+v", hdr)
+			}
+			var in, output strings.Builder
+			for _, ev := range evs {
+				switch ev.Code {
+				case record.Input:
+					in.WriteString(ev.Data)
+				case record.Output:
+					output.WriteString(ev.Data)
+				}
+			}
+			if in.String() != "pïng\rbye\r" {
+				t.Fatalf("recorded input %q", in.String())
+			}
+			if output.String() != seen {
+				t.Fatalf("recorded output differs from what kubectl showed:\nrecorded %d bytes %q\nshown    %d bytes %q", output.Len(), trim(output.String()), len(seen), trim(seen))
+			}
+			// Replayed, it is what the person saw, byte for byte.
+			var replay strings.Builder
+			if err := record.Play(ctx, &replay, evs, record.PlayOptions{Sleep: func(context.Context, time.Duration) error { return nil }}); err != nil {
+				t.Fatal(err)
+			}
+			if replay.String() != seen {
+				t.Fatal("the replay differs from what kubectl showed")
+			}
+			t.Logf("recorded %d events, %d bytes of asciicast; %d bytes shown", len(evs), len(cast), len(seen))
+		})
+	}
+
+	t.Run("exec -i without a terminal", func(t *testing.T) {
+		in := "first line\nnot this one\n"
+		r := b.kubectl(kc, in, nil, "-n", "recorded", "exec", "-i", pod, "--", "head", "-n", "1")
+		out := r.stdout
+		if r.err != nil || out != "first line\n" {
+			t.Fatalf("exec -i: %v %q %s", r.err, out, r.stderr)
+		}
+		requestID, _ := sessionRequest(t, b)
+		_, cast := recordingOf(t, b, requestID)
+		hdr, evs, err := record.Parse(strings.NewReader(cast))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gotIn, gotOut strings.Builder
+		for _, ev := range evs {
+			switch ev.Code {
+			case record.Input:
+				gotIn.WriteString(ev.Data)
+			case record.Output:
+				gotOut.WriteString(ev.Data)
+			}
+		}
+		if hdr.TTY || gotOut.String() != out || !strings.HasPrefix(in, gotIn.String()) || gotIn.String() == "" {
+			t.Fatalf("tty %v, input %q, output %q", hdr.TTY, gotIn.String(), gotOut.String())
+		}
+	})
+
+	t.Run("the policy chooses", func(t *testing.T) {
+		b.grants.Set("bob", clusterID, grant.Grant{Role: "edit", Namespace: "recorded"})
+		bob := b.kubeconfig("bob", time.Hour)
+		policy.set([]string{"cluster-admin"}, nil) // admins only
+		if out := b.ok(bob, "-n", "recorded", "exec", pod, "--", "echo", "unrecorded"); out != "unrecorded\n" {
+			t.Fatalf("exec: %q", out)
+		}
+		if _, id := sessionRequest(t, b); id != "" {
+			t.Fatal("bob's session was recorded, though the policy records admins only")
+		}
+		if out := b.ok(kc, "-n", "recorded", "exec", pod, "--", "echo", "recorded"); out != "recorded\n" {
+			t.Fatalf("exec: %q", out)
+		}
+		requestID, id := sessionRequest(t, b)
+		if id == "" {
+			t.Fatal("ada's session was not recorded")
+		}
+		if _, cast := recordingOf(t, b, requestID); !strings.Contains(cast, `"recorded\n"`) {
+			t.Fatalf("recording %q", cast)
+		}
+		policy.set([]string{"edit"}, nil)
+		b.ok(bob, "-n", "recorded", "exec", pod, "--", "echo", "now recorded")
+		if _, id := sessionRequest(t, b); id == "" {
+			t.Fatal("bob's session was not recorded, though the policy records edit")
+		}
+		policy.set(nil, nil)
+		b.ok(kc, "-n", "recorded", "exec", pod, "--", "echo", "off")
+		if _, id := sessionRequest(t, b); id != "" {
+			t.Fatal("a session was recorded with recording off")
+		}
+	})
+
+	t.Run("an unknown policy refuses the session", func(t *testing.T) {
+		policy.set(nil, errors.New("store down"))
+		defer policy.set([]string{record.Everyone}, nil)
+		b.refused(kc, "recording policy", "-n", "recorded", "exec", pod, "--", "echo", "hi")
+		// Other requests go on.
+		b.ok(kc, "-n", "recorded", "get", "pods")
+	})
+}
+
+func trim(s string) string {
+	if len(s) > 300 {
+		return s[:150] + "..." + s[len(s)-150:]
+	}
+	return s
+}
