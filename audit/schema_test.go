@@ -70,8 +70,13 @@ func TestEventsMatchTheDocumentedSchema(t *testing.T) {
 			Status: 200, Duration: time.Millisecond, BytesOut: 1234, ClientAddr: "10.0.0.1:5000", UserAgent: "kubectl/v1.37.2"},
 		{Kind: audit.KindKube, Time: now, Phase: audit.PhaseOpen, RequestID: "r2", Node: "node-1", User: "u1", Cluster: "prod", Verb: "create",
 			Resource: "pods", Subresource: "exec", Name: "web-0", Path: "/k8s/prod/api/v1/namespaces/default/pods/web-0/exec", ClientAddr: "10.0.0.1:5001"},
+		{Kind: audit.KindSession, Action: audit.ActionSessionData, Time: now, Phase: audit.PhaseComplete, RequestID: "r2", Node: "node-1", User: "u1",
+			Cluster: "prod", Verb: "create", Resource: "pods", Subresource: "exec", Name: "web-0", Path: "/k8s/prod/api/v1/namespaces/default/pods/web-0/exec",
+			ClientAddr: "10.0.0.1:5001", Status: 200, Recording: "0193b3a4-1111-7000-8000-000000000001",
+			Chunk: &audit.Chunk{Seq: 0, Data: "{\"version\":2,\"width\":80,\"height\":24}\n[0.1,\"o\",\"hi\"]\n", Final: true}},
 		{Kind: audit.KindKube, Time: now, Phase: audit.PhaseClose, RequestID: "r2", Node: "node-1", User: "u1", Cluster: "prod", Verb: "create",
-			Path: "/k8s/prod/api/v1/namespaces/default/pods/web-0/exec", Status: 101, BytesIn: 10, BytesOut: 99, ClientAddr: "10.0.0.1:5001"},
+			Path: "/k8s/prod/api/v1/namespaces/default/pods/web-0/exec", Status: 101, BytesIn: 10, BytesOut: 99, ClientAddr: "10.0.0.1:5001",
+			Recording: "0193b3a4-1111-7000-8000-000000000001"},
 		{Kind: audit.KindSystem, Action: "ca.rotation.active", Object: "ca/generation/2", Time: now, Phase: audit.PhaseComplete, Node: "node-2",
 			Status: 200, Detail: "rotation of the intermediates"},
 		{Kind: audit.KindSystem, Action: "node.enrol", Object: "node/node-4", Time: now, Phase: audit.PhaseComplete, Node: "node-2",
@@ -85,7 +90,7 @@ func TestEventsMatchTheDocumentedSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	recs, err := sp.Read(0, 100, 1<<20)
-	if err != nil || len(recs) != 6 {
+	if err != nil || len(recs) != 7 {
 		t.Fatal(len(recs), err)
 	}
 	for _, r := range recs {
@@ -111,5 +116,17 @@ func TestEventsMatchTheDocumentedSchema(t *testing.T) {
 		if schema.Validate(v) == nil {
 			t.Errorf("an event with %s %v validates", field, bad)
 		}
+	}
+	// A session event needs its chunk.
+	ev = map[string]any{}
+	json.Unmarshal(recs[2].Payload, &ev)
+	if ev["kind"] != "session" {
+		t.Fatalf("record 2 is %v", ev["kind"])
+	}
+	delete(ev, "chunk")
+	b, _ := json.Marshal(ev)
+	v, _ := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if schema.Validate(v) == nil {
+		t.Error("a session event without its chunk validates")
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 )
 
 // gatehouse audit verify passes an untouched export and fails an edited
@@ -103,5 +106,117 @@ func TestAuditSearchCommand(t *testing.T) {
 	out, _, err = runCLI(ctx, append([]string{"audit", "search", "-o", "json", "--limit", "100"}, conn...)...)
 	if err != nil || strings.Count(out, "\n") != 25 || !strings.HasPrefix(out, `{"id":"e24"`) {
 		t.Fatalf("json (%v):\n%s", err, out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestAuditTailFollows(t *testing.T) {
+	st, conn, _, _ := apiServer(t)
+	ctx := context.Background()
+	orgs, _, _ := st.ListOrgs(ctx, store.Page{})
+	org := orgs[0].ID
+	event := func(id string, at time.Time) *store.AuditEvent {
+		return &store.AuditEvent{ID: id, At: at, OrgID: org, Kind: "kube", User: "john", Cluster: "staging", Verb: "get", Resource: "pods", Status: 200,
+			Body: []byte(fmt.Sprintf(`{"id":%q,"time":%q,"user":"john","cluster":"staging","verb":"get","resource":"pods","status":200}`, id, at.Format(time.RFC3339Nano)))}
+	}
+	now := time.Now()
+	var evs []*store.AuditEvent
+	for i := range 5 {
+		evs = append(evs, event(fmt.Sprintf("old-%d", i), now.Add(time.Duration(i-10)*time.Second)))
+	}
+	if err := st.InsertAuditEvents(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	var out, errOut syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(tctx, append([]string{"audit", "tail", "-f", "-n", "3", "-o", "json", "--interval", "100ms"}, conn...), &out, &errOut)
+	}()
+	testenv.Eventually(t, 10*time.Second, testenv.Cond("the latest 3 events", func() bool { return strings.Count(out.String(), "\n") == 3 }))
+	// A new event, and one indexed late with an older time (another
+	// node's partition): both are shown, once.
+	if err := st.InsertAuditEvents(ctx, []*store.AuditEvent{event("new-1", time.Now()), event("late-1", now.Add(-20*time.Second))}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if strings.Count(out.String(), "\n") == 5 {
+			return nil
+		}
+		return fmt.Errorf("tail wrote %s%s", out.String(), errOut.String())
+	})
+	time.Sleep(300 * time.Millisecond) // more polls: nothing shown twice
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("tail: %v %s", err, errOut.String())
+	}
+	var ids []string
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var e struct{ ID string }
+		json.Unmarshal([]byte(l), &e)
+		ids = append(ids, e.ID)
+	}
+	if got := strings.Join(ids, " "); got != "old-2 old-3 old-4 late-1 new-1" && got != "old-2 old-3 old-4 new-1 late-1" {
+		t.Fatalf("tail showed %s", got)
+	}
+}
+
+func TestAuditPlayAndClusterRecordingPolicy(t *testing.T) {
+	st, conn, _, _ := apiServer(t)
+	ctx := context.Background()
+	cli := func(args ...string) (string, string, error) { return runCLI(ctx, append(args, conn...)...) }
+	if _, errOut, err := cli("cluster", "create", "web-1", "--project", "default", "--record-sessions", "cluster-admin,edit"); err != nil {
+		t.Fatalf("%v %s", err, errOut)
+	}
+	out, _, err := cli("cluster", "get", "web-1")
+	if err != nil || !strings.Contains(out, "cluster-admin,edit") {
+		t.Fatalf("get: %v\n%s", err, out)
+	}
+	if out, errOut, err := cli("cluster", "update", "web-1", "--record-sessions", "*"); err != nil || !strings.Contains(out, "*") {
+		t.Fatalf("update: %v %s\n%s", err, errOut, out)
+	}
+	if _, _, err := cli("cluster", "update", "web-1", "--record-sessions", "Bad Role"); err == nil {
+		t.Fatal("a bad role was accepted")
+	}
+	if out, _, err := cli("cluster", "update", "web-1", "--record-sessions", "none"); err != nil || !strings.Contains(out, "none") {
+		t.Fatalf("recording off: %v\n%s", err, out)
+	}
+
+	cl, err := st.GetCluster(ctx, "web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cast := "{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":1700000000,\"title\":\"ada on web-1: exec\"}\n" +
+		"[0.5,\"o\",\"$ \"]\n[1.0,\"i\",\"ls\\r\"]\n[1.1,\"o\",\"ls\\r\\nfile\\r\\n\"]\n[1.2,\"m\",\"a note\"]\n"
+	if err := st.InsertRecordingChunks(ctx, []*store.RecordingChunk{{OrgID: cl.OrgID, ProjectID: cl.ProjectID, Recording: "rec-9", Seq: 0,
+		At: time.Now(), Cluster: "web-1", Data: cast, Final: true}}); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err := cli("audit", "play", "rec-9", "--speed", "100")
+	if err != nil || out != "$ ls\r\nfile\r\n" || !strings.Contains(errOut, "a note") || !strings.Contains(errOut, "ada on web-1") {
+		t.Fatalf("play: %v %q %q", err, out, errOut)
+	}
+	if out, _, err := cli("audit", "play", "rec-9", "--cast"); err != nil || out != cast {
+		t.Fatalf("play --cast: %v %q", err, out)
+	}
+	if _, _, err := cli("audit", "play", "nope"); err == nil || !strings.Contains(err.Error(), "404") && !strings.Contains(strings.ToLower(err.Error()), "not found") {
+		t.Fatalf("an unknown recording: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -82,6 +83,21 @@ func (c *clientFlags) print(w io.Writer, v any, header string, rows func(w io.Wr
 	return fmt.Errorf("-o %q: want table, json or yaml", c.output)
 }
 
+// recordRoles reads --record-sessions: roles comma-separated, "*", or
+// "none" (and empty) for no one.
+func recordRoles(s string) []string {
+	if s == "" || s == "none" {
+		return nil
+	}
+	var out []string
+	for _, r := range strings.Split(s, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // leadingArgs splits the positional arguments before the first flag from
 // the rest, so that `cluster create NAME --project P` parses.
 func leadingArgs(args []string) (pos, rest []string) {
@@ -95,7 +111,7 @@ func leadingArgs(args []string) (pos, rest []string) {
 
 func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	usage := func() error {
-		fmt.Fprintln(stderr, "Usage: gatehouse cluster create|list|get|delete|bootstrap|rehome [NAME] [flags]\n  rehome: a rebuilt cluster (new kube-system UID) registers anew; its old agent is revoked")
+		fmt.Fprintln(stderr, "Usage: gatehouse cluster create|list|get|update|delete|bootstrap|rehome [NAME] [flags]\n  update: --description, --record-sessions\n  rehome: a rebuilt cluster (new kube-system UID) registers anew; its old agent is revoked")
 		return errUsage
 	}
 	if len(args) == 0 {
@@ -107,7 +123,8 @@ func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := flag.NewFlagSet("gatehouse cluster "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	project := fs.String("project", "", "project of the cluster(s)")
-	description := fs.String("description", "", "description of the cluster (create)")
+	description := fs.String("description", "", "description of the cluster (create, update)")
+	recordSessions := fs.String("record-sessions", "", `whose exec and attach sessions are recorded (create, update): "*" for everyone, roles comma-separated (cluster-admin,admin,edit,view or custom roles), or "none"`)
 	defaultOutput := "table"
 	if verb == "create" || verb == "bootstrap" || verb == "rehome" {
 		defaultOutput = "manifest"
@@ -132,17 +149,21 @@ func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	clusterRows := func(cs ...api.Cluster) func(io.Writer) {
 		return func(w io.Writer) {
 			for _, cl := range cs {
-				fmt.Fprintf(w, "%s\t%s\t%v\t%s\n", cl.Name, cl.Project, cl.Registered, cl.Description)
+				recorded := strings.Join(cl.SessionRecording, ",")
+				if recorded == "" {
+					recorded = "none"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\n", cl.Name, cl.Project, cl.Registered, recorded, cl.Description)
 			}
 		}
 	}
-	const header = "NAME\tPROJECT\tREGISTERED\tDESCRIPTION"
+	const header = "NAME\tPROJECT\tREGISTERED\tRECORDED\tDESCRIPTION"
 	switch verb {
 	case "create":
 		if *project == "" {
 			return errors.New("--project is required")
 		}
-		out, err := c.CreateCluster(ctx, api.Cluster{Name: pos[0], Project: *project, Description: *description})
+		out, err := c.CreateCluster(ctx, api.Cluster{Name: pos[0], Project: *project, Description: *description, SessionRecording: recordRoles(*recordSessions)})
 		if err != nil {
 			return err
 		}
@@ -182,6 +203,28 @@ func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		return cf.print(stdout, cl, header, clusterRows(*cl))
+	case "update":
+		cl, err := c.GetCluster(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["description"] && !set["record-sessions"] {
+			return errors.New("nothing to update: give --description or --record-sessions")
+		}
+		if set["description"] {
+			cl.Description = *description
+		}
+		if set["record-sessions"] {
+			cl.SessionRecording = recordRoles(*recordSessions)
+		}
+		cl.Created, cl.Registered = time.Time{}, false // set by the server
+		out, err := c.UpdateCluster(ctx, *cl)
+		if err != nil {
+			return err
+		}
+		return cf.print(stdout, out, header, clusterRows(*out))
 	case "delete":
 		if err := c.DeleteCluster(ctx, pos[0]); err != nil {
 			return err

@@ -153,7 +153,7 @@ func (c *Client) apply(ctx context.Context, d Document) (Result, error) {
 		return res, c.call(ctx, http.MethodPut, "/api/v1/projects/"+url.PathEscape(o.Name), upd, nil)
 	case *apitypes.Cluster:
 		res := Result{Object: "cluster/" + o.Name}
-		_, err := c.GetCluster(ctx, o.Name)
+		cur, err := c.GetCluster(ctx, o.Name)
 		switch {
 		case notFound(err):
 			created, err := c.CreateCluster(ctx, *o)
@@ -165,9 +165,14 @@ func (c *Client) apply(ctx context.Context, d Document) (Result, error) {
 			return res, nil
 		case err != nil:
 			return res, err
+		case cur.Description == o.Description && slices.Equal(cur.SessionRecording, o.SessionRecording):
+			res.Action = "unchanged"
+			return res, nil
 		}
-		res.Action = "unchanged"
-		return res, nil
+		res.Action = "updated"
+		_, err = c.UpdateCluster(ctx, apitypes.Cluster{Name: o.Name, Project: cur.Project, Description: o.Description,
+			SessionRecording: o.SessionRecording, Version: cur.Version})
+		return res, err
 	case *apitypes.User:
 		res := Result{Object: "user/" + o.Email}
 		var l apitypes.List[apitypes.User]

@@ -86,36 +86,9 @@ func New(cfg Config) (*Client, error) {
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
 
 func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.base.String(), "/")+path, body)
+	b, _, err := c.send(ctx, method, path, in, "application/json", 16<<20)
 	if err != nil {
 		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	req.Header.Set("Accept", "application/json")
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("gatehouse API: %w", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("gatehouse API: %w", err)
-	}
-	if resp.StatusCode >= 300 {
-		p := &Problem{Status: resp.StatusCode, Title: resp.Status}
-		json.Unmarshal(b, p)
-		return p
 	}
 	if out != nil && len(b) > 0 {
 		if err := json.Unmarshal(b, out); err != nil {
@@ -123,6 +96,63 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 		}
 	}
 	return nil
+}
+
+// send makes a request and returns the body of a successful answer (at
+// most limit bytes) and its header; an unsuccessful one is a *Problem.
+func (c *Client) send(ctx context.Context, method, path string, in any, accept string, limit int64) ([]byte, http.Header, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.base.String(), "/")+path, body)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", accept)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("gatehouse API: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return nil, nil, fmt.Errorf("gatehouse API: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		p := &Problem{Status: resp.StatusCode, Title: resp.Status}
+		json.Unmarshal(b, p)
+		return nil, nil, p
+	}
+	return b, resp.Header, nil
+}
+
+// UpdateCluster changes a cluster's description and session recording
+// policy; cl.Version must be the version read.
+func (c *Client) UpdateCluster(ctx context.Context, cl apitypes.Cluster) (*apitypes.Cluster, error) {
+	var out apitypes.Cluster
+	return &out, c.call(ctx, http.MethodPut, "/api/v1/clusters/"+url.PathEscape(cl.Name), cl, &out)
+}
+
+// MaxRecording bounds a recording the client reads.
+const MaxRecording = 1 << 30
+
+// Recording returns a recorded session (asciicast v2), and whether it is
+// complete.
+func (c *Client) Recording(ctx context.Context, id string) ([]byte, bool, error) {
+	b, h, err := c.send(ctx, http.MethodGet, "/api/v1/audit/recordings/"+url.PathEscape(id), nil, "application/x-asciicast", MaxRecording)
+	if err != nil {
+		return nil, false, err
+	}
+	return b, h.Get("X-Recording-Complete") == "true", nil
 }
 
 // CreateCluster creates a cluster and returns it with its bootstrap.
