@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -81,10 +82,14 @@ func (s *SpoolSink) Ready() error {
 	return nil
 }
 
-// Write gives ev an id (a UUIDv7) if it has none, the schema version and
-// its place in the chain, and appends it to the spool; a checkpoint
-// follows every CheckpointEvery events.
+// Write appends a copy of ev to the spool, with an id (a UUIDv7) if it
+// has none, the schema version and its place in the chain; a checkpoint
+// follows every CheckpointEvery events. ev itself is not changed: a
+// caller that writes one struct twice (a stream's open and close events)
+// writes two events, each with its own id.
 func (s *SpoolSink) Write(_ context.Context, ev *Event) error {
+	cp := *ev
+	ev = &cp
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.append(ev); err != nil {
@@ -197,8 +202,12 @@ func bound(ev *Event) {
 	if len(ev.Groups) > 256 {
 		ev.Groups = append(ev.Groups[:255:255], cutMark)
 	}
+	cloned := false
 	for i, g := range ev.Groups {
 		if len(g) > MaxField {
+			if !cloned {
+				ev.Groups, cloned = slices.Clone(ev.Groups), true // the caller's, not to be changed
+			}
 			ev.Groups[i] = strings.ToValidUTF8(g[:MaxField-len(cutMark)], "") + cutMark
 		}
 	}

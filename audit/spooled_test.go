@@ -29,21 +29,35 @@ func TestSpoolSink(t *testing.T) {
 	if err := sink.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	ev := &audit.Event{Kind: audit.KindKube, Cluster: "c", Verb: "get"}
+	// One struct written twice (a stream's open and close events) is two
+	// events, each with its own id; the caller's struct is not changed.
+	ev := &audit.Event{Kind: audit.KindKube, Cluster: "c", Verb: "get", Phase: audit.PhaseOpen}
 	if err := sink.Write(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
-	id, err := uuid.Parse(ev.ID)
-	if err != nil || id.Version() != 7 || ev.Schema != audit.SchemaVersion {
-		t.Fatalf("id %q (%v), schema %d", ev.ID, err, ev.Schema)
+	ev.Phase = audit.PhaseClose
+	if err := sink.Write(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.ID != "" || ev.Schema != 0 || ev.Chain != "" {
+		t.Fatalf("the caller's event was changed: %+v", ev)
 	}
 	recs, err := sp.Read(0, 10, 1<<20)
-	if err != nil || len(recs) != 1 {
+	if err != nil || len(recs) != 2 {
 		t.Fatal(recs, err)
 	}
-	var back audit.Event
-	if err := json.Unmarshal(recs[0].Payload, &back); err != nil || back.ID != ev.ID {
-		t.Fatalf("read back %+v %v", back, err)
+	var open, closed audit.Event
+	if err := json.Unmarshal(recs[0].Payload, &open); err != nil || json.Unmarshal(recs[1].Payload, &closed) != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []audit.Event{open, closed} {
+		id, err := uuid.Parse(e.ID)
+		if err != nil || id.Version() != 7 || e.Schema != audit.SchemaVersion {
+			t.Fatalf("id %q (%v), schema %d", e.ID, err, e.Schema)
+		}
+	}
+	if open.ID == closed.ID || open.Phase != audit.PhaseOpen || closed.Phase != audit.PhaseClose || closed.ChainSeq != open.ChainSeq+1 {
+		t.Fatalf("open %+v\nclose %+v", open, closed)
 	}
 	// Fill it: Ready says so before Write fails.
 	big := &audit.Event{Kind: audit.KindKube, Error: string(make([]byte, 8<<10))}
@@ -85,7 +99,14 @@ func TestSpoolSinkBoundsFields(t *testing.T) {
 	if n := len(recs[0].Payload); n > 64<<10 {
 		t.Fatalf("an event of %d bytes", n)
 	}
-	if !strings.HasSuffix(ev.Path, "...(cut)") || !utf8.ValidString(ev.Path) || len(ev.Groups) != 256 {
-		t.Fatalf("path %d bytes, valid %v, %d groups", len(ev.Path), utf8.ValidString(ev.Path), len(ev.Groups))
+	var got audit.Event
+	if err := json.Unmarshal(recs[0].Payload, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(got.Path, "...(cut)") || !utf8.ValidString(got.Path) || len(got.Groups) != 256 {
+		t.Fatalf("path %d bytes, valid %v, %d groups", len(got.Path), utf8.ValidString(got.Path), len(got.Groups))
+	}
+	if len(ev.Path) != 1+len(long) || len(ev.Groups) != 1000 {
+		t.Fatal("the caller's event was changed")
 	}
 }

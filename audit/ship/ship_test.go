@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
@@ -138,7 +139,7 @@ func TestShipsEverythingThroughOutageAndRestart(t *testing.T) {
 		t.Helper()
 		for range count {
 			n++
-			ev := &audit.Event{Kind: audit.KindKube, Node: "node-1", Verb: "get", Path: fmt.Sprintf("/api/v1/pods/%d", n), Time: time.Now()}
+			ev := &audit.Event{ID: uuid.Must(uuid.NewV7()).String(), Kind: audit.KindKube, Node: "node-1", Verb: "get", Path: fmt.Sprintf("/api/v1/pods/%d", n), Time: time.Now()}
 			key := "node/node-1"
 			if n%7 != 0 {
 				ev.Cluster = fmt.Sprintf("c%d", n%5)

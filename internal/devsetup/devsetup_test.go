@@ -5,17 +5,21 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
@@ -429,6 +433,7 @@ func TestDevWithThreeGateways(t *testing.T) {
 		}
 		portForwardEcho(t, kubectl, env.AdminKubeconfig, dir, podName)
 	}
+	recordedSession(t, env, kubectl, dir, podName, cfg.Binary)
 	// Kill one gateway outright: the front skips it, the ring notices, and
 	// the agent, if it was there, comes back on another.
 	victim := env.Gateways()[1]
@@ -464,4 +469,130 @@ func portForwardEcho(t *testing.T, kubectl, kubeconfig, home, pod string) {
 	if err != nil || line != "across the hop\n" {
 		t.Fatalf("port-forward echo: %q %v", line, err)
 	}
+}
+
+// recordedSession turns on session recording for the dev cluster, runs an
+// exec with a terminal through the front (a gateway node records it: the
+// one kubectl reached), and replays it with gatehouse audit play: the
+// recording went through that node's spool, Kafka and the indexer, and
+// replays what kubectl showed byte for byte.
+func recordedSession(t *testing.T, env *devsetup.Env, kubectl, home, pod, cli string) {
+	t.Helper()
+	ctx := context.Background()
+	token, err := os.ReadFile(env.AdminTokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := mustReadFile(t, env.CAFile)
+	c, err := apiclient.New(apiclient.Config{Server: env.GatewayURL, Token: strings.TrimSpace(string(token)), CAPEM: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cl, err := c.GetCluster(ctx, "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.SessionRecording = []string{"*"}
+	if _, err := c.UpdateCluster(ctx, *cl); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(kubectl, "exec", "-it", "-n", "demo", pod, "--", "sh", "-c", `printf 'recorded: h\303\251llo \342\202\254\n'; read line; echo "you said $line"; read line`)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+env.AdminKubeconfig, "HOME="+home)
+	f, err := pty.StartWithSize(cmd, &pty.Winsize{Cols: 100, Rows: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var shown syncBuffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(&shown, f)
+	}()
+	// Each line waits for the output before it: the session's setup and
+	// teardown do not race what it shows.
+	eventually(t, 60*time.Second, func() error {
+		if !strings.Contains(shown.String(), "recorded:") {
+			return errors.New("no prompt yet")
+		}
+		return nil
+	})
+	f.Write([]byte("hi\r"))
+	eventually(t, 60*time.Second, func() error {
+		if !strings.Contains(shown.String(), "you said hi") {
+			return errors.New("no answer yet")
+		}
+		return nil
+	})
+	f.Write([]byte("bye\r"))
+	werr := make(chan error, 1)
+	go func() { werr <- cmd.Wait() }()
+	select {
+	case err := <-werr:
+		if err != nil {
+			t.Fatalf("exec -it: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("exec -it did not finish")
+	}
+	<-done
+	if !strings.Contains(shown.String(), "you said hi") {
+		t.Fatalf("exec -it showed %q", shown.String())
+	}
+	// The session's close event names its recording, once indexed.
+	var id string
+	eventually(t, 60*time.Second, func() error {
+		page, err := c.SearchAudit(ctx, url.Values{"cluster": {"dev"}, "resource": {"pods"}, "limit": {"50"}})
+		if err != nil {
+			return err
+		}
+		var seen []string
+		for _, raw := range page.Items {
+			var ev struct{ Phase, Subresource, Recording, Node string }
+			json.Unmarshal(raw, &ev)
+			if ev.Phase == "close" && ev.Subresource == "exec" && ev.Recording != "" {
+				id = ev.Recording
+				return nil
+			}
+			seen = append(seen, ev.Node+":"+ev.Phase+"/"+ev.Subresource+"/"+ev.Recording)
+		}
+		return fmt.Errorf("no recorded exec session in the search: %d events: %v", len(seen), seen)
+	})
+	var played []byte
+	eventually(t, 60*time.Second, func() error {
+		play := exec.Command(cli, "audit", "play", id, "--speed", "1000", "--server", env.GatewayURL, "--token-file", env.AdminTokenFile, "--ca-file", env.CAFile)
+		play.Env = append(os.Environ(), "HOME="+home)
+		var errb bytes.Buffer
+		play.Stderr = &errb
+		out, err := play.Output()
+		if err != nil || strings.Contains(errb.String(), "not complete") {
+			return fmt.Errorf("audit play: %v %s", err, errb.String())
+		}
+		played = out
+		return nil
+	})
+	if string(played) != shown.String() {
+		t.Fatalf("the replay differs from what kubectl showed:\nplayed %q\nshown  %q", played, shown.String())
+	}
+	t.Logf("recording %s replayed %d bytes, as kubectl showed them", id, len(played))
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
