@@ -415,6 +415,10 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 	say("ready. Try:\n\n    export KUBECONFIG=%s\n    kubectl get pods -A\n\nRegister another cluster (prints its bootstrap manifest):\n\n    export GATEHOUSE_SERVER=%s GATEHOUSE_TOKEN_FILE=%s GATEHOUSE_CA_FILE=%s\n    gatehouse cluster create NAME --project default | kubectl --context OTHER apply -f -\n\nSign in as the admin and get short-lived credentials instead of the static kubeconfig:\n\n    gatehouse login --server %s --identity-url %s --ca-file %s --email %s --password-stdin < %s\n    gatehouse kubeconfig --cluster %s --file dev.kubeconfig\n\naudit log: %s",
 		e.AdminKubeconfig, e.GatewayURL, e.AdminTokenFile, caFile,
 		e.GatewayURL, e.IdentityURL, caFile, cfg.Admin, e.AdminPasswordFile, cfg.Cluster, filepath.Join(cfg.StateDir, "audit.jsonl"))
+	if len(e.KafkaBrokers) > 0 {
+		say("search and follow the audit log (with the GATEHOUSE_* variables above), and record exec sessions:\n\n    gatehouse audit search --since 1h\n    gatehouse audit tail -f\n    gatehouse cluster update %s --record-sessions '*'\n    kubectl exec -it -n demo deploy/web -- sh\n    gatehouse audit play RECORDING    # its id: the RECORDING column of gatehouse audit search",
+			cfg.Cluster)
+	}
 	return e, nil
 }
 
