@@ -92,6 +92,11 @@ type Event struct {
 	Prev     string `json:"prev,omitempty"`
 	// Checkpoint, on an audit.checkpoint event, signs the chain so far.
 	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
+	// Link, on an audit.chain.start event (the first of a chain that
+	// follows another of the same node: it restarted), names the previous
+	// chain's last checkpoint event, so that a verifier sees a previous
+	// chain deleted whole or cut short.
+	Link *ChainLink `json:"link,omitempty"`
 
 	// Recording, on the events of a recorded exec or attach session, is
 	// the id of its recording; the recording itself travels in events of
@@ -127,6 +132,18 @@ type Checkpoint struct {
 
 // ActionCheckpoint is the action of a checkpoint event.
 const ActionCheckpoint = "audit.checkpoint"
+
+// ActionChainStart is the action of a chain's first event when it follows
+// another chain of the node (Event.Link).
+const ActionChainStart = "audit.chain.start"
+
+// ChainLink names an event of a chain: its place and its SHA-256 (hex),
+// as written.
+type ChainLink struct {
+	Chain string `json:"chain"`
+	Seq   uint64 `json:"seq"`
+	Hash  string `json:"hash"`
+}
 
 // CheckpointDigest is what a checkpoint's signature covers.
 func CheckpointDigest(node, chain string, upTo uint64, hash string) []byte {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,6 +82,8 @@ func TestEventsMatchTheDocumentedSchema(t *testing.T) {
 			Status: 200, Detail: "rotation of the intermediates"},
 		{Kind: audit.KindSystem, Action: "node.enrol", Object: "node/node-4", Time: now, Phase: audit.PhaseComplete, Node: "node-2",
 			Status: 403, Error: "bad MAC", ClientAddr: "10.0.0.4:3333"},
+		{Kind: audit.KindSystem, Action: audit.ActionChainStart, Object: "chain/x", Time: now, Phase: audit.PhaseComplete, Node: "node-1",
+			Status: 200, Link: &audit.ChainLink{Chain: "0193b3a4-1111-7000-8000-000000000002", Seq: 1001, Hash: strings.Repeat("ab", 32)}},
 	} {
 		if err := sink.Write(context.Background(), ev); err != nil {
 			t.Fatal(err)
@@ -90,7 +93,7 @@ func TestEventsMatchTheDocumentedSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	recs, err := sp.Read(0, 100, 1<<20)
-	if err != nil || len(recs) != 7 {
+	if err != nil || len(recs) != 8 {
 		t.Fatal(len(recs), err)
 	}
 	for _, r := range recs {

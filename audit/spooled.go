@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -39,6 +40,13 @@ type SpoolSink struct {
 	// CheckpointEvery is how many events may go unsigned; zero means
 	// DefaultCheckpointEvery.
 	CheckpointEvery int
+	// HeadFile, if set, is where the sink keeps its chain's last
+	// checkpoint (a few bytes, replaced at each checkpoint). A sink that
+	// finds one there begins its chain with an audit.chain.start event
+	// linking to it (Event.Link): a verifier then sees a previous chain
+	// deleted whole or cut short before that checkpoint. Keeping it is
+	// best effort: a failure costs the link, never an event.
+	HeadFile string
 
 	mu      sync.Mutex // guards the chain, and orders appends with it
 	key     func() *tls.Certificate
@@ -118,14 +126,66 @@ func (s *SpoolSink) Checkpoint() error {
 	return s.checkpoint()
 }
 
+// head is what HeadFile holds.
+type head struct {
+	Node string `json:"node"`
+	ChainLink
+}
+
+// start begins the sink's chain, linked to the last one's last checkpoint
+// if HeadFile names one of this node's. The caller holds mu.
+func (s *SpoolSink) start() error {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return fmt.Errorf("audit: chain id: %w", err)
+	}
+	s.chain = id.String()
+	if s.HeadFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(s.HeadFile)
+	if err != nil {
+		return nil // none: the node's first chain (or its state was lost)
+	}
+	var h head
+	if json.Unmarshal(b, &h) != nil || h.Node != s.Node || h.Chain == "" || h.Seq == 0 {
+		return nil
+	}
+	err = s.append(&Event{Kind: KindSystem, Action: ActionChainStart, Object: "chain/" + s.chain, Time: time.Now(), Phase: PhaseComplete,
+		Node: s.Node, Status: 200, Link: &h.ChainLink, Detail: fmt.Sprintf("follows chain %s, signed up to event %d", h.Chain, h.Seq)})
+	if err != nil {
+		s.chain = "" // begun again, with its link, at the next write
+	}
+	return err
+}
+
+// saveHead keeps the chain's last event, a checkpoint, in HeadFile:
+// written aside, synced, then renamed over it. The caller holds mu.
+func (s *SpoolSink) saveHead() {
+	if s.HeadFile == "" {
+		return
+	}
+	b, _ := json.Marshal(head{Node: s.Node, ChainLink: ChainLink{Chain: s.chain, Seq: s.seq, Hash: s.prev}})
+	tmp := s.HeadFile + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil && cerr == nil {
+		os.Rename(tmp, s.HeadFile)
+	}
+}
+
 // append writes ev as the chain's next event. The caller holds mu.
 func (s *SpoolSink) append(ev *Event) error {
 	if s.chain == "" {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return fmt.Errorf("audit: chain id: %w", err)
+		if err := s.start(); err != nil {
+			return err
 		}
-		s.chain = id.String()
 	}
 	if ev.ID == "" {
 		id, err := uuid.NewV7()
@@ -181,6 +241,7 @@ func (s *SpoolSink) checkpoint() error {
 		return err
 	}
 	s.unsaved = 0
+	s.saveHead()
 	return nil
 }
 

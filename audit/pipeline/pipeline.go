@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -55,7 +56,10 @@ func Open(node string, scfg spool.Config, kcfg ship.Config, log *slog.Logger) (*
 		sp.Close()
 		return nil, err
 	}
-	return &Pipeline{Sink: &audit.SpoolSink{Spool: sp, Node: node}, spool: sp, ship: sh, log: log}, nil
+	// The chain's head lives beside the spool: a restart links its new
+	// chain to the last one.
+	sink := &audit.SpoolSink{Spool: sp, Node: node, HeadFile: filepath.Join(scfg.Dir, "chain.head")}
+	return &Pipeline{Sink: sink, spool: sp, ship: sh, log: log}, nil
 }
 
 // Collectors returns the shipper's and the spool's metrics.

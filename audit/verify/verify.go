@@ -2,9 +2,11 @@
 // checkpoints (issue 12): given the events as written (a Kafka topic read
 // partition by partition, or an export), it reports for each node's chain
 // the events missing (a deletion), altered (an edit), out of order (a
-// reordering), a chain cut short before its last checkpoint, and any
-// checkpoint whose signature does not verify against the CA; and, as a
-// warning, a chain whose last events no checkpoint signs.
+// reordering), a chain cut short before its last checkpoint, a chain
+// deleted whole or cut short that the node's next chain links to
+// (audit.chain.start), and any checkpoint whose signature does not verify
+// against the CA; and, as a warning, a chain whose last events no
+// checkpoint signs.
 package verify
 
 import (
@@ -88,6 +90,12 @@ type chainState struct {
 	cps      []*entry
 }
 
+// link is a chain's claim that another of its node's came before it.
+type link struct {
+	node, chain string // the chain that makes the claim
+	to          audit.ChainLink
+}
+
 // Stream checks events as they came, in order within each stream (a
 // Kafka partition or an export file): call Add for each stream's events
 // in their order, then Report. Events of one chain can be spread over
@@ -98,6 +106,7 @@ type Stream struct {
 	chains map[string]*chainState
 	r      Report
 	order  map[string]uint64 // stream/chain -> highest sequence number met
+	links  []link
 }
 
 // New returns a checker that verifies checkpoints against roots (the
@@ -145,6 +154,9 @@ func (s *Stream) Add(stream string, raw []byte) {
 	}
 	if ev.Action == audit.ActionCheckpoint && ev.Checkpoint != nil {
 		c.cps = append(c.cps, e)
+	}
+	if ev.Action == audit.ActionChainStart && ev.Link != nil && ev.Link.Chain != ev.Chain {
+		s.links = append(s.links, link{node: ev.Node, chain: ev.Chain, to: *ev.Link})
 	}
 }
 
@@ -208,6 +220,30 @@ func (s *Stream) Report() Report {
 				Detail: "no checkpoint signs the chain's last events: the node stopped without one (a crash), or events after them were deleted with their checkpoint"})
 		}
 		r.Chains = append(r.Chains, sum)
+	}
+	// A chain that a later one links to must be here, up to the event
+	// linked to, and as linked.
+	for _, l := range s.links {
+		c := s.chains[l.node+"/"+l.to.Chain]
+		add := func(kind string, from, to uint64, detail string) {
+			r.Problems = append(r.Problems, Problem{Kind: kind, Node: l.node, Chain: l.to.Chain, From: from, To: to,
+				Detail: detail + fmt.Sprintf(" (chain %s, which followed it, names its event %d)", l.chain, l.to.Seq)})
+		}
+		if c == nil {
+			add(Missing, 1, l.to.Seq, "the whole chain is absent")
+			continue
+		}
+		last := uint64(0)
+		for q := range c.bySeq {
+			last = max(last, q)
+		}
+		e, ok := c.bySeq[l.to.Seq]
+		switch {
+		case last < l.to.Seq:
+			add(Missing, last+1, l.to.Seq, "the chain's last events are absent")
+		case ok && e.hash != l.to.Hash:
+			add(Altered, l.to.Seq, l.to.Seq, "the event is not the one linked to")
+		}
 	}
 	return r
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -145,6 +147,92 @@ func TestVerify(t *testing.T) {
 		}
 		if r := s.Report(); !r.OK() || r.Duplicates != 5 {
 			t.Fatalf("duplicates in another stream: %v, %d", kinds(r), r.Duplicates)
+		}
+	})
+}
+
+// A node that restarts begins a new chain linked to the last one's last
+// checkpoint: the previous chain deleted whole, or cut short with its
+// checkpoints, is found.
+func TestChainsLinkedAcrossRestarts(t *testing.T) {
+	auth, err := ca.New(ca.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := auth.IssueServer([]string{"node-1.example"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := spool.DefaultConfig()
+	cfg.Dir = t.TempDir()
+	sp, err := spool.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	headFile := filepath.Join(t.TempDir(), "chain.head")
+	run := func() {
+		// One run of the node: a sink of its own, the same head file.
+		sink := &audit.SpoolSink{Spool: sp, Node: "node-1", CheckpointEvery: 10, HeadFile: headFile}
+		sink.SetKey(func() *tls.Certificate { return &cert })
+		for i := range 15 {
+			if err := sink.Write(context.Background(), &audit.Event{Kind: audit.KindKube, Node: "node-1", Verb: "get", Path: fmt.Sprintf("/p/%d", i), Time: time.Now(), Phase: audit.PhaseComplete}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := sink.Checkpoint(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run()
+	run()
+	recs, err := sp.Read(0, 1000, 1<<24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs [][]byte
+	chains := map[string][]int{} // chain -> indexes in evs
+	var order []string
+	for i, r := range recs {
+		evs = append(evs, r.Payload)
+		var ev audit.Event
+		json.Unmarshal(r.Payload, &ev)
+		if _, ok := chains[ev.Chain]; !ok {
+			order = append(order, ev.Chain)
+		}
+		chains[ev.Chain] = append(chains[ev.Chain], i)
+	}
+	if len(order) != 2 {
+		t.Fatalf("%d chains", len(order))
+	}
+	var start audit.Event
+	json.Unmarshal(evs[chains[order[1]][0]], &start)
+	if start.Action != audit.ActionChainStart || start.Link == nil || start.Link.Chain != order[0] || start.Link.Seq != uint64(len(chains[order[0]])) {
+		t.Fatalf("the second chain begins with %+v", start)
+	}
+	if r := check(auth, evs); !r.OK() || len(r.Chains) != 2 {
+		t.Fatalf("untouched: %v %+v", kinds(r), r.Chains)
+	}
+	without := func(drop func(i int) bool) [][]byte {
+		var out [][]byte
+		for i, e := range evs {
+			if !drop(i) {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	first := chains[order[0]]
+	t.Run("the previous chain deleted whole", func(t *testing.T) {
+		r := check(auth, without(func(i int) bool { return i <= first[len(first)-1] }))
+		if r.OK() || r.Problems[0].Kind != verify.Missing || r.Problems[0].Chain != order[0] || r.Problems[0].To != uint64(len(first)) {
+			t.Fatalf("a chain deleted whole: %v", r.Problems)
+		}
+	})
+	t.Run("the previous chain cut short with its checkpoints", func(t *testing.T) {
+		r := check(auth, without(func(i int) bool { return i >= first[len(first)-6] && i <= first[len(first)-1] }))
+		if r.OK() || r.Problems[0].Kind != verify.Missing || r.Problems[0].From != uint64(len(first)-5) || r.Problems[0].To != uint64(len(first)) {
+			t.Fatalf("a chain cut short: %v", r.Problems)
 		}
 	})
 }
