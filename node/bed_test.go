@@ -21,6 +21,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/control/ca"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/kafkatest"
 	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
@@ -47,6 +48,7 @@ func sharedKube(t testing.TB) *testenv.Kube {
 }
 
 func TestMain(m *testing.M) {
+	kafkatest.ServeIfChild() // BenchmarkAuditCost's broker process
 	code := m.Run()
 	if shared.kube != nil {
 		shared.kube.Close()

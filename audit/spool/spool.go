@@ -131,7 +131,17 @@ type Spool struct {
 	done     chan struct{}
 	wg       sync.WaitGroup
 	syncErr  error // the last fsync's failure, returned by Append until one succeeds
+
+	cursorMu  sync.Mutex // serializes writes of the cursor file, outside mu
+	persisted uint64     // the acknowledgement the cursor file holds; guarded by cursorMu
+	cursorAt  time.Time  // when it was written; guarded by cursorMu
 }
+
+// CursorInterval is how often, at most, the cursor file is written while
+// records are being acknowledged (and at Close). The file may lag behind
+// what was acknowledged by that much: after a crash those records are
+// shipped again (at least once; consumers deduplicate by event id).
+const CursorInterval = 100 * time.Millisecond
 
 // readCursor is where sequential reads go on from.
 type readCursor struct {
@@ -157,6 +167,7 @@ func Open(cfg Config) (*Spool, error) {
 	if s.acked, err = readCursorFile(filepath.Join(cfg.Dir, "cursor")); err != nil {
 		return nil, err
 	}
+	s.persisted = s.acked
 	entries, err := os.ReadDir(cfg.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -473,25 +484,50 @@ func (s *Spool) readSegment(sg segment, off int64, seq, after uint64, max, maxBy
 }
 
 // Ack records that every record up to seq has been shipped: the cursor
-// moves there (kept in Dir/cursor, written atomically) and segments wholly
-// shipped are deleted.
+// moves there (kept in Dir/cursor, written atomically, at most every
+// CursorInterval and at Close) and segments wholly shipped are deleted.
+// Appends never wait for the cursor file.
 func (s *Spool) Ack(seq uint64) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	switch {
+	case s.closed:
+		s.mu.Unlock()
 		return ErrClosed
+	case seq <= s.acked:
+		s.mu.Unlock()
+		return nil
+	case seq > s.segs[len(s.segs)-1].last:
+		last := s.segs[len(s.segs)-1].last
+		s.mu.Unlock()
+		return fmt.Errorf("spool: ack of %d past the last record %d", seq, last)
 	}
-	if seq <= s.acked {
+	s.acked = seq
+	// A segment may go before the cursor file says so: after a crash the
+	// cursor is before the first segment left, and reading starts there.
+	s.dropShipped()
+	s.mu.Unlock()
+	return s.saveCursor(false)
+}
+
+// saveCursor writes the acknowledgement to the cursor file, outside mu
+// (appends do not wait on its fsync), at most every CursorInterval unless
+// now is set.
+func (s *Spool) saveCursor(now bool) error {
+	s.cursorMu.Lock()
+	defer s.cursorMu.Unlock()
+	if !now && time.Since(s.cursorAt) < CursorInterval {
 		return nil
 	}
-	if last := s.segs[len(s.segs)-1].last; seq > last {
-		return fmt.Errorf("spool: ack of %d past the last record %d", seq, last)
+	s.mu.Lock()
+	seq := s.acked
+	s.mu.Unlock()
+	if seq <= s.persisted {
+		return nil
 	}
 	if err := writeCursorFile(filepath.Join(s.cfg.Dir, "cursor"), seq); err != nil {
 		return err
 	}
-	s.acked = seq
-	s.dropShipped()
+	s.persisted, s.cursorAt = seq, time.Now()
 	return nil
 }
 
@@ -552,6 +588,9 @@ func (s *Spool) Close() error {
 	s.wg.Wait()
 	err := s.f.Sync()
 	if cerr := s.f.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := s.saveCursor(true); err == nil {
 		err = cerr
 	}
 	return err
