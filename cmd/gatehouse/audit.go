@@ -334,31 +334,34 @@ func runAuditTail(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			poll.Set("continue", page.Continue)
 		}
 	}
-	first := url.Values{}
-	for k, v := range q {
-		first[k] = v
-	}
-	first.Set("limit", strconv.Itoa(max(*n, 1)))
-	page, err := c.SearchAudit(ctx, first)
+	// One look at the last tailLookback: its newest n are shown, the rest
+	// marked seen; what comes after it is news. (Two looks, one for the
+	// latest and one to mark the rest, would lose what came between.)
+	window, err := since(time.Now().Add(-tailLookback))
 	if err != nil {
 		return err
 	}
-	latest := fresh(page.Items)
-	if *n == 0 {
-		latest = nil
+	latest := window[:min(*n, len(window))]
+	if len(window) < *n {
+		// Fewer in the window than asked: the latest n, older ones too.
+		first := url.Values{}
+		for k, v := range q {
+			first[k] = v
+		}
+		first.Set("limit", strconv.Itoa(*n))
+		page, err := c.SearchAudit(ctx, first)
+		if err != nil {
+			return err
+		}
+		latest = page.Items
 	}
-	if err := printEvents(stdout, cf.output, latest, true); err != nil || !*follow {
+	if err := printEvents(stdout, cf.output, fresh(latest), true); err != nil || !*follow {
 		return err
 	}
+	fresh(window)
 	if newest.IsZero() {
 		newest = time.Now()
 	}
-	// What came before the latest is not news: it is marked seen.
-	before, err := since(newest.Add(-tailLookback))
-	if err != nil {
-		return err
-	}
-	fresh(before)
 	tick := time.NewTicker(*interval)
 	defer tick.Stop()
 	for {
