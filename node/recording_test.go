@@ -142,8 +142,20 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !hdr.TTY || hdr.Width != 132 || hdr.Height != 43 || !strings.Contains(hdr.Title, "ada on dev: exec recorded/"+pod) {
+			if !hdr.TTY || !strings.Contains(hdr.Title, "ada on dev: exec recorded/"+pod) {
 				t.Fatalf("header %+v", hdr)
+			}
+			// The terminal's size: in the header when the client sent it
+			// before any output, else as the first resize event (over SPDY
+			// the size stream may lag the first output).
+			size := fmt.Sprintf("%dx%d", hdr.Width, hdr.Height)
+			for _, ev := range evs {
+				if size != "132x43" && ev.Code == record.Resize {
+					size = ev.Data
+				}
+			}
+			if size != "132x43" {
+				t.Fatalf("the terminal's size was not recorded: header %+v", hdr)
 			}
 			var in, output strings.Builder
 			for _, ev := range evs {
@@ -196,6 +208,35 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 		}
 		if hdr.TTY || gotOut.String() != out || !strings.HasPrefix(in, gotIn.String()) || gotIn.String() == "" {
 			t.Fatalf("tty %v, input %q, output %q", hdr.TTY, gotIn.String(), gotOut.String())
+		}
+	})
+
+	t.Run("attach", func(t *testing.T) {
+		marker := "attached-and-recorded"
+		t.Run("session", func(t *testing.T) { // its cleanup ends kubectl
+			lines := b.kube.KubectlLines(t, kc, "-n", "recorded", "attach", pod, "-c", "app")
+			deadline := time.After(60 * time.Second)
+			tick := time.NewTicker(200 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case l := <-lines:
+					if strings.Contains(l, marker) {
+						return
+					}
+				case <-tick.C:
+					b.kube.AppendPodLog(marker)
+				case <-deadline:
+					t.Fatal("attach showed nothing")
+				}
+			}
+		})
+		requestID, id := sessionRequest(t, b)
+		if id == "" {
+			t.Fatal("the attach session names no recording")
+		}
+		if _, cast := recordingOf(t, b, requestID); !strings.Contains(cast, marker) {
+			t.Fatalf("the attach recording lacks what kubectl showed: %q", trim(cast))
 		}
 	})
 
