@@ -173,7 +173,12 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	hdr := &tunnel.Header{RequestID: ev.RequestID, User: id.User, Groups: id.Groups, Grants: grants, Deadline: id.NotAfter}
 	target := &streamTarget{cluster: cluster, rest: rest, hdr: hdr}
-	if ri.Resource == "pods" && (ri.Subresource == "exec" || ri.Subresource == "attach") && n.cfg.Recording != nil {
+	session := ri.Resource == "pods" && (ri.Subresource == "exec" || ri.Subresource == "attach")
+	// The kubelet's API through the node proxy runs commands in pods too
+	// (nodes/NAME/proxy/exec/...), past the recorder: refused to whoever
+	// the cluster records.
+	nodeProxy := ri.APIGroup == "" && ri.Resource == "nodes" && ri.Subresource == "proxy"
+	if (session || nodeProxy) && n.cfg.Recording != nil {
 		roles, err := n.cfg.Recording.RecordRoles(r.Context(), cluster)
 		if err != nil {
 			// Whether the session must be recorded is unknown: it is not
@@ -185,7 +190,12 @@ func (k *kubeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for i, g := range grants {
 			held[i] = g.Role
 		}
-		if record.Applies(roles, held) {
+		switch {
+		case !record.Applies(roles, held):
+		case nodeProxy:
+			refuse(http.StatusForbidden, metav1.StatusReasonForbidden, fmt.Sprintf("gatehouse: forbidden: cluster %q records your sessions, and the node proxy would run commands past the recorder; use kubectl exec or attach", cluster))
+			return
+		default:
 			if target.rec, err = n.newRecorder(r, ev); err != nil {
 				refuse(http.StatusInternalServerError, metav1.StatusReasonInternalError, "gatehouse: cannot record the session: "+err.Error())
 				return

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/audit/record"
@@ -270,6 +271,17 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 		if _, id := sessionRequest(t, b); id != "" {
 			t.Fatal("a session was recorded with recording off")
 		}
+	})
+
+	t.Run("the node proxy is refused while recorded", func(t *testing.T) {
+		policy.set([]string{record.Everyone}, nil)
+		cs, _ := b.kube.Clientset()
+		nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil || len(nodes.Items) == 0 {
+			t.Fatal(nodes, err)
+		}
+		b.refused(kc, "the node proxy would run commands past the recorder", "get", "--raw",
+			"/api/v1/nodes/"+nodes.Items[0].Name+"/proxy/exec/recorded/"+pod+"/app?command=id&output=1")
 	})
 
 	t.Run("an unknown policy refuses the session", func(t *testing.T) {
