@@ -16,6 +16,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/audit/record"
 	"github.com/gatehouse-dev/gatehouse/grant"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv"
 	"github.com/gatehouse-dev/gatehouse/node"
 )
 
@@ -115,7 +116,7 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			var out syncBuffer
+			var out testenv.SyncBuffer
 			done := make(chan struct{})
 			go func() {
 				defer close(done)

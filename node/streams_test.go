@@ -98,7 +98,7 @@ func TestStreamingThroughGateway(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			var out syncBuffer
+			var out testenv.SyncBuffer
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
@@ -153,7 +153,7 @@ func TestStreamingThroughGateway(t *testing.T) {
 			cancel()
 			t.Fatal(err)
 		}
-		var stderr syncBuffer
+		var stderr testenv.SyncBuffer
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
 			cancel()
@@ -226,24 +226,6 @@ func TestStreamingThroughGateway(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestListFiveThousandConfigMaps(t *testing.T) {

@@ -25,21 +25,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // the CA.
 func stream(t *testing.T, n int) ([][]byte, *ca.Authority) {
 	t.Helper()
-	auth, err := ca.New(ca.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := auth.IssueServer([]string{"node-1.example"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := spool.DefaultConfig()
-	cfg.Dir = t.TempDir()
-	sp, err := spool.Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	auth, cert, sp := nodeSpool(t)
 	sink := &audit.SpoolSink{Spool: sp, Node: "node-1", CheckpointEvery: 10}
 	sink.SetKey(func() *tls.Certificate { return &cert })
 	for i := range n {
@@ -60,6 +46,28 @@ func stream(t *testing.T, n int) ([][]byte, *ca.Authority) {
 		out = append(out, r.Payload)
 	}
 	return out, auth
+}
+
+// nodeSpool returns a CA, a node's certificate from it, and a spool
+// closed at the test's end.
+func nodeSpool(t *testing.T) (*ca.Authority, tls.Certificate, *spool.Spool) {
+	t.Helper()
+	auth, err := ca.New(ca.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := auth.IssueServer([]string{"node-1.example"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := spool.DefaultConfig()
+	cfg.Dir = t.TempDir()
+	sp, err := spool.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	return auth, cert, sp
 }
 
 func check(auth *ca.Authority, evs [][]byte) verify.Report {
@@ -155,21 +163,7 @@ func TestVerify(t *testing.T) {
 // checkpoint: the previous chain deleted whole, or cut short with its
 // checkpoints, is found.
 func TestChainsLinkedAcrossRestarts(t *testing.T) {
-	auth, err := ca.New(ca.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := auth.IssueServer([]string{"node-1.example"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := spool.DefaultConfig()
-	cfg.Dir = t.TempDir()
-	sp, err := spool.Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	auth, cert, sp := nodeSpool(t)
 	headFile := filepath.Join(t.TempDir(), "chain.head")
 	run := func() {
 		// One run of the node: a sink of its own, the same head file.

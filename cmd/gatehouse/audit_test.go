@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -109,24 +108,6 @@ func TestAuditSearchCommand(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAuditTailFollows(t *testing.T) {
 	st, conn, _, _ := apiServer(t)
 	ctx := context.Background()
@@ -145,7 +126,7 @@ func TestAuditTailFollows(t *testing.T) {
 		t.Fatal(err)
 	}
 	tctx, cancel := context.WithCancel(ctx)
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(tctx, append([]string{"audit", "tail", "-f", "-n", "3", "-o", "json", "--interval", "100ms"}, conn...), &out, &errOut)

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -504,7 +503,7 @@ func recordedSession(t *testing.T, env *devsetup.Env, kubectl, home, pod, cli st
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var shown syncBuffer
+	var shown testenv.SyncBuffer
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -577,22 +576,4 @@ func recordedSession(t *testing.T, env *devsetup.Env, kubectl, home, pod, cli st
 		t.Fatalf("the replay differs from what kubectl showed:\nplayed %q\nshown  %q", played, shown.String())
 	}
 	t.Logf("recording %s replayed %d bytes, as kubectl showed them", id, len(played))
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
