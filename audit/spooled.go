@@ -12,11 +12,13 @@ import (
 	"encoding/pem"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/renameio/v2"
 	"github.com/google/uuid"
 
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
@@ -159,25 +161,16 @@ func (s *SpoolSink) start() error {
 	return err
 }
 
-// saveHead keeps the chain's last event, a checkpoint, in HeadFile:
-// written aside, synced, then renamed over it. The caller holds mu.
+// saveHead keeps the chain's last event, a checkpoint, in HeadFile,
+// atomically and durably (renameio: written aside, synced, renamed over
+// it). The caller holds mu.
 func (s *SpoolSink) saveHead() {
 	if s.HeadFile == "" {
 		return
 	}
 	b, _ := json.Marshal(head{Node: s.Node, ChainLink: ChainLink{Chain: s.chain, Seq: s.seq, Hash: s.prev}})
-	tmp := s.HeadFile + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil && cerr == nil {
-		os.Rename(tmp, s.HeadFile)
-	}
+	// Best effort (HeadFile): a failure costs the next chain its link.
+	_ = renameio.WriteFile(s.HeadFile, b, 0o600, renameio.WithTempDir(filepath.Dir(s.HeadFile)))
 }
 
 // append writes ev as the chain's next event. The caller holds mu.

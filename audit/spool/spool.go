@@ -38,6 +38,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/google/renameio/v2"
 )
 
 // Errors.
@@ -623,24 +625,10 @@ func readCursorFile(path string) (uint64, error) {
 	return v, nil
 }
 
-// writeCursorFile replaces the cursor atomically and durably.
+// writeCursorFile replaces the cursor atomically and durably (renameio:
+// written aside in the same directory, synced, renamed over it).
 func writeCursorFile(path string, seq uint64) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("spool: cursor: %w", err)
-	}
-	_, err = f.WriteString(strconv.FormatUint(seq, 10) + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
+	if err := renameio.WriteFile(path, []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600, renameio.WithTempDir(filepath.Dir(path))); err != nil {
 		return fmt.Errorf("spool: cursor: %w", err)
 	}
 	return nil
