@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,27 +14,12 @@ import (
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
 	"github.com/gatehouse-dev/gatehouse/control/ca"
+	"github.com/gatehouse-dev/gatehouse/internal/auditschema"
 )
-
-// SchemaFile is the documented schema of the events, for consumers.
-var schemaFile = filepath.Join("..", "docs", "audit", "event-v1.schema.json")
 
 func compileSchema(t *testing.T) *jsonschema.Schema {
 	t.Helper()
-	b, err := os.ReadFile(schemaFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	c.AssertFormat()
-	if err := c.AddResource("event.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.Compile("event.json")
+	s, err := auditschema.Compile()
 	if err != nil {
 		t.Fatal(err)
 	}

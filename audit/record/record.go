@@ -126,6 +126,15 @@ const (
 	nstreams
 )
 
+// code is the event code of the stream's bytes: stdin is input, the
+// rest output.
+func (s stream) code() string {
+	if s == stdin {
+		return Input
+	}
+	return Output
+}
+
 // Recorder records one session. Its methods are safe for concurrent use.
 type Recorder struct {
 	cfg   Config
@@ -190,11 +199,7 @@ func (r *Recorder) data(s stream, p []byte) {
 	if cut == 0 {
 		return
 	}
-	code := Output
-	if s == stdin {
-		code = Input
-	}
-	r.event(code, string(b[:cut]))
+	r.event(s.code(), string(b[:cut]))
 }
 
 // completeUTF8 returns how much of b ends on a whole character: all of it
@@ -256,12 +261,7 @@ func (r *Recorder) event(code, data string) {
 // write appends a line to the pending chunk and emits the chunk when it is
 // full; otherwise a timer emits it soon. The caller holds mu.
 func (r *Recorder) write(line []byte) {
-	if r.header != nil && r.buf.Len() == 0 {
-		h, _ := json.Marshal(r.header)
-		r.buf.Write(h)
-		r.buf.WriteByte('\n')
-		r.size += int64(len(h)) + 1
-	}
+	r.writeHeader()
 	r.buf.Write(line)
 	r.buf.WriteByte('\n')
 	r.size += int64(len(line)) + 1
@@ -281,16 +281,24 @@ func (r *Recorder) write(line []byte) {
 	}
 }
 
+// writeHeader begins the first chunk with the header, until then kept
+// apart so that an early resize can change it. The caller holds mu.
+func (r *Recorder) writeHeader() {
+	if r.header == nil || r.buf.Len() > 0 {
+		return
+	}
+	h, _ := json.Marshal(r.header)
+	r.buf.Write(h)
+	r.buf.WriteByte('\n')
+	r.size += int64(len(h)) + 1
+}
+
 // flush emits the pending chunk. The caller holds mu.
 func (r *Recorder) flush(final bool) {
 	if r.buf.Len() == 0 && !final {
 		return
 	}
-	if r.header != nil && r.buf.Len() == 0 {
-		h, _ := json.Marshal(r.header)
-		r.buf.Write(h)
-		r.buf.WriteByte('\n')
-	}
+	r.writeHeader() // a recording with no event has its header all the same
 	r.header = nil
 	r.cfg.Emit(audit.Chunk{Seq: r.seq, Data: r.buf.String(), Final: final})
 	r.seq++
@@ -320,11 +328,7 @@ func (r *Recorder) Close() {
 	}
 	for s := range nstreams {
 		if len(r.carry[s]) > 0 {
-			code := Output
-			if s == stdin {
-				code = Input
-			}
-			r.event(code, string(r.carry[s])) // not valid UTF-8: JSON makes it U+FFFD
+			r.event(s.code(), string(r.carry[s])) // not valid UTF-8: JSON makes it U+FFFD
 			r.carry[s] = nil
 		}
 	}

@@ -83,39 +83,22 @@ func consume(t *testing.T, k *kafkatest.Cluster, want map[string]bool) (map[stri
 	var mu sync.Mutex
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	for p := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: k.Brokers, Topic: topic, Partition: p, MaxWait: 50 * time.Millisecond})
-			defer r.Close()
-			for {
-				m, err := r.ReadMessage(ctx)
-				if err != nil {
-					return
-				}
-				var ev audit.Event
-				if err := json.Unmarshal(m.Value, &ev); err != nil {
-					t.Errorf("partition %d: %v", p, err)
-					return
-				}
-				mu.Lock()
-				if seen[ev.ID] {
-					dups++
-				} else {
-					seen[ev.ID] = true
-					byKey[string(m.Key)] = append(byKey[string(m.Key)], ev)
-				}
-				all := len(seen) >= len(want)
-				mu.Unlock()
-				if all {
-					cancel()
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	kafkatest.Consume(ctx, k.Brokers, topic, 3, func(p int, m kafka.Message) bool {
+		var ev audit.Event
+		if err := json.Unmarshal(m.Value, &ev); err != nil {
+			t.Errorf("partition %d: %v", p, err)
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[ev.ID] {
+			dups++
+		} else {
+			seen[ev.ID] = true
+			byKey[string(m.Key)] = append(byKey[string(m.Key)], ev)
+		}
+		return len(seen) >= len(want)
+	})
 	for id := range want {
 		if !seen[id] {
 			t.Fatalf("event %s never reached Kafka (%d of %d did)", id, len(seen), len(want))

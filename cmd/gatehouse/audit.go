@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"os"
 	"strconv"
@@ -315,10 +316,7 @@ func runAuditTail(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	// since returns the events from a moment on (at most 10,000).
 	since := func(from time.Time) ([]json.RawMessage, error) {
-		poll := url.Values{}
-		for k, v := range q {
-			poll[k] = v
-		}
+		poll := maps.Clone(q)
 		poll.Set("from", from.UTC().Format(time.RFC3339Nano))
 		poll.Set("limit", "1000")
 		var got []json.RawMessage
@@ -344,10 +342,7 @@ func runAuditTail(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	latest := window[:min(*n, len(window))]
 	if len(window) < *n {
 		// Fewer in the window than asked: the latest n, older ones too.
-		first := url.Values{}
-		for k, v := range q {
-			first[k] = v
-		}
+		first := maps.Clone(q)
 		first.Set("limit", strconv.Itoa(*n))
 		page, err := c.SearchAudit(ctx, first)
 		if err != nil {

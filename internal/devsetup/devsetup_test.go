@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -140,24 +141,14 @@ func TestDevEndsWithWorkingKubeconfig(t *testing.T) {
 	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	found := false
-	for p := 0; p < 3 && !found; p++ {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: kj.Brokers, Topic: kj.Topic, Partition: p, MaxWait: 100 * time.Millisecond})
-		pctx, pcancel := context.WithTimeout(rctx, 3*time.Second)
-		for {
-			m, err := r.ReadMessage(pctx)
-			if err != nil {
-				break
-			}
-			if bytes.Contains(m.Value, []byte(`"user":"`+env.AdminID+`"`)) && bytes.Contains(m.Value, []byte(`"kind":"kube"`)) {
-				found = true
-				break
-			}
+	var found atomic.Bool
+	kafkatest.Consume(rctx, kj.Brokers, kj.Topic, 3, func(_ int, m kafka.Message) bool {
+		if bytes.Contains(m.Value, []byte(`"user":"`+env.AdminID+`"`)) && bytes.Contains(m.Value, []byte(`"kind":"kube"`)) {
+			found.Store(true)
 		}
-		pcancel()
-		r.Close()
-	}
-	if !found {
+		return found.Load()
+	})
+	if !found.Load() {
 		t.Fatal("no event of the admin's requests in the Kafka topic")
 	}
 }

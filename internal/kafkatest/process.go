@@ -49,6 +49,7 @@ type Process struct {
 
 	cmd       *exec.Cmd
 	stdin     io.WriteCloser
+	read      chan struct{} // closed when the reader of its stdout is done
 	closeOnce sync.Once
 }
 
@@ -73,9 +74,10 @@ func StartProcess(cfg Config) (*Process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("kafkatest: %w", err)
 	}
-	p := &Process{cmd: cmd, stdin: stdin}
+	p := &Process{cmd: cmd, stdin: stdin, read: make(chan struct{})}
 	line := make(chan string, 1)
 	go func() {
+		defer close(p.read)
 		l, _ := bufio.NewReader(stdout).ReadString('\n')
 		line <- strings.TrimSpace(l)
 		io.Copy(io.Discard, stdout)
@@ -106,6 +108,7 @@ func (p *Process) Close() error {
 			p.cmd.Process.Kill()
 			<-done
 		}
+		<-p.read // the pipe closed with the process
 	})
 	return nil
 }

@@ -171,45 +171,28 @@ func readAudit(t testing.TB, k *kafkatest.Cluster, cluster string, want int) ([]
 	dups, total := 0, 0
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	for p := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: k.Brokers, Topic: auditTopic, Partition: p, MaxWait: 50 * time.Millisecond})
-			defer r.Close()
-			for {
-				m, err := r.ReadMessage(ctx)
-				if err != nil {
-					return
-				}
-				doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(m.Value))
-				if err == nil {
-					err = schema.Validate(doc)
-				}
-				if err != nil {
-					t.Errorf("an event that does not match the schema: %v\n%s", err, m.Value)
-					return
-				}
-				fields := doc.(map[string]any)
-				str := func(k string) string { s, _ := fields[k].(string); return s }
-				ev := consumedEvent{id: str("id"), kind: str("kind"), cluster: str("cluster"), name: str("name")}
-				mu.Lock()
-				total++
-				if seen[ev.id] {
-					dups++
-				} else if seen[ev.id] = true; ev.cluster == cluster && ev.kind == "kube" {
-					out = append(out, ev)
-				}
-				enough := len(out) >= want
-				mu.Unlock()
-				if enough {
-					cancel()
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	kafkatest.Consume(ctx, k.Brokers, auditTopic, 3, func(_ int, m kafka.Message) bool {
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(m.Value))
+		if err == nil {
+			err = schema.Validate(doc)
+		}
+		if err != nil {
+			t.Errorf("an event that does not match the schema: %v\n%s", err, m.Value)
+			return false
+		}
+		fields := doc.(map[string]any)
+		str := func(k string) string { s, _ := fields[k].(string); return s }
+		ev := consumedEvent{id: str("id"), kind: str("kind"), cluster: str("cluster"), name: str("name")}
+		mu.Lock()
+		defer mu.Unlock()
+		total++
+		if seen[ev.id] {
+			dups++
+		} else if seen[ev.id] = true; ev.cluster == cluster && ev.kind == "kube" {
+			out = append(out, ev)
+		}
+		return len(out) >= want
+	})
 	return out, dups, total
 }
 

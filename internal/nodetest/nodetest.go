@@ -43,6 +43,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/control/api"
 	"github.com/gatehouse-dev/gatehouse/control/store"
+	"github.com/gatehouse-dev/gatehouse/internal/auditschema"
 	"github.com/gatehouse-dev/gatehouse/internal/front"
 	"github.com/gatehouse-dev/gatehouse/internal/pki"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
@@ -848,24 +849,7 @@ func (c *Cluster) Partition(side ...*Node) (heal func()) {
 // Gatehouse's Go types would.
 func EventSchema(t testing.TB) *jsonschema.Schema {
 	t.Helper()
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(root, "docs", "audit", "event-v1.schema.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	c.AssertFormat()
-	if err := c.AddResource("event.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.Compile("event.json")
+	s, err := auditschema.Compile()
 	if err != nil {
 		t.Fatal(err)
 	}
