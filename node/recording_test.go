@@ -103,7 +103,13 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 		t.Run(fmt.Sprintf("exec -it, spdy=%v", spdy), func(t *testing.T) {
 			// Output that a recorder could cut wrongly: multi-byte
 			// characters, escape sequences, a long line.
-			script := `printf 'héllo wörld € \033[1mbold\033[0m\n'; read line; echo "got:$line"; head -c 70000 /dev/zero | tr '\0' 'x'; echo; read line`
+			// It ends on end-of-file (Ctrl-D, which the terminal does
+			// not echo) once its last output has been shown: output
+			// written as the session ends races its teardown outside the
+			// gateway (one run in about seventy under load lost a last
+			// echo that the node had passed and recorded), and the test
+			// is about the recording, not that race.
+			script := `printf 'héllo wörld € \033[1mbold\033[0m\n'; read line; echo "got:$line"; head -c 70000 /dev/zero | tr '\0' 'x'; echo; read line; echo "got:$line"; read line || exit 0`
 			cmd, err := b.kube.Kubectl(ctx, kc, "-n", "recorded", "exec", "-it", pod, "--", "sh", "-c", script)
 			if err != nil {
 				t.Fatal(err)
@@ -126,6 +132,8 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 			f.Write([]byte("pïng\r"))
 			waitFor(t, 60*time.Second, func() bool { return strings.Count(out.String(), "x") >= 70000 })
 			f.Write([]byte("bye\r"))
+			waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "got:bye") })
+			f.Write([]byte{4})
 			if err := cmd.Wait(); err != nil {
 				t.Fatalf("exec: %v\n%s", err, out.String())
 			}
@@ -168,7 +176,7 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 					output.WriteString(ev.Data)
 				}
 			}
-			if in.String() != "pïng\rbye\r" {
+			if in.String() != "pïng\rbye\r\x04" {
 				t.Fatalf("recorded input %q", in.String())
 			}
 			if output.String() != seen {
