@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/gatehouse-dev/gatehouse/internal/seal"
 )
 
@@ -394,11 +396,9 @@ func LoadNodeCertificate(ctx context.Context, kek KEK, dir, name string) (tls.Ce
 	return NodeCertificate(chain, key)
 }
 
-// writeFile replaces path atomically, mode 0600.
+// writeFile replaces path atomically, mode 0600: written aside, synced,
+// then renamed over the old file (renameio), so a crash leaves the old
+// file or the new one, never a torn or empty one.
 func writeFile(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return renameio.WriteFile(path, b, 0o600, renameio.WithTempDir(filepath.Dir(path)))
 }
