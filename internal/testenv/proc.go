@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,12 +139,17 @@ func (p *process) waitReady(ctx context.Context, ready func(context.Context) err
 // a port, closes it and hands it to a process could see it taken by some
 // connection in between ("address already in use": seen when a load test
 // was opening hundreds of connections). Below the range only listeners
-// compete.
+// compete, and among test processes each picks from blocks of ports it has
+// claimed (claimPortBlock), so that two packages' tests running at once
+// never hand out the same port.
 func listenOutsideEphemeral(host string) (net.Listener, error) {
-	lo := ephemeralLow()
 	var err error
-	for range 100 {
-		port := 10000 + mrand.IntN(lo-10000)
+	for attempt := range 100 {
+		base, cerr := portBlockFor(attempt)
+		if cerr != nil {
+			return nil, cerr
+		}
+		port := base + mrand.IntN(portBlockSize)
 		if !handOut(port) {
 			continue
 		}
@@ -151,6 +157,9 @@ func listenOutsideEphemeral(host string) (net.Listener, error) {
 		if l, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port))); err == nil {
 			return l, nil
 		}
+	}
+	if err == nil {
+		err = errors.New("the blocks claimed are full")
 	}
 	return nil, fmt.Errorf("testenv: free port: %w", err)
 }
@@ -173,6 +182,70 @@ func handOut(port int) bool {
 	}
 	handedOut[port] = true
 	return true
+}
+
+// portBlockSize is how many ports a process claims at a time.
+const portBlockSize = 256
+
+// The blocks of ports this process has claimed, and the lock files that
+// hold them (never closed: the claim ends with the process).
+var (
+	portBlocksMu sync.Mutex
+	portBlocks   []int
+	portLocks    []*os.File
+)
+
+// portBlockFor returns the first port of a block this process has
+// claimed, at random among its blocks; it claims a block when it holds
+// none, and another every twenty attempts (its blocks are filling up).
+//
+// The handedOut map keeps one process from handing a port out twice, but
+// go test runs packages in parallel processes, and a port one picked and
+// closed for a tool that binds it seconds later could be picked by the
+// other meanwhile (kube-scheduler failed so in CI). A claim is an flock on
+// a file per block in the temporary directory, which the kernel drops when
+// the process ends, however it ends.
+func portBlockFor(attempt int) (int, error) {
+	portBlocksMu.Lock()
+	defer portBlocksMu.Unlock()
+	if len(portBlocks) == 0 || (attempt > 0 && attempt%20 == 0) {
+		base, f, err := claimPortBlock(portBlocks)
+		if err != nil {
+			if len(portBlocks) == 0 {
+				return 0, err
+			}
+		} else {
+			portBlocks = append(portBlocks, base)
+			portLocks = append(portLocks, f)
+		}
+	}
+	return portBlocks[mrand.IntN(len(portBlocks))], nil
+}
+
+// claimPortBlock claims a block of ports below the ephemeral range that no
+// other process holds, and that is not among held.
+func claimPortBlock(held []int) (int, *os.File, error) {
+	dir := filepath.Join(os.TempDir(), "gatehouse-test-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return 0, nil, fmt.Errorf("testenv: port claims: %w", err)
+	}
+	n := (ephemeralLow() - 10000) / portBlockSize
+	for _, i := range mrand.Perm(n) {
+		base := 10000 + i*portBlockSize
+		if slices.Contains(held, base) {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(base)), os.O_CREATE|os.O_RDWR, 0o666)
+		if err != nil {
+			return 0, nil, fmt.Errorf("testenv: port claims: %w", err)
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			continue
+		}
+		return base, f, nil
+	}
+	return 0, nil, errors.New("testenv: every block of test ports is claimed by other processes")
 }
 
 // ephemeralLow is the first port of the kernel's ephemeral range (32768
