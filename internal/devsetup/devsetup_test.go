@@ -517,7 +517,8 @@ func recordedSession(t *testing.T, env *devsetup.Env, kubectl, home, pod, cli st
 	})
 	// The session ends on end-of-file (Ctrl-D, not echoed), with nothing
 	// left to show: output written as it ends races its teardown outside
-	// the gateway.
+	// the gateway (kubectl loses it straight from the API server too; see
+	// TestExecSessionRecordedAndReplayed).
 	f.Write([]byte{4})
 	werr := make(chan error, 1)
 	go func() { werr <- cmd.Wait() }()
