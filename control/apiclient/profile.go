@@ -85,12 +85,34 @@ func (p *Profile) Client() (*Client, error) {
 	return New(Config{Server: p.Server, Token: p.SessionToken, CAPEM: []byte(p.CA)})
 }
 
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+// writeFileAtomic replaces path with b, mode 0600: written to a temporary
+// file of its own beside path (os.CreateTemp: mode 0600), synced, then
+// renamed over it. Two kubectl commands run at once may both renew the
+// credential: each writes its own file, and the last rename wins whole (a
+// shared ".tmp" name let their writes interleave, and the second rename
+// fail for want of its file). renameio does this too, but does not build
+// for Windows.
+func writeFileAtomic(path string, b []byte) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(b); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 // CachedCredential is a client certificate and its key, as the credential
