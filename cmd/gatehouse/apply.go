@@ -44,7 +44,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer c.Close()
 	results, err := c.Apply(ctx, docs)
 	for _, r := range results {
-		fmt.Fprintf(stdout, "%s %s\n", r.Object, r.Action)
+		fmt.Fprintf(stdout, "%s %s\n", cell(r.Object), cell(r.Action))
 		if r.Note != "" {
 			fmt.Fprintf(stderr, "  %s\n", r.Note)
 		}

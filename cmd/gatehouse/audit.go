@@ -89,13 +89,13 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	r := check.Report()
 	fmt.Fprintf(stdout, "%d events read (%d delivered more than once, %d without a chain)\n", r.Events, r.Duplicates, r.Unchained)
 	for _, c := range r.Chains {
-		fmt.Fprintf(stdout, "node %s, chain %s: events %d-%d (%d), %d checkpoints verified\n", c.Node, c.Chain, c.First, c.Last, c.Events, c.Checkpoints)
+		fmt.Fprintf(stdout, "node %s, chain %s: events %d-%d (%d), %d checkpoints verified\n", cell(c.Node), cell(c.Chain), c.First, c.Last, c.Events, c.Checkpoints)
 	}
 	for _, w := range r.Warnings {
-		fmt.Fprintln(stdout, "warning:", w)
+		fmt.Fprintln(stdout, "warning:", cell(w.String()))
 	}
 	for _, p := range r.Problems {
-		fmt.Fprintln(stdout, p)
+		fmt.Fprintln(stdout, cell(p.String()))
 	}
 	if !r.OK() {
 		return fmt.Errorf("%d problems found", len(r.Problems))

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/audit/spool"
@@ -199,5 +201,60 @@ func TestAuditPlayAndClusterRecordingPolicy(t *testing.T) {
 	}
 	if _, _, err := cli("audit", "play", "nope"); err == nil || !strings.Contains(err.Error(), "404") && !strings.Contains(strings.ToLower(err.Error()), "not found") {
 		t.Fatalf("an unknown recording: %v", err)
+	}
+}
+
+// Anyone may put control characters in an audited request's name (the
+// path is theirs; denied requests are audited too), and an identity
+// provider in a user's email: a table on the auditor's terminal shows them
+// escaped, so that no escape sequence runs there, no newline forges a row
+// and no bidirectional override reorders the text.
+func TestAuditTableEscapesHostileText(t *testing.T) {
+	st, conn, _, _ := apiServer(t)
+	ctx := context.Background()
+	orgs, _, err := st.ListOrgs(ctx, store.Page{})
+	if err != nil || len(orgs) == 0 {
+		t.Fatal(orgs, err)
+	}
+	name := "x\x1b[1A\x1b[2K\n2026-01-01T00:00:00Z  alice  prod  forged"
+	user := "mallory\u202egnp.exe"
+	body, _ := json.Marshal(map[string]any{"id": "hostile", "time": time.Now().Add(-time.Minute), "user": user, "cluster": "staging",
+		"namespace": "default", "verb": "get", "resource": "pods", "name": name, "status": 403})
+	if err := st.InsertAuditEvents(ctx, []*store.AuditEvent{{ID: "hostile", At: time.Now().Add(-time.Minute), OrgID: orgs[0].ID, Kind: "kube",
+		User: user, Cluster: "staging", Namespace: "default", Verb: "get", Resource: "pods", Name: name, Status: 403, Body: body}}); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err := runCLI(ctx, append([]string{"audit", "search", "--since", "1h"}, conn...)...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	if strings.ContainsAny(out, "\x1b\u202e") || !utf8.ValidString(out) {
+		t.Fatalf("the table passed control text through:\n%q", out)
+	}
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 {
+		t.Fatalf("want the header and one row, got %d lines:\n%s", len(lines), out)
+	}
+	if !strings.Contains(out, strconv.QuoteToGraphic(name)) || !strings.Contains(out, `"mallory\u202egnp.exe"`) {
+		t.Fatalf("the hostile fields are not shown quoted:\n%s", out)
+	}
+}
+
+func TestCell(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                   "",
+		"default":            "default",
+		"héllo wörld €":      "héllo wörld €",
+		"a b":                "a b",
+		"tab\there":          `"tab\there"`,
+		"esc\x1b[2J":         `"esc\x1b[2J"`,
+		"\xff":               `"\xff"`,
+		"rtl\u202e":          `"rtl\u202e"`,
+		"zero\u200bwidth":    `"zero\u200bwidth"`,
+		`"already quoted"`:   `"\"already quoted\""`,
+		"c1\u009bcontrolled": `"c1\u009bcontrolled"`,
+	} {
+		if got := cell(in); got != want {
+			t.Errorf("cell(%q) = %s, want %s", in, got, want)
+		}
 	}
 }

@@ -153,7 +153,7 @@ func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				if recorded == "" {
 					recorded = "none"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\n", cl.Name, cl.Project, cl.Registered, recorded, cl.Description)
+				fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\n", cell(cl.Name), cell(cl.Project), cl.Registered, cell(recorded), cell(cl.Description))
 			}
 		}
 	}

@@ -132,7 +132,7 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if who.Warning != "" {
 		fmt.Fprintln(stderr, "warning:", who.Warning)
 	}
-	fmt.Fprintf(stdout, "logged in as %s (organization %s)\n", who.Email, who.Org)
+	fmt.Fprintf(stdout, "logged in as %s (organization %s)\n", cell(who.Email), cell(who.Org))
 	return nil
 }
 
@@ -277,7 +277,7 @@ func runWhoami(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	cf := clientFlags{output: *output}
-	return cf.print(stdout, who, "ID\tEMAIL\tORG", func(w io.Writer) { fmt.Fprintf(w, "%s\t%s\t%s\n", who.ID, who.Email, who.Org) })
+	return cf.print(stdout, who, "ID\tEMAIL\tORG", func(w io.Writer) { fmt.Fprintf(w, "%s\t%s\t%s\n", cell(who.ID), cell(who.Email), cell(who.Org)) })
 }
 
 // runKubeconfig writes a kubeconfig whose user is this binary's credential

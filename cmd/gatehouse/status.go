@@ -32,14 +32,14 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if cf.output != "table" {
 		return cf.print(stdout, st, "", nil)
 	}
-	fmt.Fprintf(stdout, "answered by %s\n\n", st.Node)
+	fmt.Fprintf(stdout, "answered by %s\n\n", cell(st.Node))
 	err = cf.print(stdout, st, "MEMBER\tADDRESS\tZONE\tTUNNELS\tSTATE\tRAFT", func(w io.Writer) {
 		for _, m := range st.Members {
 			state := "alive"
 			if m.Draining {
 				state = "draining"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", m.Name, m.PublicAddr, dash(m.Zone), m.Tunnels, state, dash(m.Raft))
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", cell(m.Name), cell(m.PublicAddr), dash(m.Zone), m.Tunnels, state, dash(m.Raft))
 		}
 	})
 	if err != nil {
@@ -75,7 +75,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			if !cl.LastHeartbeat.IsZero() {
 				hb = now.Sub(cl.LastHeartbeat).Round(time.Second).String() + " ago"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", cl.Name, cl.Project, dash(cl.Owner), cl.Connected, dash(cl.Node), dash(cl.AgentVersion), dash(cl.KubeVersion), hb)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", cell(cl.Name), cell(cl.Project), dash(cl.Owner), cl.Connected, dash(cl.Node), dash(cl.AgentVersion), dash(cl.KubeVersion), hb)
 		}
 	})
 }
@@ -84,5 +84,5 @@ func dash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
+	return cell(s)
 }

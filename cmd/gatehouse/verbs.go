@@ -21,7 +21,10 @@ type kind struct {
 	key string
 }
 
-func str(v map[string]any, k string) string {
+// str returns field k of v for a table cell (see cell).
+func str(v map[string]any, k string) string { return cell(rawStr(v, k)) }
+
+func rawStr(v map[string]any, k string) string {
 	switch x := v[k].(type) {
 	case string:
 		return x
