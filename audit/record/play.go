@@ -70,17 +70,39 @@ type PlayOptions struct {
 	// Sleep waits; nil means a timer that ctx cancels. Tests make it
 	// instant.
 	Sleep func(ctx context.Context, d time.Duration) error
+	// Raw writes the output as recorded. Otherwise it passes a Sanitizer:
+	// a recording is written by whoever held the session, and is played
+	// on someone else's terminal.
+	Raw bool
 }
 
 // Play writes a recording's output to w at the pace it was recorded:
-// what the person saw. Input and resizes are not written (a terminal
-// echoes what is typed into it, and that echo is output).
-func Play(ctx context.Context, w io.Writer, evs []Event, o PlayOptions) error {
+// what the person saw, less what would act on the player's terminal
+// beyond its screen (see Sanitizer) unless o.Raw. Input and resizes are
+// not written (a terminal echoes what is typed into it, and that echo is
+// output).
+func Play(ctx context.Context, w io.Writer, evs []Event, o PlayOptions) (err error) {
 	if o.Speed <= 0 {
 		o.Speed = 1
 	}
 	if o.Sleep == nil {
 		o.Sleep = sleep
+	}
+	write := func(s string) error { _, err := io.WriteString(w, s); return err }
+	if !o.Raw {
+		san := NewSanitizer()
+		var buf []byte
+		write = func(s string) error {
+			buf = san.Write(buf[:0], s)
+			_, err := w.Write(buf)
+			return err
+		}
+		defer func() {
+			// Put the terminal back however the replay ends.
+			if _, werr := w.Write(san.Close(buf[:0])); err == nil {
+				err = werr
+			}
+		}()
 	}
 	var last float64
 	for _, ev := range evs {
@@ -101,7 +123,7 @@ func Play(ctx context.Context, w io.Writer, evs []Event, o PlayOptions) error {
 		}
 		switch {
 		case ev.Code == Output:
-			if _, err := io.WriteString(w, ev.Data); err != nil {
+			if err := write(ev.Data); err != nil {
 				return err
 			}
 		case o.Markers != nil:

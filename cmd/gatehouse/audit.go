@@ -30,7 +30,7 @@ const auditUsage = `Usage:
       the organization's audit events, newest first (what your roles let you see)
   gatehouse audit tail [-f] [-n 10] [--user ID] [--cluster NAME] ... [-o table|json]
       the latest events, oldest first; -f: then new events as they are indexed, until interrupted
-  gatehouse audit play ID [--speed 2] [--idle-limit 2s] [--cast]
+  gatehouse audit play ID [--speed 2] [--idle-limit 2s] [--raw] [--cast]
       replays a recorded exec or attach session (its id: the recording field of the
       session's events); --cast writes the asciicast v2 file instead, for asciinema
   gatehouse audit verify --ca-file CA (--file EXPORT.jsonl | --kafka-brokers HOST:PORT --topic TOPIC)
@@ -396,6 +396,7 @@ func runAuditPlay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	speed := fs.Float64("speed", 1, "play faster (2) or slower (0.5)")
 	idle := fs.Duration("idle-limit", 2*time.Second, "the longest pause played (0: as recorded)")
 	cast := fs.Bool("cast", false, "write the recording (asciicast v2) instead of playing it")
+	raw := fs.Bool("raw", false, "play the output as recorded, with the escape sequences that act beyond the screen (clipboard, reports, links, mouse modes), which are left out by default")
 	if ok, err := parseFlags(fs, rest, stderr); !ok {
 		return err
 	}
@@ -427,6 +428,7 @@ func runAuditPlay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "gatehouse: %s, %s, %dx%d\n", hdr.Title, time.Unix(hdr.Timestamp, 0).UTC().Format(time.RFC3339), hdr.Width, hdr.Height)
-	return record.Play(ctx, stdout, evs, record.PlayOptions{Speed: *speed, IdleLimit: *idle, Markers: stderr})
+	// The title holds the session's command, which its person wrote.
+	fmt.Fprintf(stderr, "gatehouse: %s, %s, %dx%d\n", cell(hdr.Title), time.Unix(hdr.Timestamp, 0).UTC().Format(time.RFC3339), hdr.Width, hdr.Height)
+	return record.Play(ctx, stdout, evs, record.PlayOptions{Speed: *speed, IdleLimit: *idle, Markers: stderr, Raw: *raw})
 }
