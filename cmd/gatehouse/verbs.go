@@ -170,9 +170,9 @@ func runCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	if *inviteUser && k.names[0] == "user" {
-		return invite(ctx, c, str(out, "id"), pos[1], "", stdout, stderr)
+		return invite(ctx, c, rawStr(out, "id"), pos[1], "", stdout, stderr)
 	}
-	if s := str(out, "secret"); s != "" {
+	if s := rawStr(out, "secret"); s != "" {
 		fmt.Fprintln(stderr, "the token's secret is shown once; keep it now:")
 		fmt.Fprintln(stdout, s)
 		return nil
