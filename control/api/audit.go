@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/control/policy"
@@ -102,8 +103,8 @@ func (a *API) searchAudit(w http.ResponseWriter, r *http.Request, c *Caller) err
 		cw := csv.NewWriter(w)
 		cw.Write([]string{"time", "id", "kind", "node", "user", "groups", "cluster", "namespace", "verb", "resource", "name", "status"})
 		for _, e := range evs {
-			cw.Write([]string{e.At.UTC().Format(time.RFC3339Nano), e.ID, e.Kind, e.Node, e.User, strings.Join(e.Groups, " "), e.Cluster,
-				e.Namespace, e.Verb, e.Resource, e.Name, strconv.Itoa(e.Status)})
+			cw.Write([]string{e.At.UTC().Format(time.RFC3339Nano), e.ID, e.Kind, csvCell(e.Node), csvCell(e.User), csvCell(strings.Join(e.Groups, " ")),
+				csvCell(e.Cluster), csvCell(e.Namespace), csvCell(e.Verb), csvCell(e.Resource), csvCell(e.Name), strconv.Itoa(e.Status)})
 		}
 		cw.Flush()
 		return cw.Error()
@@ -113,6 +114,19 @@ func (a *API) searchAudit(w http.ResponseWriter, r *http.Request, c *Caller) err
 		out.Items = append(out.Items, json.RawMessage(e.Body))
 	}
 	return writeJSON(w, http.StatusOK, out)
+}
+
+// csvCell returns s for a CSV export that a spreadsheet may open. The
+// fields are anybody's input (a request's name is the path its sender
+// wrote; denied requests are audited too), and a spreadsheet reads a cell
+// that begins with =, +, -, @, a tab or a carriage return as a formula
+// (CSV injection, as OWASP calls it): such a value is written with a
+// leading apostrophe, which spreadsheets show as text. JSON is unchanged.
+func csvCell(s string) string {
+	if r, _ := utf8.DecodeRuneInString(s); s != "" && strings.ContainsRune("=+-@\t\r＝＋－＠", r) {
+		return "'" + s
+	}
+	return s
 }
 
 // getRecording serves GET /api/v1/audit/recordings/{id}: a recorded exec
