@@ -275,11 +275,23 @@ func (n *Node) newRecorder(r *http.Request, ev *audit.Event) (*record.Recorder, 
 		UserAgent: ev.UserAgent, Recording: id.String(), Status: http.StatusOK}
 	ctx := context.WithoutCancel(r.Context())
 	return record.New(record.Config{ID: id.String(), Title: title, Command: command, TTY: tty, MaxBytes: n.cfg.RecordMaxBytes,
-		Now: n.cfg.Now, Emit: func(c audit.Chunk) {
+		Now: n.cfg.Now, Emit: func(c audit.Chunk) error {
 			e := tmpl
 			e.Time, e.Chunk = n.cfg.Now(), &c
 			n.metrics.recordedBytes.Add(float64(len(c.Data)))
-			n.writeAudit(ctx, &e)
+			err := n.cfg.Audit.Write(ctx, &e)
+			if err == nil {
+				return nil
+			}
+			n.metrics.auditErrors.Inc()
+			if n.cfg.AuditFailOpen {
+				n.log.Error("audit: a recorded session's output could not be written; the session goes on (--audit-fail-open)", "err", err, "requestId", e.RequestID, "recording", e.Recording)
+				return nil
+			}
+			// Fail closed, as a request the audit log cannot take is
+			// refused: the recorder ends the session.
+			n.log.Error("audit: a recorded session's output could not be written; the session is ended (fail closed)", "err", err, "requestId", e.RequestID, "recording", e.Recording)
+			return err
 		}})
 }
 

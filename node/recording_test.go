@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,10 +91,31 @@ func sessionRequest(t *testing.T, b *bed) (requestID, recording string) {
 	return requestID, recording
 }
 
+// chunkFailingSink fails the writes of recordings' chunks while fail is
+// set, as a full spool would.
+type chunkFailingSink struct {
+	audit.Sink
+	fail atomic.Bool
+}
+
+var errSpoolFull = errors.New("audit: the spool is full (test)")
+
+func (s *chunkFailingSink) Write(ctx context.Context, ev *audit.Event) error {
+	if ev.Chunk != nil && s.fail.Load() {
+		return errSpoolFull
+	}
+	return s.Sink.Write(ctx, ev)
+}
+
 func TestExecSessionRecordedAndReplayed(t *testing.T) {
 	policy := &recordingPolicy{}
 	policy.set([]string{record.Everyone}, nil)
-	b := startBedWith(t, false, 0, func(c *node.Config) { c.Recording = policy })
+	sink := &chunkFailingSink{}
+	b := startBedWith(t, false, 0, func(c *node.Config) {
+		c.Recording = policy
+		sink.Sink = c.Audit
+		c.Audit = sink
+	})
 	b.grants.Set("ada", clusterID, grant.Grant{Role: "cluster-admin"})
 	kc := b.kubeconfig("ada", time.Hour)
 	pod := runningPod(t, b, "recorded")
@@ -292,6 +314,54 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 		}
 		b.refused(kc, "the node proxy would run commands past the recorder", "get", "--raw",
 			"/api/v1/nodes/"+nodes.Items[0].Name+"/proxy/exec/recorded/"+pod+"/app?command=id&output=1")
+	})
+
+	t.Run("a recording the audit log cannot take ends the session", func(t *testing.T) {
+		policy.set([]string{record.Everyone}, nil)
+		defer sink.fail.Store(false)
+		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		defer cancel()
+		cmd, err := b.kube.Kubectl(cctx, kc, "-n", "recorded", "exec", "-i", pod, "--", "cat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut testenv.SyncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		io.WriteString(stdin, "recorded line\n")
+		waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "recorded line") })
+		// Its first chunk reaches the audit log; then the log is full.
+		requestID, _ := sessionRequest(t, b)
+		waitFor(t, 60*time.Second, func() bool {
+			for _, ev := range b.audit.Events() {
+				if ev.Chunk != nil && ev.RequestID == requestID {
+					return true
+				}
+			}
+			return false
+		})
+		sink.fail.Store(true)
+		io.WriteString(stdin, "unrecorded line\n")
+		select {
+		case err := <-exited:
+			t.Logf("kubectl ended: %v; stderr %q", err, errOut.String())
+		case <-time.After(60 * time.Second):
+			t.Fatal("the session goes on, though the audit log cannot take its recording")
+		}
+		stdin.Close()
+		for _, ev := range b.audit.Events() {
+			if ev.Chunk != nil && ev.RequestID == requestID && strings.Contains(ev.Chunk.Data, "unrecorded") {
+				t.Fatal("a chunk the sink refused is in the audit log")
+			}
+		}
 	})
 
 	t.Run("an unknown policy refuses the session", func(t *testing.T) {

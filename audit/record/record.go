@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"slices"
 	"sync"
@@ -52,8 +53,11 @@ type Config struct {
 	ChunkBytes    int
 	FlushInterval time.Duration
 	// Emit receives the recording's chunks in order, one call at a time.
-	// The last has Final set.
-	Emit func(audit.Chunk)
+	// The last has Final set. If it returns an error (the audit log could
+	// not take the chunk), the recording fails closed: nothing more is
+	// recorded, and the tapped connections are closed, which ends the
+	// session rather than let it go on unrecorded.
+	Emit func(audit.Chunk) error
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -151,6 +155,8 @@ type Recorder struct {
 	timer    *time.Timer
 	taps     sync.WaitGroup
 	closeTap []func()
+	conns    []io.Closer // the tapped connections, closed if an Emit fails
+	failed   error
 }
 
 // New starts a recording now.
@@ -300,9 +306,33 @@ func (r *Recorder) flush(final bool) {
 	}
 	r.writeHeader() // a recording with no event has its header all the same
 	r.header = nil
-	r.cfg.Emit(audit.Chunk{Seq: r.seq, Data: r.buf.String(), Final: final})
+	err := r.cfg.Emit(audit.Chunk{Seq: r.seq, Data: r.buf.String(), Final: final})
 	r.seq++
 	r.buf.Reset()
+	if err != nil && r.failed == nil {
+		r.fail(err)
+	}
+}
+
+// fail stops the recording after an Emit failed and ends the session: its
+// tapped connections are closed (apart from mu: a Close may wait on a
+// reader that needs it). The caller holds mu.
+func (r *Recorder) fail(err error) {
+	r.failed, r.cut = err, true
+	conns := r.conns
+	r.conns = nil
+	go func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+}
+
+// Err returns why the recording failed (an Emit's error), or nil.
+func (r *Recorder) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failed
 }
 
 // Close ends the recording: it waits for the taps to finish reading what
@@ -336,6 +366,8 @@ func (r *Recorder) Close() {
 		r.timer.Stop()
 		r.timer = nil
 	}
-	r.flush(true)
+	if r.failed == nil { // a failed recording stays without its last chunk: incomplete
+		r.flush(true)
+	}
 	r.closed = true
 }

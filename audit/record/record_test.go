@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -52,12 +53,17 @@ func (c *clock) now() time.Time {
 type sink struct {
 	mu     sync.Mutex
 	chunks []audit.Chunk
+	err    error // returned by emit, once set: the audit log is full
 }
 
-func (s *sink) emit(c audit.Chunk) {
+func (s *sink) emit(c audit.Chunk) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
 	s.chunks = append(s.chunks, c)
-	s.mu.Unlock()
+	return nil
 }
 
 // recording joins the chunks, checking their order and that the last, and
@@ -408,4 +414,58 @@ func spdyFramesF(frames ...spdy.Frame) []byte {
 		f.WriteFrame(fr)
 	}
 	return b.Bytes()
+}
+
+// closeConn is a tapped connection that says when it is closed.
+type closeConn struct {
+	io.Reader
+	io.Writer
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (c *closeConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+// When the audit log cannot take a chunk, the recording fails closed: the
+// session's connection is closed (ending the session, which must not go on
+// unrecorded), nothing more is recorded, and Err says why.
+func TestRecordingFailsClosed(t *testing.T) {
+	r, s := newRecorder(t, Config{ChunkBytes: 64, FlushInterval: time.Hour})
+	conn := &closeConn{Reader: strings.NewReader(""), Writer: io.Discard, closed: make(chan struct{})}
+	h := http.Header{"Upgrade": {"websocket"}, "Sec-Websocket-Protocol": {"v5.channel.k8s.io"}}
+	tapped := r.Tap(h, conn)
+	defer tapped.Close()
+	r.data(stdout, []byte(strings.Repeat("recorded ", 10))) // a full chunk, emitted
+	if got := len(s.chunks); got != 1 {
+		t.Fatalf("%d chunks emitted, want 1", got)
+	}
+	select {
+	case <-conn.closed:
+		t.Fatal("the session was ended while its recording worked")
+	default:
+	}
+	full := errors.New("audit: spool full")
+	s.mu.Lock()
+	s.err = full
+	s.mu.Unlock()
+	r.data(stdout, []byte(strings.Repeat("lost ", 20)))
+	select {
+	case <-conn.closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session goes on, though its recording failed")
+	}
+	if !errors.Is(r.Err(), full) {
+		t.Fatalf("Err: %v", r.Err())
+	}
+	s.mu.Lock()
+	s.err = nil
+	s.mu.Unlock()
+	r.data(stdout, []byte("after"))
+	r.Close()
+	for _, c := range s.chunks[1:] {
+		t.Fatalf("a chunk after the failure: %+v", c)
+	}
 }

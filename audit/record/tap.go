@@ -23,7 +23,8 @@ import (
 // what is written to conn (the client's stdin and terminal resizes) and
 // what is read from it (stdout and stderr). The bytes are not changed.
 // Closing the returned connection closes conn; Close on the Recorder then
-// waits for the taps.
+// waits for the taps. If the recording fails (an Emit's error), conn is
+// closed, which ends the session.
 //
 // A protocol the recorder cannot read is passed through unrecorded, with
 // a marker saying so.
@@ -50,6 +51,13 @@ func (r *Recorder) Tap(h http.Header, conn io.ReadWriteCloser) io.ReadWriteClose
 	default:
 		r.Mark(fmt.Sprintf("gatehouse: the session is not recorded: upgrade protocol %q", up))
 		return conn
+	}
+	r.mu.Lock()
+	failed := r.failed != nil
+	r.conns = append(r.conns, conn)
+	r.mu.Unlock()
+	if failed {
+		conn.Close() // the recording failed before the session began
 	}
 	return &tap{ReadWriteCloser: conn, in: r.feed(toServer), out: r.feed(fromServer)}
 }
