@@ -843,7 +843,7 @@ func TestClusterRecordingPolicyAndRecordings(t *testing.T) {
 		t.Fatalf("cluster %+v", cl)
 	}
 	put := func(token string, c api.Cluster) response {
-		b, _ := json.Marshal(map[string]any{"name": c.Name, "project": c.Project, "sessionRecording": c.SessionRecording, "version": c.Version})
+		b, _ := json.Marshal(map[string]any{"name": c.Name, "project": c.Project, "description": c.Description, "sessionRecording": c.SessionRecording, "version": c.Version})
 		return e.do("PUT", "/api/v1/clusters/web-1", token, "application/json", b)
 	}
 	cl.SessionRecording = []string{"*"}
@@ -864,6 +864,38 @@ func TestClusterRecordingPolicyAndRecordings(t *testing.T) {
 	access := &control.Access{Store: e.store}
 	if roles, err := access.RecordRoles(ctx, "web-1"); err != nil || len(roles) != 1 || roles[0] != "*" {
 		t.Fatalf("the node's view: %v %v", roles, err)
+	}
+	// A cluster's or project's admin, whose sessions are recorded, may
+	// not record fewer people (only an organization admin may); recording
+	// more is theirs to choose.
+	must(t, json.Unmarshal(e.do("GET", "/api/v1/clusters/web-1", e.admin, "", nil).body, &cl))
+	for _, role := range []string{"CLUSTER_ADMIN", "PROJECT_ADMIN"} {
+		token := e.person(strings.ToLower(role)+"@acme.test", role, e.project.ID)
+		for _, fewer := range [][]string{nil, {"cluster-admin"}} {
+			c := cl
+			c.SessionRecording = fewer
+			if r := put(token, c); r.code != http.StatusForbidden || !strings.Contains(string(r.body), "cluster.recording") {
+				t.Fatalf("%s recorded fewer (%v): %d %s", role, fewer, r.code, r.body)
+			}
+		}
+		c := cl
+		c.Description = "described by " + role
+		if r := put(token, c); r.code != 200 {
+			t.Fatalf("%s changed the description: %d %s", role, r.code, r.body)
+		}
+		must(t, json.Unmarshal(e.do("GET", "/api/v1/clusters/web-1", e.admin, "", nil).body, &cl))
+		if cl.Description != c.Description || len(cl.SessionRecording) != 1 || cl.SessionRecording[0] != "*" {
+			t.Fatalf("after %s's update: %+v", role, cl)
+		}
+	}
+	cl.SessionRecording = []string{"cluster-admin"}
+	if r := put(e.admin, cl); r.code != 200 {
+		t.Fatalf("an organization admin recorded fewer: %d %s", r.code, r.body)
+	}
+	must(t, json.Unmarshal(e.do("GET", "/api/v1/clusters/web-1", e.admin, "", nil).body, &cl))
+	cl.SessionRecording = []string{"cluster-admin", "edit"}
+	if r := put(e.person("more@acme.test", "CLUSTER_ADMIN", e.project.ID), cl); r.code != 200 {
+		t.Fatalf("a cluster admin recorded more: %d %s", r.code, r.body)
 	}
 
 	// Recordings: read whole, in order, by who may search the cluster's

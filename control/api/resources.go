@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -238,6 +239,21 @@ func validRecording(roles []string) error {
 	return nil
 }
 
+// recordsFewer says whether a recording policy of after records someone
+// that of before does not: unless after records everyone, or every role
+// before names (and not everyone, unless after does too).
+func recordsFewer(before, after []string) bool {
+	if slices.Contains(after, "*") {
+		return false
+	}
+	for _, r := range before {
+		if !slices.Contains(after, r) {
+			return true
+		}
+	}
+	return false
+}
+
 // updateCluster changes a cluster's description and session recording
 // policy (optimistic concurrency: the version read must be sent).
 func (a *API) updateCluster(w http.ResponseWriter, r *http.Request, c *Caller) error {
@@ -264,6 +280,10 @@ func (a *API) updateCluster(w http.ResponseWriter, r *http.Request, c *Caller) e
 	if !c.decider.Allowed(c.scope(cl.ProjectID), policy.ClusterUpdate) {
 		a.auditChange(r.Context(), r, c, string(policy.ClusterUpdate), object, http.StatusForbidden, "forbidden")
 		return forbidden(policy.ClusterUpdate)
+	}
+	if recordsFewer(cl.RecordRoles, in.SessionRecording) && !c.decider.Allowed(c.scope(cl.ProjectID), policy.ClusterRecording) {
+		a.auditChange(r.Context(), r, c, string(policy.ClusterRecording), object, http.StatusForbidden, "forbidden: it would record fewer sessions")
+		return forbidden(policy.ClusterRecording)
 	}
 	before := strings.Join(cl.RecordRoles, ",")
 	cl.Description, cl.RecordRoles, cl.Version = in.Description, in.SessionRecording, in.Version

@@ -76,6 +76,11 @@ const (
 	Revoke Action = "revoke"
 	// AuditRead: search the audit events of the clusters in scope.
 	AuditRead Action = "audit.read"
+	// ClusterRecording: change a cluster's session recording so that it
+	// records fewer people. Only organization admins hold it, so that no
+	// one whose sessions are recorded (a project's or a cluster's admin)
+	// can switch that off; recording more needs only cluster.update.
+	ClusterRecording Action = "cluster.recording"
 )
 
 // Actions lists every API action, for tests and documentation.
@@ -87,7 +92,7 @@ var Actions = []Action{
 	GroupCreate, GroupRead, GroupUpdate, GroupDelete,
 	RoleCreate, RoleRead, RoleUpdate, RoleDelete,
 	BindingCreate, BindingRead, BindingDelete,
-	Revoke, AuditRead,
+	Revoke, AuditRead, ClusterRecording,
 }
 
 // Kubernetes access levels, as the agent binds them: ClusterRoles, strongest
