@@ -328,7 +328,30 @@ func (r *Recorder) fail(err error) {
 	}()
 }
 
-// Err returns why the recording failed (an Emit's error), or nil.
+// ErrUnreadable is why a session the recorder cannot read was ended.
+var ErrUnreadable = errors.New("record: the session's streams cannot be read, so it cannot be recorded")
+
+// unreadable ends a session the recorder cannot read (an unknown protocol,
+// frames its parser rejects): a marker says why, the recording so far is
+// emitted, and the session's connections are closed. A recorded session
+// fails closed, as when the audit log cannot take a chunk: a client that
+// sent what the recorder cannot read would otherwise go on unrecorded.
+// Past the size limit the session is unrecorded anyway, and goes on.
+func (r *Recorder) unreadable(text string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || r.cut || r.failed != nil {
+		return
+	}
+	r.event(Marker, text)
+	r.flush(false)
+	if r.failed == nil {
+		r.fail(ErrUnreadable)
+	}
+}
+
+// Err returns why the recording failed (an Emit's error, or
+// ErrUnreadable), or nil.
 func (r *Recorder) Err() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -265,33 +265,71 @@ func TestSPDYSession(t *testing.T) {
 	}
 }
 
-func TestUnknownProtocolIsMarked(t *testing.T) {
-	r, s := newRecorder(t, Config{})
-	c := &conn{server: strings.NewReader("raw")}
-	if tc := r.Tap(http.Header{"Upgrade": {"websocket"}, "Sec-Websocket-Protocol": {"chat"}}, c); tc != io.ReadWriteCloser(c) {
-		t.Fatal("an unknown protocol was tapped")
+// partial joins the chunks of a recording that failed (no final chunk),
+// checking their order.
+func (s *sink) partial(t *testing.T) []Event {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var all strings.Builder
+	for i, c := range s.chunks {
+		if c.Seq != i || c.Final {
+			t.Fatalf("chunk %d: seq %d final %v", i, c.Seq, c.Final)
+		}
+		all.WriteString(c.Data)
 	}
-	r.Close()
-	_, evs := s.recording(t)
-	if len(evs) != 1 || evs[0].Code != Marker || !strings.Contains(evs[0].Data, "not recorded") {
-		t.Fatalf("%+v", evs)
+	_, evs, err := Parse(strings.NewReader(all.String()))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, all.String())
+	}
+	return evs
+}
+
+// A recorded session in a protocol the recorder cannot read is ended, not
+// run unrecorded: its connection is closed, and the recording says why.
+func TestUnknownProtocolEndsTheSession(t *testing.T) {
+	for name, h := range map[string]http.Header{
+		"subprotocol": {"Upgrade": {"websocket"}, "Sec-Websocket-Protocol": {"chat"}},
+		"extension":   {"Upgrade": {"websocket"}, "Sec-Websocket-Protocol": {"v5.channel.k8s.io"}, "Sec-Websocket-Extensions": {"permessage-deflate"}},
+		"upgrade":     {"Upgrade": {"h2c"}},
+	} {
+		r, s := newRecorder(t, Config{})
+		c := &closeConn{Reader: strings.NewReader("raw"), Writer: io.Discard, closed: make(chan struct{})}
+		r.Tap(h, c)
+		select {
+		case <-c.closed:
+		default:
+			t.Fatalf("%s: the session goes on unrecorded", name)
+		}
+		r.Close()
+		evs := s.partial(t)
+		if len(evs) != 1 || evs[0].Code != Marker || !strings.Contains(evs[0].Data, "session was ended") || !errors.Is(r.Err(), ErrUnreadable) {
+			t.Fatalf("%s: %+v, %v", name, evs, r.Err())
+		}
 	}
 }
 
-func TestGarbageStopsTheRecordingNotTheSession(t *testing.T) {
+// Frames the recorder cannot parse end the session: what passed before is
+// unchanged, the connection is closed, and the recording says where.
+func TestGarbageEndsTheSession(t *testing.T) {
 	r, s := newRecorder(t, Config{})
 	junk := bytes.Repeat([]byte{0x82, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 1000)
-	c := &conn{server: bytes.NewReader(junk)}
+	c := &closeConn{Reader: bytes.NewReader(junk), Writer: io.Discard, closed: make(chan struct{})}
 	tc := r.Tap(http.Header{"Upgrade": {"websocket"}, "Sec-Websocket-Protocol": {"v5.channel.k8s.io"}}, c)
-	got, _ := io.ReadAll(tc)
+	got, _ := io.ReadAll(tc) // the test's connection reads on after Close
+	select {
+	case <-c.closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session goes on unrecorded")
+	}
 	tc.Close()
 	r.Close()
-	if !bytes.Equal(got, junk) {
-		t.Fatal("the session lost bytes")
+	if !bytes.HasPrefix(junk, got) {
+		t.Fatal("the session's bytes were changed")
 	}
-	_, evs := s.recording(t)
-	if len(evs) != 1 || evs[0].Code != Marker || !strings.Contains(evs[0].Data, "stops here") {
-		t.Fatalf("%+v", evs)
+	evs := s.partial(t)
+	if len(evs) != 1 || evs[0].Code != Marker || !strings.Contains(evs[0].Data, "ended here") || !errors.Is(r.Err(), ErrUnreadable) {
+		t.Fatalf("%+v %v", evs, r.Err())
 	}
 }
 

@@ -26,8 +26,8 @@ import (
 // waits for the taps. If the recording fails (an Emit's error), conn is
 // closed, which ends the session.
 //
-// A protocol the recorder cannot read is passed through unrecorded, with
-// a marker saying so.
+// A protocol the recorder cannot read ends the session (conn is closed),
+// with a marker saying why: a recorded session is not run unrecorded.
 func (r *Recorder) Tap(h http.Header, conn io.ReadWriteCloser) io.ReadWriteCloser {
 	var toServer, fromServer func(io.Reader) error
 	switch up := h.Get("Upgrade"); {
@@ -35,11 +35,13 @@ func (r *Recorder) Tap(h http.Header, conn io.ReadWriteCloser) io.ReadWriteClose
 		proto := h.Get("Sec-Websocket-Protocol")
 		b64, ok := channelProtocol(proto)
 		if !ok {
-			r.Mark(fmt.Sprintf("gatehouse: the session is not recorded: WebSocket subprotocol %q is not a Kubernetes stream protocol", proto))
+			r.unreadable(fmt.Sprintf("gatehouse: the session was ended: WebSocket subprotocol %q is not a Kubernetes stream protocol, and it could not be recorded", proto))
+			conn.Close()
 			return conn
 		}
 		if ext := h.Get("Sec-Websocket-Extensions"); ext != "" {
-			r.Mark(fmt.Sprintf("gatehouse: the session is not recorded: WebSocket extension %q", ext))
+			r.unreadable(fmt.Sprintf("gatehouse: the session was ended: with WebSocket extension %q it could not be recorded", ext))
+			conn.Close()
 			return conn
 		}
 		toServer = func(rd io.Reader) error { return r.readWebSocket(rd, true, b64) }
@@ -49,7 +51,8 @@ func (r *Recorder) Tap(h http.Header, conn io.ReadWriteCloser) io.ReadWriteClose
 		s.cond = sync.NewCond(&s.mu)
 		toServer, fromServer = s.readClient, s.readServer
 	default:
-		r.Mark(fmt.Sprintf("gatehouse: the session is not recorded: upgrade protocol %q", up))
+		r.unreadable(fmt.Sprintf("gatehouse: the session was ended: with upgrade protocol %q it could not be recorded", up))
+		conn.Close()
 		return conn
 	}
 	r.mu.Lock()
@@ -74,7 +77,7 @@ func (r *Recorder) feed(read func(io.Reader) error) *feed {
 		defer r.taps.Done()
 		err := read(bufio.NewReaderSize(pr, 64<<10))
 		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.ErrClosedPipe) {
-			r.Mark("gatehouse: the recording stops here: a stream could not be read: " + err.Error())
+			r.unreadable("gatehouse: the session was ended here: a stream could not be read, so it could not be recorded: " + err.Error())
 		}
 		f.dead.Store(true)
 		pr.CloseWithError(errStopped) // what is still written fails at once
