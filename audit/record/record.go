@@ -157,6 +157,7 @@ type Recorder struct {
 	closeTap []func()
 	conns    []io.Closer // the tapped connections, closed if an Emit fails
 	failed   error
+	closing  sync.WaitGroup // fail's closer of conns; Close waits for it
 }
 
 // New starts a recording now.
@@ -321,7 +322,9 @@ func (r *Recorder) fail(err error) {
 	r.failed, r.cut = err, true
 	conns := r.conns
 	r.conns = nil
+	r.closing.Add(1)
 	go func() {
+		defer r.closing.Done()
 		for _, c := range conns {
 			c.Close()
 		}
@@ -360,8 +363,14 @@ func (r *Recorder) Err() error {
 
 // Close ends the recording: it waits for the taps to finish reading what
 // passed through them, records what was left of a cut character, and
-// emits the last chunk. It is idempotent.
+// emits the last chunk. It is idempotent, and returns once a failed
+// recording's connections are closed.
 func (r *Recorder) Close() {
+	r.close()
+	r.closing.Wait()
+}
+
+func (r *Recorder) close() {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
