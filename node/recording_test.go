@@ -11,13 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/audit/record"
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv/term"
 	"github.com/gatehouse-dev/gatehouse/node"
 )
 
@@ -140,28 +140,17 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 			if spdy {
 				cmd.Env = append(cmd.Env, "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false")
 			}
-			f, err := pty.StartWithSize(cmd, &pty.Winsize{Cols: 132, Rows: 43})
-			if err != nil {
-				t.Fatal(err)
+			tm := term.Start(t, cmd, 132, 43)
+			tm.WaitShown(t, "bold", 60*time.Second)
+			tm.Type(t, "pïng\r")
+			waitFor(t, 60*time.Second, func() bool { return strings.Count(tm.Shown(), "x") >= 70000 })
+			tm.Type(t, "bye\r")
+			tm.WaitShown(t, "got:bye", 60*time.Second)
+			tm.Type(t, "\x04")
+			if err := tm.Wait(60 * time.Second); err != nil {
+				t.Fatalf("exec: %v\n%s", err, tm.Shown())
 			}
-			defer f.Close()
-			var out testenv.SyncBuffer
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				io.Copy(&out, f)
-			}()
-			waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "bold") })
-			f.Write([]byte("pïng\r"))
-			waitFor(t, 60*time.Second, func() bool { return strings.Count(out.String(), "x") >= 70000 })
-			f.Write([]byte("bye\r"))
-			waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "got:bye") })
-			f.Write([]byte{4})
-			if err := cmd.Wait(); err != nil {
-				t.Fatalf("exec: %v\n%s", err, out.String())
-			}
-			<-done
-			seen := out.String()
+			seen := tm.Shown()
 
 			requestID, id := sessionRequest(t, b)
 			if id == "" {
@@ -190,20 +179,12 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 			if size != "132x43" {
 				t.Fatalf("the terminal's size was not recorded: header %+v", hdr)
 			}
-			var in, output strings.Builder
-			for _, ev := range evs {
-				switch ev.Code {
-				case record.Input:
-					in.WriteString(ev.Data)
-				case record.Output:
-					output.WriteString(ev.Data)
-				}
+			in, output := eventData(evs, record.Input), eventData(evs, record.Output)
+			if in != "pïng\rbye\r\x04" {
+				t.Fatalf("recorded input %q", in)
 			}
-			if in.String() != "pïng\rbye\r\x04" {
-				t.Fatalf("recorded input %q", in.String())
-			}
-			if output.String() != seen {
-				t.Fatalf("recorded output differs from what kubectl showed:\nrecorded %d bytes %q\nshown    %d bytes %q", output.Len(), trim(output.String()), len(seen), trim(seen))
+			if output != seen {
+				t.Fatalf("recorded output differs from what kubectl showed:\nrecorded %d bytes %q\nshown    %d bytes %q", len(output), trim(output), len(seen), trim(seen))
 			}
 			// Replayed, it is what the person saw, byte for byte.
 			var replay strings.Builder
@@ -230,17 +211,9 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var gotIn, gotOut strings.Builder
-		for _, ev := range evs {
-			switch ev.Code {
-			case record.Input:
-				gotIn.WriteString(ev.Data)
-			case record.Output:
-				gotOut.WriteString(ev.Data)
-			}
-		}
-		if hdr.TTY || gotOut.String() != out || !strings.HasPrefix(in, gotIn.String()) || gotIn.String() == "" {
-			t.Fatalf("tty %v, input %q, output %q", hdr.TTY, gotIn.String(), gotOut.String())
+		gotIn, gotOut := eventData(evs, record.Input), eventData(evs, record.Output)
+		if hdr.TTY || gotOut != out || !strings.HasPrefix(in, gotIn) || gotIn == "" {
+			t.Fatalf("tty %v, input %q, output %q", hdr.TTY, gotIn, gotOut)
 		}
 	})
 
@@ -371,6 +344,17 @@ func TestExecSessionRecordedAndReplayed(t *testing.T) {
 		// Other requests go on.
 		b.ok(kc, "-n", "recorded", "get", "pods")
 	})
+}
+
+// eventData joins the data of a recording's events of one code.
+func eventData(evs []record.Event, code string) string {
+	var b strings.Builder
+	for _, ev := range evs {
+		if ev.Code == code {
+			b.WriteString(ev.Data)
+		}
+	}
+	return b.String()
 }
 
 func trim(s string) string {

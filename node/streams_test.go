@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,13 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/gatehouse-dev/gatehouse/audit"
 	"github.com/gatehouse-dev/gatehouse/grant"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv/term"
 )
 
 func TestStreamingThroughGateway(t *testing.T) {
@@ -93,40 +92,15 @@ func TestStreamingThroughGateway(t *testing.T) {
 			if spdy {
 				cmd.Env = append(cmd.Env, "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false")
 			}
-			f, err := pty.Start(cmd)
-			if err != nil {
-				t.Fatal(err)
+			tm := term.Start(t, cmd, 0, 0)
+			tm.Type(t, "ping\r")
+			tm.WaitShown(t, "tty:ping:", 60*time.Second)
+			tm.Type(t, "bye\r")
+			if err := tm.Wait(60 * time.Second); err != nil {
+				t.Fatalf("exec -it: %v\n%s", err, tm.Shown())
 			}
-			defer f.Close()
-			var out testenv.SyncBuffer
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				io.Copy(&out, f) // ends with EIO when kubectl exits
-			}()
-			if _, err := f.Write([]byte("ping\r")); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "tty:ping:") })
-			if _, err := f.Write([]byte("bye\r")); err != nil {
-				t.Fatal(err)
-			}
-			werr := make(chan error, 1)
-			go func() { werr <- cmd.Wait() }()
-			select {
-			case err := <-werr:
-				<-done
-				if err != nil {
-					t.Fatalf("exec -it: %v\n%s", err, out.String())
-				}
-			case <-time.After(60 * time.Second):
-				cmd.Process.Kill()
-				<-werr
-				<-done
-				t.Fatalf("exec -it did not finish: %q", out.String())
-			}
-			if !strings.Contains(out.String(), "tty:ping:yes") {
-				t.Fatalf("exec -it: %q", out.String())
+			if !strings.Contains(tm.Shown(), "tty:ping:yes") {
+				t.Fatalf("exec -it: %q", tm.Shown())
 			}
 		})
 	}

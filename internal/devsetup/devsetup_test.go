@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
@@ -27,6 +25,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/internal/devsetup"
 	"github.com/gatehouse-dev/gatehouse/internal/kafkatest"
 	"github.com/gatehouse-dev/gatehouse/internal/testenv"
+	"github.com/gatehouse-dev/gatehouse/internal/testenv/term"
 )
 
 func TestMain(m *testing.M) {
@@ -489,51 +488,22 @@ func recordedSession(t *testing.T, env *devsetup.Env, kubectl, home, pod, cli st
 	}
 	cmd := exec.Command(kubectl, "exec", "-it", "-n", "demo", pod, "--", "sh", "-c", `printf 'recorded: h\303\251llo \342\202\254\n'; read line; echo "you said $line"; read line || exit 0`)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+env.AdminKubeconfig, "HOME="+home)
-	f, err := pty.StartWithSize(cmd, &pty.Winsize{Cols: 100, Rows: 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var shown testenv.SyncBuffer
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		io.Copy(&shown, f)
-	}()
+	tm := term.Start(t, cmd, 100, 30)
 	// Each line waits for the output before it: the session's setup and
 	// teardown do not race what it shows.
-	eventually(t, 60*time.Second, func() error {
-		if !strings.Contains(shown.String(), "recorded:") {
-			return errors.New("no prompt yet")
-		}
-		return nil
-	})
-	f.Write([]byte("hi\r"))
-	eventually(t, 60*time.Second, func() error {
-		if !strings.Contains(shown.String(), "you said hi") {
-			return errors.New("no answer yet")
-		}
-		return nil
-	})
+	tm.WaitShown(t, "recorded:", 60*time.Second)
+	tm.Type(t, "hi\r")
+	tm.WaitShown(t, "you said hi", 60*time.Second)
 	// The session ends on end-of-file (Ctrl-D, not echoed), with nothing
 	// left to show: output written as it ends races its teardown outside
 	// the gateway (kubectl loses it straight from the API server too; see
 	// TestExecSessionRecordedAndReplayed).
-	f.Write([]byte{4})
-	werr := make(chan error, 1)
-	go func() { werr <- cmd.Wait() }()
-	select {
-	case err := <-werr:
-		if err != nil {
-			t.Fatalf("exec -it: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("exec -it did not finish")
+	tm.Type(t, "\x04")
+	if err := tm.Wait(60 * time.Second); err != nil {
+		t.Fatalf("exec -it: %v", err)
 	}
-	<-done
-	if !strings.Contains(shown.String(), "you said hi") {
-		t.Fatalf("exec -it showed %q", shown.String())
+	if !strings.Contains(tm.Shown(), "you said hi") {
+		t.Fatalf("exec -it showed %q", tm.Shown())
 	}
 	// The session's close event names its recording, once indexed.
 	var id string
@@ -567,8 +537,8 @@ func recordedSession(t *testing.T, env *devsetup.Env, kubectl, home, pod, cli st
 		played = out
 		return nil
 	})
-	if string(played) != shown.String() {
-		t.Fatalf("the replay differs from what kubectl showed:\nplayed %q\nshown  %q", played, shown.String())
+	if string(played) != tm.Shown() {
+		t.Fatalf("the replay differs from what kubectl showed:\nplayed %q\nshown  %q", played, tm.Shown())
 	}
 	t.Logf("recording %s replayed %d bytes, as kubectl showed them", id, len(played))
 }
